@@ -1,0 +1,1 @@
+"""Pure-Python twins of the compiled modules in shoal._ext: same names, same API, same results."""

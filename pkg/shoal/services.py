@@ -1,0 +1,54 @@
+"""The services `shoal serve` and `shoal up` know, and how a service module plugs in.
+
+A service module (e.g. shoal.storage.service) defines:
+
+    TITLE = "Storage node"                     # for help and logs
+    def add_arguments(parser) -> None          # its own flags (beyond --host/--port/--data-dir/--workers)
+    def create_app(options: dict) -> ASGIApp   # options: every parsed flag, as a dict
+    MAX_WORKERS = 1                            # optional: a service that must run in one process
+
+A service whose module is not there yet is listed as unavailable, never an error at import.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from types import ModuleType
+
+
+@dataclass(frozen=True)
+class ServiceInfo:
+    name: str
+    module: str
+    default_port: int
+    description: str
+
+
+SERVICES: dict[str, ServiceInfo] = {
+    s.name: s
+    for s in (
+        ServiceInfo("state", "shoal.state.service", 3004, "State Service (peers, CIDRs, DNS, nodes, ...)"),
+        ServiceInfo("kv", "shoal.kv.service", 8090, "versioned key-value store over HTTP"),
+        ServiceInfo("metadata", "shoal.metadata.service", 8080, "video metadata, placement, redundancy"),
+        ServiceInfo("storage", "shoal.storage.service", 8081, "storage node (superblock chunk store)"),
+        ServiceInfo("uploader", "shoal.uploader.service", 8084, "video upload and chunking"),
+        ServiceInfo("dashboard", "shoal.client.dashboard", 8888, "smart client dashboard"),
+        ServiceInfo("compute", "shoal.compute.service", 8070, "unified compute API (Docker + KVM)"),
+        ServiceInfo("manager", "shoal.manager.service", 8080, "State Manager (supervision, litestream, JuiceFS)"),
+    )
+}
+
+
+def load_service(name: str) -> ModuleType:
+    """The service module for `name`; ImportError when that service is not built yet."""
+    info = SERVICES[name]
+    return importlib.import_module(info.module)
+
+
+def available(name: str) -> bool:
+    try:
+        load_service(name)
+    except ImportError:
+        return False
+    return True
