@@ -1,0 +1,1 @@
+"""shoal.manager: the State Manager (process supervision, config, SQLite + litestream, JuiceFS, checkpoints)."""

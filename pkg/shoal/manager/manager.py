@@ -1,0 +1,381 @@
+"""The State Manager: one supervised process plus the configured stacks, and their status.
+
+Start-up order: directories, saved configuration (a bad file -> unconfigured, logged), the
+stacks (in the background, so the HTTP API answers at once), then the supervised process.
+With the `leaser` stack the database replication and the filesystem (the writers) start only
+once this manager holds the lease, and stop if it is lost or released.
+Shutdown order: the process (SIGTERM, SIGKILL after the stop timeout), the filesystem,
+replication, then the lease is released so a standby can take over at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import os
+import socket
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from shoal.manager import checkpoints, database
+from shoal.manager.config import Config, ConfigError, load_config, redacted, save_config
+from shoal.manager.juicefs import JuiceFS
+from shoal.manager.lease import ConditionalWritesUnsupported, Lease
+from shoal.manager.replication import Replicated, Replication
+from shoal.manager.supervisor import Supervisor, SupervisorOptions
+
+log = logging.getLogger("shoal.manager")
+
+
+class ManagerError(Exception):
+    def __init__(self, status: int, message: str, details: Any = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.details = details
+
+
+@dataclass
+class ManagerOptions:
+    data_dir: Path
+    tmp_dir: Path
+    command: list[str] = field(default_factory=list)
+    restart_delay: float = 1.0
+    stop_timeout: float = 90.0
+    start_secs: float = 1.0
+    start_retries: int = 3
+
+
+class Manager:
+    def __init__(self, options: ManagerOptions) -> None:
+        self.options = options
+        self.data_dir = options.data_dir.absolute()
+        self.tmp_dir = options.tmp_dir.absolute()
+        self.config_path = self.tmp_dir / "config.json"
+        self.db_path = self.data_dir / "database.sqlite"
+        self.jfs_meta_path = self.data_dir / "juicefs-meta.sqlite"
+        self.checkpoint_root = self.tmp_dir / "checkpoints"
+        self.config: Config | None = None
+        self.config_error: str | None = None
+        self.process: Supervisor | None = None
+        self.replication: Replication | None = None
+        self.juicefs: JuiceFS | None = None
+        self.lease: Lease | None = None
+        self.db_error: str | None = None
+        self.stacks_state = "none"
+        self._writers_up = False
+        self._lock = asyncio.Lock()  # configuration, checkpoints, restores, lease changes: one at a time
+        self._tasks: list[asyncio.Task] = []
+        self._components_ready = asyncio.Event()
+
+    # -- life cycle ----------------------------------------------------------------------
+    async def startup(self) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.tmp_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            self.config = load_config(self.config_path)
+        except (ConfigError, OSError) as exc:
+            self.config_error = f"{self.config_path}: {exc}"
+            log.error("starting unconfigured: saved configuration is unusable: %s", exc)
+        if self.options.command:
+            self.process = Supervisor(
+                SupervisorOptions(
+                    self.options.command,
+                    restart_delay=self.options.restart_delay,
+                    stop_timeout=self.options.stop_timeout,
+                    start_secs=self.options.start_secs,
+                    start_retries=self.options.start_retries,
+                    env=self._process_env(),
+                    name="process",
+                )
+            )
+        self._spawn(self._boot(), "boot")
+
+    async def _boot(self) -> None:
+        if self.config is not None:
+            async with self._lock:
+                await self._start_stacks()
+        if self.process:
+            self.process.start()
+
+    def _spawn(self, coro: Any, name: str) -> None:
+        task = asyncio.get_running_loop().create_task(coro, name=name)
+        self._tasks.append(task)
+        task.add_done_callback(self._tasks_done)
+
+    def _tasks_done(self, task: asyncio.Task) -> None:
+        if task in self._tasks:
+            self._tasks.remove(task)
+        if not task.cancelled() and task.exception():
+            log.error("background task %s failed", task.get_name(), exc_info=task.exception())
+
+    async def shutdown(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        for task in list(self._tasks):
+            try:
+                await task
+            except (Exception, asyncio.CancelledError):  # already logged; shutting down
+                pass
+        if self.process:
+            await self.process.stop()
+        await self._stop_writers()
+        if self.lease and self.lease.held:
+            try:
+                await asyncio.to_thread(self.lease.release)
+            except Exception as exc:
+                log.warning("could not release the lease on shutdown: %s", exc)
+        log.info("manager stopped")
+
+    def _process_env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env["SHOAL_MANAGER_DATA_DIR"] = str(self.data_dir)
+        env["SHOAL_MANAGER_TMP_DIR"] = str(self.tmp_dir)
+        env["SHOAL_DATABASE"] = str(self.db_path)
+        if self.config and "juicefs" in self.config.stacks:
+            env["SHOAL_MOUNT"] = str(self._juicefs().mount_path)
+        return env
+
+    # -- configuration -------------------------------------------------------------------
+    async def configure(self, cfg: Config) -> dict[str, Any]:
+        async with self._lock:
+            if self.config is not None:
+                raise ManagerError(400, "already configured; the configuration cannot be replaced")
+            save_config(self.config_path, cfg)
+            self.config = cfg
+            self.config_error = None
+            if self.process:
+                self.process.options.env = self._process_env()  # used from the next (re)start
+            await self._start_stacks()
+        return self.status()
+
+    def config_view(self) -> dict[str, Any]:
+        if self.config is None:
+            raise ManagerError(404, "not configured")
+        return redacted(self.config)
+
+    def _require_config(self) -> Config:
+        if self.config is None:
+            raise ManagerError(400, "not configured: POST /config first")
+        return self.config
+
+    # -- stacks --------------------------------------------------------------------------
+    def _juicefs(self) -> JuiceFS:
+        if self.juicefs is None:
+            assert self.config is not None
+            self.juicefs = JuiceFS(
+                self.config.storage,
+                self.config.juicefs,
+                self.jfs_meta_path,
+                self.tmp_dir,
+                self.tmp_dir / "juicefs.log",
+            )
+        return self.juicefs
+
+    def _holder_id(self) -> str:
+        assert self.config is not None
+        if self.config.lease.holder:
+            return self.config.lease.holder
+        digest = hashlib.sha256(str(self.data_dir).encode()).hexdigest()[:8]
+        return f"{socket.gethostname()}:{digest}"
+
+    async def _start_stacks(self) -> None:
+        cfg = self.config
+        assert cfg is not None
+        self.stacks_state = "starting"
+        if "leaser" in cfg.stacks:
+            self.lease = Lease(cfg.storage, self._holder_id(), cfg.lease.ttl_seconds)
+            try:
+                await asyncio.to_thread(self.lease.check_conditional_writes)
+            except ConditionalWritesUnsupported as exc:
+                self.lease.last_error = str(exc)
+                self.stacks_state = "error"
+                log.error("lease disabled: %s", exc)
+                return
+            except Exception as exc:
+                self.lease.last_error = f"cannot reach S3: {exc}"
+                log.warning("lease probe failed: %s", exc)
+            held = await asyncio.to_thread(self.lease.acquire_or_renew)
+            self._spawn(self._lease_loop(), "lease")
+            if not held:
+                self.stacks_state = "standby"
+                log.info("lease held by another manager; standing by")
+                return
+        await self._start_writers()
+
+    async def _start_writers(self) -> None:
+        cfg = self.config
+        assert cfg is not None
+        dbs = []
+        if "db" in cfg.stacks:
+            dbs.append(Replicated(self.db_path, self._replica_key("database.sqlite")))
+        if "juicefs" in cfg.stacks:
+            dbs.append(Replicated(self.jfs_meta_path, self._replica_key("juicefs-meta.sqlite")))
+        if dbs:
+            self.replication = Replication(cfg.storage, dbs, self.tmp_dir / "litestream.yml")
+            try:
+                await self.replication.restore_missing()
+                if "db" in cfg.stacks:
+                    await asyncio.to_thread(database.ensure, self.db_path)
+                self.db_error = None
+            except Exception as exc:
+                self.db_error = str(exc)
+                log.error("database: %s", exc)
+            if "juicefs" in cfg.stacks:
+                await self._juicefs().start()
+                if self.juicefs and self.juicefs.state == "mounted":
+                    await asyncio.to_thread(checkpoints.recover, self.juicefs.mount_path)
+            self.replication.start()
+        self._writers_up = True
+        self.stacks_state = "running"
+
+    def _replica_key(self, name: str) -> str:
+        from shoal.manager import s3
+
+        assert self.config is not None
+        return s3.key(self.config.storage, "litestream", name)
+
+    async def _stop_writers(self) -> None:
+        if self.juicefs:
+            await self.juicefs.stop()
+        if self.replication:
+            await self.replication.stop()
+        self._writers_up = False
+
+    async def _lease_loop(self) -> None:
+        lease = self.lease
+        assert lease is not None
+        while True:
+            await asyncio.sleep(lease.ttl / 3 if lease.held else lease.ttl / 4)
+            if lease.released:
+                return
+            held = await asyncio.to_thread(lease.acquire_or_renew)
+            async with self._lock:
+                if lease.released:
+                    return
+                if held and not self._writers_up:
+                    log.info("became the writer")
+                    await self._start_writers()
+                elif not held and self._writers_up:
+                    log.warning("lease lost: stopping replication and the filesystem")
+                    self.stacks_state = "standby"
+                    await self._stop_writers()
+
+    async def release_lease(self) -> dict[str, Any]:
+        cfg = self._require_config()
+        if "leaser" not in cfg.stacks or self.lease is None:
+            raise ManagerError(400, "the leaser stack is not configured")
+        async with self._lock:
+            await self._stop_writers()
+            held = await asyncio.to_thread(self.lease.release)
+            self.lease.released = True
+            self.stacks_state = "released"
+        return {"released": held, "lease": self.lease.status()}
+
+    # -- checkpoints ---------------------------------------------------------------------
+    def _fs_mount(self) -> Path | None:
+        cfg = self.config
+        if cfg is None or "juicefs" not in cfg.stacks:
+            return None
+        jfs = self._juicefs()
+        if not jfs.mounted:
+            raise ManagerError(409, f"the filesystem is not mounted ({jfs.error or jfs.state})")
+        return jfs.mount_path
+
+    def _db(self) -> Path | None:
+        cfg = self.config
+        if cfg is None or "db" not in cfg.stacks:
+            return None
+        if not self.db_path.exists():
+            raise ManagerError(409, f"the database is not available ({self.db_error or 'not created yet'})")
+        return self.db_path
+
+    async def checkpoint(self, checkpoint_id: str) -> dict[str, Any]:
+        self._require_config()
+        checkpoints.validate_id(checkpoint_id)
+        async with self._lock:
+            meta = await asyncio.to_thread(
+                checkpoints.create, self.checkpoint_root, checkpoint_id, self._db(), self._fs_mount()
+            )
+        log.info("checkpoint created", extra={"id": checkpoint_id})
+        return meta
+
+    async def restore(self, checkpoint_id: str) -> dict[str, Any]:
+        self._require_config()
+        meta = checkpoints.load(self.checkpoint_root, checkpoint_id)
+        async with self._lock:
+            db, mount = self._db(), self._fs_mount()
+            started = time.monotonic()
+            if self.process:
+                await self.process.stop()
+            try:
+                restored_db = db is not None and await asyncio.to_thread(
+                    checkpoints.restore_database, self.checkpoint_root, checkpoint_id, db
+                )
+                restored_fs = mount is not None and await asyncio.to_thread(
+                    checkpoints.restore_filesystem, self.checkpoint_root, checkpoint_id, mount
+                )
+            finally:
+                if self.process:
+                    self.process.start()
+        log.info("checkpoint restored", extra={"id": checkpoint_id})
+        return {
+            "id": checkpoint_id,
+            "restored": True,
+            "database": bool(restored_db),
+            "filesystem": bool(restored_fs),
+            "seconds": round(time.monotonic() - started, 3),
+            "checkpoint": meta,
+        }
+
+    def list_checkpoints(self) -> list[str]:
+        return checkpoints.list_ids(self.checkpoint_root)
+
+    # -- process control -----------------------------------------------------------------
+    async def stop_process(self) -> dict[str, Any]:
+        if not self.process:
+            raise ManagerError(400, "no process to supervise (no COMMAND given)")
+        await self.process.stop()
+        return self.process.status()
+
+    async def start_process(self) -> dict[str, Any]:
+        if not self.process:
+            raise ManagerError(400, "no process to supervise (no COMMAND given)")
+        self.process.start()
+        await asyncio.sleep(0)
+        return self.process.status()
+
+    # -- status --------------------------------------------------------------------------
+    def status(self) -> dict[str, Any]:
+        cfg = self.config
+        components: dict[str, Any] = {}
+        if cfg is not None:
+            if "db" in cfg.stacks:
+                components["database"] = {**database.status(self.db_path), "error": self.db_error}
+            if self.replication or (cfg.stacks and {"db", "juicefs"} & set(cfg.stacks)):
+                components["replication"] = (
+                    self.replication.status() if self.replication else {"running": False, "state": "waiting"}
+                )
+            if "leaser" in cfg.stacks:
+                components["lease"] = (
+                    self.lease.status() if self.lease else {"held": False, "role": "starting"}
+                )
+            if "juicefs" in cfg.stacks:
+                components["filesystem"] = self._juicefs().status()
+        return {
+            "configured": cfg is not None,
+            "configuration": {
+                "configured": cfg is not None,
+                "path": str(self.config_path),
+                "stacks": list(cfg.stacks) if cfg else [],
+                "state": self.stacks_state,
+                "error": self.config_error,
+            },
+            "process": self.process.status() if self.process else None,
+            "components": components,
+            "checkpoints": self.list_checkpoints(),
+            "data_dir": str(self.data_dir),
+            "tmp_dir": str(self.tmp_dir),
+        }

@@ -1,0 +1,178 @@
+"""Run one command and keep it running, supervisord-style.
+
+- The child gets its own process group (so a stop reaches everything it spawned) and inherits
+  the manager's stdout and stderr: its output is forwarded with no pipe to drain or lose.
+- An exit nobody asked for is restarted after `restart_delay`. A child that dies within
+  `start_secs` of starting counts as a failed start; after `start_retries` failed starts in a
+  row it is left stopped in state "fatal", with a growing delay (backoff) between tries.
+- `stop()` is intentional: SIGTERM to the group, SIGKILL after `stop_timeout`, wait for the
+  exit, and never restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import time
+from dataclasses import dataclass
+from typing import Any
+
+log = logging.getLogger("shoal.manager.supervisor")
+
+
+@dataclass
+class SupervisorOptions:
+    command: list[str]
+    restart_delay: float = 1.0
+    stop_timeout: float = 90.0
+    start_secs: float = 1.0
+    start_retries: int = 3
+    backoff_max: float = 30.0
+    env: dict[str, str] | None = None  # the whole environment; None inherits the manager's
+    cwd: str | None = None
+    name: str = "process"
+
+
+def describe_exit(returncode: int) -> dict[str, Any]:
+    if returncode < 0:
+        sig = -returncode
+        try:
+            name = signal.Signals(sig).name
+        except ValueError:
+            name = str(sig)
+        return {"code": None, "signal": name}
+    return {"code": returncode, "signal": None}
+
+
+class Supervisor:
+    """Keeps `options.command` running until `stop()`."""
+
+    def __init__(self, options: SupervisorOptions) -> None:
+        self.options = options
+        self.state = "stopped"
+        self.pid: int | None = None
+        self.restarts = 0
+        self.failed_starts = 0
+        self.last_exit: dict[str, Any] | None = None
+        self.started_at: float | None = None
+        self.spawn_error: str | None = None
+        self._proc: asyncio.subprocess.Process | None = None
+        self._task: asyncio.Task | None = None
+        self._stopping = asyncio.Event()
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.returncode is None
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "command": self.options.command,
+            "state": self.state,
+            "running": self.running,
+            "pid": self.pid if self.running else None,
+            "restarts": self.restarts,
+            "failed_starts": self.failed_starts,
+            "last_exit": self.last_exit,
+            "uptime_seconds": round(time.time() - self.started_at, 3)
+            if self.running and self.started_at
+            else None,
+            "error": self.spawn_error,
+        }
+
+    def start(self) -> None:
+        """Begin supervising (no-op when already supervising)."""
+        if self._task and not self._task.done():
+            return
+        self._stopping = asyncio.Event()
+        self.failed_starts = 0
+        self.spawn_error = None
+        self._task = asyncio.get_running_loop().create_task(
+            self._run(), name=f"supervise {self.options.name}"
+        )
+
+    async def _spawn(self) -> bool:
+        try:
+            self._proc = await asyncio.create_subprocess_exec(
+                *self.options.command,
+                env=self.options.env,
+                cwd=self.options.cwd,
+                start_new_session=True,
+                stdin=asyncio.subprocess.DEVNULL,
+            )
+        except OSError as exc:
+            self.spawn_error = f"cannot start {self.options.command[0]!r}: {exc}"
+            log.error("%s: %s", self.options.name, self.spawn_error)
+            self._proc = None
+            return False
+        self.spawn_error = None
+        self.pid = self._proc.pid
+        self.started_at = time.time()
+        self.state = "running"
+        log.info("%s started", self.options.name, extra={"pid": self.pid, "command": self.options.command})
+        return True
+
+    async def _run(self) -> None:
+        opts = self.options
+        while not self._stopping.is_set():
+            self.state = "starting"
+            began = time.monotonic()
+            if await self._spawn():
+                assert self._proc is not None
+                rc = await self._proc.wait()
+                if self._stopping.is_set():
+                    return  # stop() records the exit
+                self.last_exit = {**describe_exit(rc), "at": time.time(), "expected": False}
+                log.warning("%s exited unexpectedly", opts.name, extra={"pid": self.pid, **self.last_exit})
+            quick = time.monotonic() - began < opts.start_secs
+            if quick:
+                self.failed_starts += 1
+                if self.failed_starts > opts.start_retries:
+                    self.state = "fatal"
+                    log.error("%s failed %d starts in a row; giving up", opts.name, self.failed_starts)
+                    return
+                delay = min(opts.restart_delay * self.failed_starts, opts.backoff_max)
+            else:
+                self.failed_starts = 0
+                delay = opts.restart_delay
+            self.state = "backoff"
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(delay):
+                    await self._stopping.wait()
+            if self._stopping.is_set():
+                return
+            self.restarts += 1
+
+    async def stop(self) -> dict[str, Any] | None:
+        """Intentional stop: SIGTERM the group, SIGKILL after stop_timeout; returns the exit."""
+        self._stopping.set()
+        proc = self._proc
+        if proc is not None and proc.returncode is None:
+            self.state = "stopping"
+            self._signal(proc.pid, signal.SIGTERM)
+            try:
+                async with asyncio.timeout(self.options.stop_timeout):
+                    await proc.wait()
+            except TimeoutError:
+                log.warning(
+                    "%s ignored SIGTERM for %ss; killing", self.options.name, self.options.stop_timeout
+                )
+                self._signal(proc.pid, signal.SIGKILL)
+                await proc.wait()
+            assert proc.returncode is not None
+            self.last_exit = {**describe_exit(proc.returncode), "at": time.time(), "expected": True}
+        if proc is not None:
+            # leftovers of the group (a child that forked and kept running)
+            self._signal(proc.pid, signal.SIGKILL)
+        if self._task:
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        self.state = "stopped"
+        return self.last_exit
+
+    @staticmethod
+    def _signal(pgid: int, sig: signal.Signals) -> None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pgid, sig)
