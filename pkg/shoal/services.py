@@ -8,11 +8,13 @@ A service module (e.g. shoal.storage.service) defines:
     MAX_WORKERS = 1                            # optional: a service that must run in one process
 
 A service whose module is not there yet is listed as unavailable, never an error at import.
+Extra services (plug-ins, test fixtures) are added with SHOAL_SERVICE_MODULES="name=module,...".
 """
 
 from __future__ import annotations
 
 import importlib
+import os
 from dataclasses import dataclass
 from types import ModuleType
 
@@ -35,9 +37,16 @@ SERVICES: dict[str, ServiceInfo] = {
         ServiceInfo("uploader", "shoal.uploader.service", 8084, "video upload and chunking"),
         ServiceInfo("dashboard", "shoal.client.dashboard", 8888, "smart client dashboard"),
         ServiceInfo("compute", "shoal.compute.service", 8070, "unified compute API (Docker + KVM)"),
-        ServiceInfo("manager", "shoal.manager.service", 8080, "State Manager (supervision, litestream, JuiceFS)"),
+        ServiceInfo(
+            "manager", "shoal.manager.service", 8080, "State Manager (supervision, litestream, JuiceFS)"
+        ),
     )
 }
+
+
+for _item in filter(None, os.environ.get("SHOAL_SERVICE_MODULES", "").split(",")):
+    _name, _, _module = _item.partition("=")
+    SERVICES[_name] = ServiceInfo(_name, _module, 8000, f"plug-in service from {_module}")
 
 
 def load_service(name: str) -> ModuleType:

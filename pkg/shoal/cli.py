@@ -1,0 +1,91 @@
+"""The `shoal` command (also `python -m shoal`).
+
+shoal serve <service> --host H --port P --data-dir D [--workers N] [service flags]
+shoal up [--data-root ./shoal-data]      every built service on its default port
+shoal status                              health of what `shoal up` runs
+shoal doctor                              native hot paths and optional components
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from shoal import __version__
+from shoal.services import SERVICES, load_service
+
+
+def _serve_parser(sub: argparse._SubParsersAction, selected: str | None) -> None:
+    serve = sub.add_parser("serve", help="run one service under granian (uvloop)")
+    services = serve.add_subparsers(dest="service", required=True, metavar="SERVICE")
+    for info in SERVICES.values():
+        p = services.add_parser(info.name, help=info.description)
+        p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+        p.add_argument("--port", type=int, default=info.default_port, help=f"default {info.default_port}")
+        p.add_argument("--data-dir", default=f"./shoal-data/{info.name}", help="where state is kept")
+        p.add_argument("--workers", type=int, default=1, help="server worker processes (default 1)")
+        p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+        p.add_argument(
+            "--shutdown-timeout", type=int, default=30, help="seconds in-flight work may take on SIGTERM"
+        )
+        if info.name == selected:
+            try:
+                module = load_service(info.name)
+            except ImportError as exc:
+                p.set_defaults(unavailable=str(exc))
+            else:
+                if hasattr(module, "add_arguments"):
+                    module.add_arguments(p)
+
+
+def build_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="shoal", description="shoal: a small self-hosted cloud substrate")
+    parser.add_argument("--version", action="version", version=f"shoal {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    selected = argv[1] if len(argv) > 1 and argv[0] == "serve" else None
+    _serve_parser(sub, selected)
+
+    up = sub.add_parser("up", help="run every built service on its default port; Ctrl-C stops all")
+    up.add_argument("--data-root", default="./shoal-data", help="data of service S goes to DATA_ROOT/S")
+    up.add_argument("--host", default="127.0.0.1")
+    up.add_argument("--only", default="", help="comma-separated services to run (default: all built)")
+
+    status = sub.add_parser("status", help="health of each service `shoal up` runs")
+    status.add_argument("--host", default="127.0.0.1")
+
+    doctor = sub.add_parser("doctor", help="which hot paths are native, which components are here")
+    doctor.add_argument("--json", action="store_true", help="machine-readable output")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser(argv).parse_args(argv)
+    if args.command == "serve":
+        if getattr(args, "unavailable", None):
+            print(f"shoal: service {args.service!r} is not available: {args.unavailable}", file=sys.stderr)
+            return 2
+        from shoal.web.serve import serve
+
+        options = {k: v for k, v in vars(args).items() if k not in ("command", "service")}
+        serve(args.service, options)
+        return 0
+    if args.command == "doctor":
+        from shoal.doctor import run_doctor
+
+        return run_doctor(as_json=args.json)
+    if args.command == "up":
+        from shoal.up import run_up
+
+        only = [s for s in args.only.split(",") if s]
+        return run_up(args.data_root, args.host, only)
+    if args.command == "status":
+        from shoal.up import run_status
+
+        return run_status(args.host)
+    return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,52 @@
+"""Fuzz a running service from its own /openapi.json with schemathesis (the real CLI)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+
+def run_schemathesis(
+    base_url: str,
+    *,
+    max_examples: int = 25,
+    max_time: int = 45,
+    checks: str = "not_a_server_error",
+    exclude_path_regex: str | None = None,
+    headers: Sequence[str] = (),
+    phases: str = "examples,coverage,fuzzing",
+    seed: int = 1,
+) -> subprocess.CompletedProcess:
+    """Run `schemathesis run` against base_url; returncode 0 means no check failed."""
+    exe = Path(sys.executable).with_name("schemathesis")
+    cmd = [
+        str(exe),
+        "run",
+        f"{base_url}/openapi.json",
+        "--checks",
+        checks,
+        "--max-examples",
+        str(max_examples),
+        "--max-time",
+        str(max_time),
+        "--phases",
+        phases,
+        "--seed",
+        str(seed),
+        "--request-timeout",
+        "10",
+        "--workers",
+        "2",
+        "--no-color",
+        "--warnings",
+        "off",
+    ]
+    if exclude_path_regex:
+        cmd += ["--exclude-path-regex", exclude_path_regex]
+    for h in headers:
+        cmd += ["-H", h]
+    env = {**os.environ, "SCHEMATHESIS_HOOKS": ""}
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=max_time + 120)

@@ -1,0 +1,50 @@
+"""Run a service under granian with uvloop.
+
+granian starts worker processes that import `shoal.web.serve:app_factory`; the service and
+its parsed options reach them through the SHOAL_SERVE environment variable, so every worker
+builds the same app. granian handles SIGTERM/SIGINT: in-flight requests finish and each
+worker's lifespan shutdown (flushes, closes) runs before the process exits.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import orjson
+
+from shoal.services import load_service
+from shoal.web.logs import setup_logging
+
+ENV = "SHOAL_SERVE"
+
+
+def app_factory() -> Any:
+    """Build the app named in SHOAL_SERVE (called once in each worker)."""
+    spec = orjson.loads(os.environ[ENV])
+    setup_logging(spec["options"].get("log_level"))
+    return load_service(spec["service"]).create_app(spec["options"])
+
+
+def serve(service: str, options: dict[str, Any]) -> None:
+    """Serve `service` on options['host']:options['port'] until SIGTERM/SIGINT."""
+    from granian import Granian
+    from granian.constants import Interfaces, Loops
+
+    module = load_service(service)
+    workers = int(options.get("workers") or 1)
+    workers = min(workers, getattr(module, "MAX_WORKERS", workers))
+    os.environ[ENV] = orjson.dumps({"service": service, "options": options}).decode()
+    setup_logging(options.get("log_level"))
+    Granian(
+        "shoal.web.serve:app_factory",
+        address=options["host"],
+        port=int(options["port"]),
+        interface=Interfaces.ASGI,
+        workers=workers,
+        loop=Loops.uvloop,
+        factory=True,
+        log_access=False,
+        log_level=(options.get("log_level") or "info").lower(),
+        workers_kill_timeout=int(options.get("shutdown_timeout") or 30),
+    ).serve()
