@@ -1,0 +1,370 @@
+"""The storage node over HTTP: `shoal serve storage --port 8081 --data-dir D --node-id ID`.
+
+Chunk GET/HEAD/PUT and HEAD /ping are raw ASGI routes (shoal.web's fast path): a GET is an
+index lookup, one os.pread into one bytes object, a checksum check and one send. Errors
+use the `{"detail": ...}` envelope. Other internal routes (e.g. ChunkPaxos acceptors,
+next) are added as ordinary `Api` routes on the StorageNode in `make_api`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import msgspec
+from starlette.responses import Response
+
+from shoal import _native
+from shoal.storage.compaction import Compactor
+from shoal.storage.httpbits import Unsatisfiable, parse_checksum, parse_range
+from shoal.storage.registration import MetadataClient
+from shoal.storage.store import (
+    E_LEN,
+    E_SB,
+    E_SHA256,
+    MAX_CHUNK,
+    ChunkConflict,
+    ChunkCorrupt,
+    ChunkNotFound,
+    ChunkStore,
+    StorageFull,
+    StoreError,
+    chunk_id_ok,
+)
+from shoal.web import DETAIL_ENVELOPE, Api, ApiError, header, read_raw_body, respond
+from shoal.web import create_app as build_app
+from shoal.web.jsonio import JSONResponse
+
+TITLE = "Storage node"
+MAX_WORKERS = 1  # one writer owns the superblocks
+
+log = logging.getLogger("shoal.storage")
+
+WARNING_PERCENT = 85.0
+CRITICAL_PERCENT = 95.0
+_BAD_ID = "chunk id must be 1 to 128 characters of A-Z, a-z, 0-9, '_' or '-'"
+_OCTET = (b"content-type", b"application/octet-stream")
+_NO_CACHE = (b"cache-control", b"no-cache")
+
+
+def _size(text: str) -> int:
+    """'1G', '64M', '4096' -> bytes."""
+    text = text.strip().upper().removesuffix("B").removesuffix("I")
+    mult = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}.get(text[-1:], 1)
+    return int(float(text[:-1] if mult > 1 else text) * mult)
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--node-id", default=None, help="node identifier (default storage-<port>)")
+    parser.add_argument(
+        "--metadata-url", default=None, help="register and heartbeat with this metadata service"
+    )
+    parser.add_argument(
+        "--node-url", default=None, help="URL this node is reached at (default http://host:port)"
+    )
+    parser.add_argument("--superblock-size", type=_size, default=1 << 30, help="superblock file size (1G)")
+    parser.add_argument("--checksum", choices=["crc32c", "blake3"], default="crc32c", help="record checksum")
+    parser.add_argument("--capacity-bytes", type=_size, default=None, help="quota; default: the whole disk")
+    parser.add_argument("--compact-threshold", type=float, default=0.5, help="garbage share that triggers it")
+    parser.add_argument("--compact-interval", type=float, default=30.0, help="seconds between checks")
+    parser.add_argument("--heartbeat-interval", type=float, default=5.0, help="seconds between heartbeats")
+
+
+class Health(msgspec.Struct):
+    status: str
+    disk_usage: float
+    chunk_count: int
+    uptime: int
+    node_id: str
+    superblocks: int
+    corrupt_chunks: int
+    native: bool
+
+
+class StorageNode:
+    """A ChunkStore plus what the node tells the world about it."""
+
+    def __init__(self, options: dict[str, Any]) -> None:
+        self.data_dir = Path(options.get("data_dir") or "./shoal-data/storage")
+        port = options.get("port") or 8081
+        host = options.get("host") or "127.0.0.1"
+        self.node_id = options.get("node_id") or f"storage-{port}"
+        reach = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+        self.node_url = options.get("node_url") or f"http://{reach}:{port}"
+        self.options = options
+        self.started = time.monotonic()
+        self.store: ChunkStore | None = None
+        self.compactor: Compactor | None = None
+        self.metadata: MetadataClient | None = None
+        self._node_id_header = (b"x-node-id", self.node_id.encode())
+
+    async def start(self) -> None:
+        o = self.options
+        self.store = await asyncio.to_thread(
+            ChunkStore,
+            self.data_dir,
+            superblock_size=o.get("superblock_size") or 1 << 30,
+            checksum_algo=o.get("checksum") or "crc32c",
+            capacity_bytes=o.get("capacity_bytes"),
+        )
+        self.compactor = Compactor(
+            self.store, float(o.get("compact_threshold") or 0.5), float(o.get("compact_interval") or 30.0)
+        )
+        self.compactor.start()
+        if o.get("metadata_url"):
+            self.metadata = MetadataClient(
+                o["metadata_url"],
+                self.node_id,
+                self.node_url,
+                self.figures,
+                float(o.get("heartbeat_interval") or 5),
+            )
+            self.metadata.start()
+
+    async def stop(self) -> None:
+        if self.metadata is not None:
+            await self.metadata.stop()
+        if self.compactor is not None:
+            await asyncio.to_thread(self.compactor.stop)
+        if self.store is not None:
+            await asyncio.to_thread(self.store.close)
+
+    def figures(self) -> dict:
+        """The heartbeat body."""
+        assert self.store is not None
+        return {
+            "disk_usage_percent": self.store.disk_usage_percent(),
+            "chunk_count": self.store.chunk_count,
+            "corrupt_chunks": sorted(self.store.corrupt)[:1000],
+        }
+
+    def chunk_headers(self, chunk_id: str, entry: tuple) -> list[tuple[bytes, bytes]]:
+        return [
+            _OCTET,
+            (b"etag", b'"' + entry[E_SHA256].hex().encode() + b'"'),
+            (b"x-chunk-size", str(entry[E_LEN]).encode()),
+            (b"x-superblock-id", str(entry[E_SB]).encode()),
+            (b"accept-ranges", b"bytes"),
+        ]
+
+    def corrupt_error(self, exc: ChunkCorrupt) -> ApiError:
+        if self.metadata is not None:
+            self.metadata.poke()
+        return ApiError(500, f"{exc}; not served (re-replicate it from another node)", code="CHUNK_CORRUPT")
+
+
+def make_api(node: StorageNode) -> Api:
+    """The storage routes; new internal routes belong here."""
+    api = Api(tags=["storage"])
+    chunk_doc = {"parameters": [_chunk_param()]}
+
+    @api.raw(
+        "PUT",
+        "/chunk/{chunk_id}",
+        status=201,
+        media_type="application/octet-stream",
+        request_media_type="application/octet-stream",
+        summary="Store a chunk (up to 2 MiB); durable before the answer",
+        extra_responses={
+            200: "the same bytes were already stored",
+            400: "bad chunk id, empty body, or X-Chunk-Checksum mismatch",
+            409: "different bytes are stored under this id",
+            413: "body over 2 MiB",
+            507: "disk usage over 95%",
+        },
+        openapi_extra=chunk_doc,
+    )
+    async def put_chunk(scope: dict, receive: Any, send: Any, chunk_id: str) -> None:
+        store = node.store
+        assert store is not None
+        if not chunk_id_ok(chunk_id):
+            raise ApiError(400, _BAD_ID)
+        want = header(scope, b"x-chunk-checksum")
+        expected = None
+        if want is not None:
+            try:
+                expected = parse_checksum(want.decode("latin-1"))
+            except ValueError as exc:
+                raise ApiError(400, str(exc)) from None
+        data = await read_raw_body(scope, receive, MAX_CHUNK)
+        if not data:
+            raise ApiError(400, "chunk body is empty")
+        if store.disk_usage_percent() > CRITICAL_PERCENT:
+            raise ApiError(507, f"disk usage is over {CRITICAL_PERCENT:g}%; not accepting chunks")
+        sha256, cks = await store.digest_async(data)
+        if expected is not None and expected != sha256:
+            raise ApiError(400, f"X-Chunk-Checksum does not match the body (sha256 {sha256.hex()})")
+        try:
+            result = await asyncio.wrap_future(store.submit_put(chunk_id, data, sha256, cks))
+        except ChunkConflict as exc:
+            raise ApiError(409, str(exc)) from None
+        except StorageFull as exc:
+            raise ApiError(507, str(exc)) from None
+        except StoreError as exc:
+            raise ApiError(500, str(exc)) from None
+        headers = node.chunk_headers(chunk_id, result.entry)
+        headers[0] = (b"location", f"/chunk/{chunk_id}".encode())
+        headers.append((b"x-chunk-checksum", b"sha256:" + sha256.hex().encode()))
+        await respond(send, 201 if result.created else 200, b"", headers)
+
+    @api.raw(
+        "GET",
+        "/chunk/{chunk_id}",
+        media_type="application/octet-stream",
+        summary="Read a chunk (checksum verified); Range gives 206",
+        extra_responses={
+            206: "the requested byte range",
+            404: "no such chunk",
+            416: "range not satisfiable",
+            500: "the stored bytes are corrupt (not served)",
+        },
+        openapi_extra=chunk_doc,
+    )
+    async def get_chunk(scope: dict, receive: Any, send: Any, chunk_id: str) -> None:
+        store = node.store
+        assert store is not None
+        if not chunk_id_ok(chunk_id):
+            raise ApiError(400, _BAD_ID)
+        try:
+            data, entry = store.read(chunk_id)
+        except ChunkNotFound:
+            raise ApiError(404, f"chunk {chunk_id} not found") from None
+        except ChunkCorrupt as exc:
+            raise node.corrupt_error(exc) from None
+        except StoreError as exc:
+            raise ApiError(500, str(exc)) from None
+        headers = node.chunk_headers(chunk_id, entry)
+        rng = header(scope, b"range")
+        if rng is None:
+            await respond(send, 200, data, headers)
+            return
+        size = len(data)
+        try:
+            part = parse_range(rng.decode("latin-1"), size)
+        except Unsatisfiable:
+            raise ApiError(
+                416, f"range not satisfiable for {size} bytes", headers={"content-range": f"bytes */{size}"}
+            ) from None
+        if part is None:
+            await respond(send, 200, data, headers)
+            return
+        start, end = part
+        headers.append((b"content-range", f"bytes {start}-{end - 1}/{size}".encode()))
+        await respond(send, 206, data[start:end], headers)
+
+    @api.raw(
+        "HEAD",
+        "/chunk/{chunk_id}",
+        media_type="application/octet-stream",
+        summary="Whether a chunk is here, with GET's headers and no body",
+        extra_responses={404: "no such chunk", 500: "the chunk is known to be corrupt"},
+        openapi_extra=chunk_doc,
+    )
+    async def head_chunk(scope: dict, receive: Any, send: Any, chunk_id: str) -> None:
+        store = node.store
+        assert store is not None
+        if not chunk_id_ok(chunk_id):
+            raise ApiError(400, _BAD_ID)
+        entry = store.stat(chunk_id)
+        if entry is None:
+            raise ApiError(404, f"chunk {chunk_id} not found")
+        if chunk_id in store.corrupt:
+            raise ApiError(500, f"chunk {chunk_id} is corrupt on this node", code="CHUNK_CORRUPT")
+        await respond(send, 200, b"", node.chunk_headers(chunk_id, entry), length=entry[E_LEN])
+
+    @api.delete(
+        "/chunk/{chunk_id}",
+        status=204,
+        media_type="application/octet-stream",
+        summary="Delete a chunk (a durable tombstone; space comes back on compaction)",
+        extra_responses={404: "no such chunk"},
+    )
+    async def delete_chunk(request: Any, chunk_id: str) -> Response:
+        store = node.store
+        assert store is not None
+        if not chunk_id_ok(chunk_id):
+            raise ApiError(400, _BAD_ID)
+        try:
+            await asyncio.wrap_future(store.submit_delete(chunk_id))
+        except ChunkNotFound:
+            raise ApiError(404, f"chunk {chunk_id} not found") from None
+        except StoreError as exc:
+            raise ApiError(500, str(exc)) from None
+        return Response(status_code=204)
+
+    @api.raw("HEAD", "/ping", media_type="text/plain", summary="Latency probe: node figures in headers")
+    async def ping(scope: dict, receive: Any, send: Any) -> None:
+        start = time.perf_counter()
+        store = node.store
+        assert store is not None
+        headers = [
+            node._node_id_header,
+            (b"x-disk-usage-percent", str(store.disk_usage_percent()).encode()),
+            (b"x-chunk-count", str(store.chunk_count).encode()),
+            _NO_CACHE,
+            (b"x-response-time", f"{(time.perf_counter() - start) * 1000:.3f}".encode()),
+        ]
+        await respond(send, 200, b"", headers)
+
+    @api.get(
+        "/health",
+        response=Health,
+        summary="Node health: healthy < 85% disk, warning 85-95%, critical > 95% (503)",
+        extra_responses={503: "critical: disk usage over 95%"},
+    )
+    async def health(request: Any) -> Any:
+        store = node.store
+        assert store is not None
+        usage = store.disk_usage_percent()
+        status = (
+            "healthy" if usage < WARNING_PERCENT else "warning" if usage <= CRITICAL_PERCENT else "critical"
+        )
+        body = Health(
+            status=status,
+            disk_usage=usage,
+            chunk_count=store.chunk_count,
+            uptime=int(time.monotonic() - node.started),
+            node_id=node.node_id,
+            superblocks=len(store.files),
+            corrupt_chunks=len(store.corrupt),
+            native=_native.implementation("superblock") == "native",
+        )
+        if status == "critical":
+            return JSONResponse(msgspec.to_builtins(body), status_code=503)
+        return body
+
+    return api
+
+
+def _chunk_param() -> dict:
+    return {
+        "name": "chunk_id",
+        "in": "path",
+        "required": True,
+        "schema": {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,128}$"},
+    }
+
+
+def create_app(options: dict[str, Any]) -> Any:
+    node = StorageNode(options)
+
+    @asynccontextmanager
+    async def lifespan(app: Any):
+        await node.start()
+        try:
+            yield
+        finally:
+            await node.stop()
+
+    return build_app(
+        title=TITLE,
+        apis=[make_api(node)],
+        envelope=DETAIL_ENVELOPE,
+        max_body=MAX_CHUNK,
+        lifespan=lifespan,
+        state={"node": node},
+    )
