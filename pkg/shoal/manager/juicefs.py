@@ -123,9 +123,11 @@ class JuiceFS:
                 log.info("already mounted; keeping it", extra={"path": str(self.mount_path)})
                 self.state = "mounted"
                 return
+            self.mount_path.mkdir(parents=True, exist_ok=True)
+            if any(self.mount_path.iterdir()):
+                raise RuntimeError(f"{self.mount_path} is not empty; refusing to mount over it")
             if not self.meta_path.exists():
                 await self.format()
-            self.mount_path.mkdir(parents=True, exist_ok=True)
             self.cache_dir.mkdir(parents=True, exist_ok=True)
             started = time.monotonic()
             rc, out = await self._run(
