@@ -1,0 +1,28 @@
+"""Shared fixtures: the native and pure-Python implementations of each hot path."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from shoal import _native
+
+
+def both(name: str):
+    """A fixture over the native module and its pure-Python twin (the twin only if not built)."""
+    impls = [_native.pure(name)]
+    mod = _native.native(name)
+    if mod is not None:
+        impls.insert(0, mod)
+
+    @pytest.fixture(params=impls, ids=lambda m: m.__name__.split(".")[1])
+    def fixture(request):
+        return request.param
+
+    return fixture
+
+
+def native_required() -> bool:
+    """On CI the native build must be there: a silent fallback would hide a broken build."""
+    return os.environ.get("CI") == "true" or os.environ.get("SHOAL_REQUIRE_NATIVE") == "1"
