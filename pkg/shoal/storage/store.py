@@ -121,6 +121,7 @@ class ChunkStore:
         self._queue: queue.SimpleQueue[_Op | None] = queue.SimpleQueue()
         self._hasher = ThreadPoolExecutor(hash_threads, thread_name_prefix="shoal-hash")
         self._usage_cache = (0.0, 0.0)
+        self.commits = 0  # group commits that wrote something (one fsync round each)
         self.live: dict[str, tuple] = {}
         self.tombs: dict[str, tuple] = {}
         self.files: dict[int, SuperblockFile] = {}
@@ -325,6 +326,8 @@ class ChunkStore:
             for s in staged:
                 s.op.future.set_exception(err)
             return
+        if touched:
+            self.commits += 1
         for s in staged:
             if s.apply is not None:
                 self._apply(s.apply)
@@ -467,9 +470,8 @@ class ChunkStore:
         sb_id = op.sb_id
         if sb_id == self.active.id or sb_id not in self.files:
             raise StoreError(f"superblock {sb_id} cannot be retired")
-        for table in (self.live, self.tombs):
-            if any(v[0] == sb_id for v in table.values()):
-                raise StoreError(f"superblock {sb_id} still holds current records")
+        if any(v[0] == sb_id for v in list(self.live.values())):
+            raise StoreError(f"superblock {sb_id} still holds live chunks")
         index = sb.pack_index_entry(sb.KIND_RETIRE, b"", sb_id, 0)
         return _Staged(op, True, index, ("retire", sb_id))
 
@@ -485,6 +487,8 @@ class ChunkStore:
             self.live.pop(chunk_id, None)
             self.corrupt.discard(chunk_id)
         elif kind == "retire":
+            for key in [k for k, t in self.tombs.items() if t[0] == change[1]]:
+                del self.tombs[key]  # tombstones compaction found no longer needed
             f = self.files.pop(change[1])
             os.unlink(f.path)
             if self.durable:
