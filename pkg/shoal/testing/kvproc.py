@@ -43,7 +43,7 @@ async def writer(backend: str, path: str) -> None:
 
 async def race(backend: str, path: str, rounds: int, go: str) -> None:
     store = await open_store(backend, path, durable=False)
-    while not os.path.exists(go):
+    while not await asyncio.to_thread(os.path.exists, go):
         await asyncio.sleep(0.001)
     pid = str(os.getpid()).encode()
     for r in range(rounds):
