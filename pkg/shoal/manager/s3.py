@@ -43,3 +43,15 @@ def tool_env(storage: Storage) -> dict[str, str]:
         AWS_REGION=storage.region,
     )
     return env
+
+
+def find_tool(name: str, package: str) -> str:
+    """A tool's path: on PATH, or beside this Python (a venv's bin/ when PATH lacks it)."""
+    import shutil
+    import sys
+    from pathlib import Path
+
+    found = shutil.which(name) or shutil.which(name, path=str(Path(sys.executable).parent))
+    if not found:
+        raise FileNotFoundError(f"{name} not found (pip install {package})")
+    return found
