@@ -1,0 +1,414 @@
+"""Docker containers through aiodocker, against a real dockerd.
+
+Containers shoal creates carry the label `shoal.compute.id`; nothing else on the daemon is
+listed or touched. Stop's grace period is Docker's own `t`, so the daemon (not an HTTP
+timeout) decides when SIGTERM turns into SIGKILL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from typing import Any
+
+import aiodocker
+import aiohttp
+from shoal.compute.backends.base import Capacity, Observed, cores_of, memory_of, now_iso, storage_of
+from shoal.compute.errors import (
+    BackendError,
+    BackendUnavailable,
+    ComputeError,
+    InstanceNotFound,
+    OperationNotSupported,
+    ResourceLimitExceeded,
+    ValidationFailed,
+)
+from shoal.compute.models import (
+    BackendInfo,
+    BlockUsage,
+    CpuUsage,
+    CreateInstance,
+    HealthCheck,
+    MemoryUsage,
+    NetworkUsage,
+    Resources,
+    StorageUsage,
+    Usage,
+)
+
+LABEL_ID = "shoal.compute.id"
+LABEL_NAME = "shoal.compute.name"
+KVM_ONLY = ("disk_format", "network_type", "network_source", "cloud_init")
+MIN_MEMORY = 6 * 1024 * 1024  # dockerd refuses less
+CALL_TIMEOUT = 30.0
+
+_STATES = {
+    "created": "stopped",
+    "running": "running",
+    "paused": "paused",
+    "restarting": "restarting",
+    "removing": "stopping",
+    "exited": "stopped",
+    "dead": "error",
+}
+_PORT = re.compile(
+    r"^(?:(?P<ip>[0-9.]+|\[[0-9a-fA-F:]+\]):)?(?:(?P<host>\d{1,5}):)?(?P<cont>\d{1,5})(?:/(?P<proto>tcp|udp|sctp))?$"
+)
+_RESTART = re.compile(r"^(no|always|unless-stopped|on-failure(?::(\d{1,4}))?)$")
+_ENV = re.compile(r"^[^=\s][^=]*=", re.S)
+
+
+def parse_ports(ports: list[str]) -> tuple[dict[str, dict], dict[str, list[dict]]]:
+    """'[ip:]host:container[/proto]' -> Docker's ExposedPorts and PortBindings."""
+    exposed: dict[str, dict] = {}
+    bindings: dict[str, list[dict]] = {}
+    for spec in ports:
+        m = _PORT.match(spec)
+        if not m or not 0 < int(m["cont"]) < 65536 or (m["host"] and not 0 < int(m["host"]) < 65536):
+            raise ValidationFailed(f"port mapping {spec!r} is not '[ip:]hostPort:containerPort[/tcp|udp]'")
+        key = f"{int(m['cont'])}/{m['proto'] or 'tcp'}"
+        exposed[key] = {}
+        if m["host"]:
+            bindings.setdefault(key, []).append(
+                {"HostIp": (m["ip"] or "").strip("[]"), "HostPort": m["host"]}
+            )
+    return exposed, bindings
+
+
+def restart_policy(text: str) -> dict[str, Any]:
+    m = _RESTART.match(text)
+    if not m:
+        raise ValidationFailed(
+            f"restartPolicy {text!r} is not one of no, always, unless-stopped, on-failure[:N]"
+        )
+    if text.startswith("on-failure"):
+        return {"Name": "on-failure", "MaximumRetryCount": int(m.group(2) or 0)}
+    return {"Name": text}
+
+
+def cpu_percent(stats: dict[str, Any]) -> float:
+    """CPU % as `docker stats` shows it (100 = one core busy), from the two samples in `stats`."""
+    cpu, pre = stats.get("cpu_stats") or {}, stats.get("precpu_stats") or {}
+    total = (cpu.get("cpu_usage") or {}).get("total_usage", 0)
+    pre_total = (pre.get("cpu_usage") or {}).get("total_usage", 0)
+    system, pre_system = cpu.get("system_cpu_usage", 0), pre.get("system_cpu_usage", 0)
+    online = cpu.get("online_cpus") or len((cpu.get("cpu_usage") or {}).get("percpu_usage") or []) or 1
+    if not pre_system or system <= pre_system or total < pre_total:
+        return 0.0
+    return round((total - pre_total) / (system - pre_system) * online * 100.0, 2)
+
+
+def memory_used(mem: dict[str, Any]) -> int:
+    """Working set: usage minus page cache (cgroup v1 'cache', v2 'inactive_file')."""
+    usage = mem.get("usage", 0)
+    st = mem.get("stats") or {}
+    cache = st.get("total_inactive_file", st.get("inactive_file", st.get("cache", 0)))
+    return max(0, usage - cache) if cache < usage else usage
+
+
+def block_bytes(blkio: dict[str, Any]) -> tuple[int, int]:
+    read = write = 0
+    for row in blkio.get("io_service_bytes_recursive") or []:
+        op = (row.get("op") or "").lower()
+        if op == "read":
+            read += row.get("value", 0)
+        elif op == "write":
+            write += row.get("value", 0)
+    return read, write
+
+
+class DockerBackend:
+    """One dockerd, reached at `url` (unix:///path/docker.sock or tcp://127.0.0.1:port)."""
+
+    name = "docker"
+    instance_type = "container"
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self._client: aiodocker.Docker | None = None
+        self._last_check = ""
+        self._capacity: Capacity | None = None
+
+    # ---- plumbing ----------------------------------------------------------------------------
+
+    def client(self) -> aiodocker.Docker:
+        if self._client is None:
+            self._client = aiodocker.Docker(url=self.url)
+        return self._client
+
+    async def close(self) -> None:
+        if self._client is not None:
+            await self._client.close()
+            self._client = None
+
+    async def _call(self, coro_fn, *args: Any, timeout: float | None = CALL_TIMEOUT, **kwargs: Any) -> Any:
+        """Run one daemon call; a dead daemon becomes BackendUnavailable, a refusal BackendError."""
+        try:
+            if timeout is None:
+                return await coro_fn(*args, **kwargs)
+            async with asyncio.timeout(timeout):
+                return await coro_fn(*args, **kwargs)
+        except aiodocker.DockerError as exc:
+            if exc.status >= 900:  # aiodocker's "cannot connect"
+                await self._reset()
+                raise BackendUnavailable("docker", "Docker daemon not responding") from None
+            raise self._refusal(exc) from None
+        except (aiohttp.ClientError, OSError) as exc:
+            await self._reset()
+            raise BackendUnavailable("docker", f"Docker daemon not responding: {exc}") from None
+        except TimeoutError:
+            raise BackendUnavailable("docker", "Docker daemon did not answer in time") from None
+
+    async def _reset(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            try:
+                await client.close()
+            except Exception:  # closing a broken session must not hide the real error
+                pass
+
+    def _refusal(self, exc: aiodocker.DockerError) -> ComputeError:
+        details = {"backend": "docker", "reason": exc.message, "backendStatus": exc.status}
+        if "storage-opt" in exc.message:
+            return OperationNotSupported(f"Docker cannot limit storage here: {exc.message}", details)
+        if exc.status == 404:
+            return BackendError(f"Docker: {exc.message}", details, status=404)
+        if exc.status in (400, 409):
+            return BackendError(f"Docker refused: {exc.message}", details, status=exc.status)
+        if exc.status == 304:
+            return BackendError("Docker: nothing to do", details, status=409)
+        return BackendError(f"Docker failed: {exc.message}", details, status=502)
+
+    def container(self, backend_id: str) -> aiodocker.containers.DockerContainer:
+        return self.client().containers.container(backend_id)
+
+    async def inspect(self, backend_id: str, size: bool = False) -> dict[str, Any] | None:
+        try:
+            if size:
+                return await self._call(self.container(backend_id).show, size=1)
+            return await self._call(self.container(backend_id).show)
+        except BackendError as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    async def _must_inspect(self, backend_id: str, size: bool = False) -> dict[str, Any]:
+        data = await self.inspect(backend_id, size)
+        if data is None:
+            raise InstanceNotFound(
+                "the container behind this instance no longer exists", {"backendId": backend_id}
+            )
+        return data
+
+    # ---- facts -------------------------------------------------------------------------------
+
+    async def capacity(self) -> Capacity:
+        if self._capacity is None:
+            info = await self._call(self.client().system.info)
+            self._capacity = Capacity(cpus=int(info.get("NCPU") or 1), memory=int(info.get("MemTotal") or 0))
+        return self._capacity
+
+    async def info(self) -> BackendInfo:
+        version = await self._call(self.client().version)
+        self._last_check = now_iso()
+        return BackendInfo(
+            type="docker",
+            version=str(version.get("Version", "")),
+            api_version=str(version.get("ApiVersion", "")),
+            status="running",
+            capabilities=["containers", "images", "networks", "volumes", "pause", "live-resources"],
+            supported_types=["container"],
+            health_check=HealthCheck(status="healthy", last_check=self._last_check),
+        )
+
+    # ---- create ------------------------------------------------------------------------------
+
+    def validate(self, spec: CreateInstance) -> None:
+        cfg = spec.config
+        wrong = [k for k in KVM_ONLY if getattr(cfg, k) is not None]
+        if wrong:
+            raise ValidationFailed(
+                "these config keys are for the kvm backend: " + ", ".join(_camel(k) for k in wrong),
+                {"fields": [_camel(k) for k in wrong]},
+            )
+        if not cfg.image:
+            raise ValidationFailed(
+                "config.image is required for a docker instance", {"field": "config.image"}
+            )
+        for item in cfg.env or []:
+            if not _ENV.match(item):
+                raise ValidationFailed(f"env entry {item!r} is not KEY=value", {"field": "config.env"})
+        for vol in cfg.volumes or []:
+            if ":" not in vol or vol.startswith(":"):
+                raise ValidationFailed(
+                    f"volume {vol!r} is not 'source:/container/path[:ro]'", {"field": "config.volumes"}
+                )
+        parse_ports(cfg.ports or [])
+        if cfg.restart_policy:
+            restart_policy(cfg.restart_policy)
+        memory = memory_of(spec.resources)
+        if memory is not None and memory < MIN_MEMORY:
+            raise ValidationFailed(
+                "Docker needs a memory limit of at least 6 MiB", {"field": "resources.memory.limit"}
+            )
+
+    async def check_limits(self, resources: Resources) -> None:
+        cap = await self.capacity()
+        cores, memory = cores_of(resources), memory_of(resources)
+        if cores is not None and cores > cap.cpus:
+            raise ResourceLimitExceeded(
+                f"{cores:g} CPU cores requested; this host has {cap.cpus}",
+                {"resource": "cpu", "requested": cores, "available": cap.cpus},
+            )
+        if memory is not None and cap.memory and memory > cap.memory:
+            raise ResourceLimitExceeded(
+                f"{memory} bytes of memory requested; this host has {cap.memory}",
+                {"resource": "memory", "requested": memory, "available": cap.memory},
+            )
+        if memory is not None and memory < MIN_MEMORY:
+            raise ValidationFailed(
+                "Docker needs a memory limit of at least 6 MiB", {"field": "resources.memory.limit"}
+            )
+
+    async def create(self, record: dict[str, Any], spec: CreateInstance) -> str:
+        await self.check_limits(spec.resources)
+        cfg = spec.config
+        exposed, bindings = parse_ports(cfg.ports or [])
+        host: dict[str, Any] = {"Binds": list(cfg.volumes or []), "PortBindings": bindings}
+        host.update(self._limits(spec.resources))
+        if cfg.network_mode:
+            host["NetworkMode"] = cfg.network_mode
+        if cfg.restart_policy:
+            host["RestartPolicy"] = restart_policy(cfg.restart_policy)
+        if storage_of(spec.resources) is not None:
+            host["StorageOpt"] = {"size": str(storage_of(spec.resources))}
+        labels = {**spec.metadata.labels, LABEL_ID: record["id"], LABEL_NAME: record["name"]}
+        config: dict[str, Any] = {
+            "Image": cfg.image,
+            "Env": list(cfg.env or []),
+            "Labels": labels,
+            "ExposedPorts": exposed,
+            "HostConfig": host,
+        }
+        if cfg.command is not None:
+            config["Cmd"] = list(cfg.command)
+        try:
+            container = await self._call(self.client().containers.create, config, name=record["name"])
+        except BackendError as exc:
+            if exc.status == 404:  # the image
+                raise BackendError(
+                    f"Docker has no image {cfg.image!r}", {**exc.details, "image": cfg.image}, status=400
+                ) from None
+            raise
+        return container.id
+
+    @staticmethod
+    def _limits(resources: Resources) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        cores, memory = cores_of(resources), memory_of(resources)
+        if cores is not None:
+            out["NanoCpus"] = round(cores * 1e9)
+        if memory is not None:
+            out["Memory"] = memory
+            out["MemorySwap"] = -1
+        return out
+
+    # ---- state -------------------------------------------------------------------------------
+
+    async def observe(self, backend_id: str) -> Observed | None:
+        data = await self.inspect(backend_id)
+        if data is None:
+            return None
+        st = data.get("State") or {}
+        status = st.get("Status", "unknown")
+        health = (st.get("Health") or {}).get("Status")
+        return Observed(_STATES.get(status, "unknown"), health or status)
+
+    async def observe_all(self) -> dict[str, Observed]:
+        rows = await self._call(self.client().containers.list, all=True, filters={"label": [LABEL_ID]})
+        out = {}
+        for c in rows:
+            raw = c._container
+            out[raw["Id"]] = Observed(_STATES.get(raw.get("State", ""), "unknown"), raw.get("Status", ""))
+        return out
+
+    # ---- lifecycle ---------------------------------------------------------------------------
+
+    async def start(self, backend_id: str) -> None:
+        await self._call(self.container(backend_id).start)
+
+    async def stop(self, backend_id: str, force: bool, timeout: int) -> None:
+        c = self.container(backend_id)
+        if force:
+            await self._call(c.kill, signal="SIGKILL")
+            await self._call(c.wait, timeout=CALL_TIMEOUT)
+        else:
+            # Docker's `t` is the grace period; the call itself may take that long.
+            await self._call(c.stop, t=timeout, timeout=timeout + CALL_TIMEOUT)
+
+    async def restart(self, backend_id: str, force: bool, timeout: int) -> None:
+        t = 0 if force else timeout
+        await self._call(self.container(backend_id).restart, t=t, timeout=t + CALL_TIMEOUT)
+
+    async def pause(self, backend_id: str) -> None:
+        await self._call(self.container(backend_id).pause)
+
+    async def unpause(self, backend_id: str) -> None:
+        await self._call(self.container(backend_id).unpause)
+
+    async def update(self, backend_id: str, resources: Resources, running: bool) -> None:
+        if storage_of(resources) is not None:
+            raise OperationNotSupported(
+                "Docker cannot change a container's storage limit after creation",
+                {"backend": "docker", "field": "resources.storage"},
+            )
+        await self.check_limits(resources)
+        body = self._limits(resources)
+        if body:
+            await self._call(
+                self.client()._query_json, f"containers/{backend_id}/update", method="POST", data=body
+            )
+
+    async def delete(self, backend_id: str, record: dict[str, Any]) -> None:
+        try:
+            await self._call(self.container(backend_id).delete, force=True, v=True)
+        except BackendError as exc:
+            if exc.status != 404:
+                raise
+
+    # ---- usage -------------------------------------------------------------------------------
+
+    async def usage(self, backend_id: str, record: dict[str, Any]) -> Usage:
+        data = await self._must_inspect(backend_id, size=True)
+        hostcfg = data.get("HostConfig") or {}
+        cap = await self.capacity()
+        running = (data.get("State") or {}).get("Status") in ("running", "paused")
+        stats: dict[str, Any] = {}
+        if running:
+            # stream=0 makes dockerd take two samples (about a second apart): CPU % needs both.
+            rows = await self._call(self.container(backend_id).stats, stream=False, timeout=CALL_TIMEOUT)
+            stats = rows[0] if rows else {}
+        mem = stats.get("memory_stats") or {}
+        limit = hostcfg.get("Memory") or mem.get("limit") or cap.memory
+        used = memory_used(mem) if mem else 0
+        nets = stats.get("networks") or {}
+        rx = sum(n.get("rx_bytes", 0) for n in nets.values())
+        tx = sum(n.get("tx_bytes", 0) for n in nets.values())
+        read, write = block_bytes(stats.get("blkio_stats") or {})
+        cores = (hostcfg.get("NanoCpus") or 0) / 1e9 or float(cap.cpus)
+        size_rw = int(data.get("SizeRw") or 0)
+        total = ((record.get("resources") or {}).get("storage") or {}).get("totalSpace") or 0
+        return Usage(
+            cpu=CpuUsage(usage=cpu_percent(stats) if stats else 0.0, cores=cores),
+            memory=MemoryUsage(
+                used=used, limit=limit, percentage=round(used / limit * 100.0, 2) if limit else 0.0
+            ),
+            storage=StorageUsage(used=size_rw, total=total),
+            network=NetworkUsage(rx_bytes=rx, tx_bytes=tx),
+            block_io=BlockUsage(read_bytes=read, write_bytes=write),
+        )
+
+
+def _camel(snake: str) -> str:
+    head, *rest = snake.split("_")
+    return head + "".join(p.title() for p in rest)

@@ -1,0 +1,642 @@
+"""KVM/QEMU virtual machines through libvirt-python.
+
+libvirt calls block, so every one runs on a small thread pool of this backend's own, never on
+the event loop; waits (a guest shutting down) are polled from the loop, holding no thread.
+Disks are qcow2 overlays on a template image (`qemu-img create -b`), so creating a VM costs
+milliseconds and the template is never written. Domains carry shoal metadata (kvm_xml.NS);
+the domain uuid is the instance uuid, so the registry finds them without scanning.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import json
+import os
+import re
+import shutil
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from shoal.compute.backends.base import Capacity, Observed, cores_of, memory_of, now_iso, storage_of
+from shoal.compute.backends.kvm_xml import DomainSpec, domain_xml
+from shoal.compute.errors import (
+    BackendError,
+    BackendUnavailable,
+    ComputeError,
+    InstanceNotFound,
+    NameConflict,
+    OperationNotSupported,
+    ResourceLimitExceeded,
+    ValidationFailed,
+)
+from shoal.compute.models import (
+    BackendInfo,
+    BlockUsage,
+    CpuUsage,
+    CreateInstance,
+    HealthCheck,
+    MemoryUsage,
+    NetworkUsage,
+    Resources,
+    StorageUsage,
+    Usage,
+)
+
+try:
+    import libvirt
+except ImportError:  # the `kvm` extra is not installed: the backend reports itself unavailable
+    libvirt = None
+
+DOCKER_ONLY = ("command", "env", "volumes", "ports", "network_mode", "restart_policy")
+NETWORK_TYPES = ("user", "network", "bridge", "none")
+DISK_FORMATS = ("qcow2", "raw")
+DEFAULT_MEMORY = 512 * 1024 * 1024
+MIN_MEMORY = 16 * 1024 * 1024
+DEFAULT_BLANK_DISK = 1 << 30
+CALL_TIMEOUT = 60.0
+POLL = 0.2
+_TEMPLATE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:+-]{0,127}$")
+
+_STATES = {
+    0: "unknown",  # NOSTATE
+    1: "running",
+    2: "running",  # BLOCKED (idle in the host's eyes)
+    3: "paused",
+    4: "stopping",  # SHUTDOWN: being shut down
+    5: "stopped",
+    6: "error",  # CRASHED
+    7: "paused",  # PMSUSPENDED
+}
+_REASONS = {
+    1: {0: "unknown", 1: "booted", 2: "migrated", 3: "restored", 4: "from snapshot", 5: "unpaused"},
+    3: {0: "unknown", 1: "paused by user", 2: "migration", 3: "saving", 4: "dumping", 5: "I/O error"},
+    5: {0: "unknown", 1: "shut down", 2: "destroyed", 3: "crashed", 4: "migrated", 5: "saved", 6: "failed"},
+}
+
+
+@dataclass(frozen=True)
+class Template:
+    name: str
+    disk: Path | None
+    disk_format: str
+    kernel: Path | None
+    initrd: Path | None
+    cmdline: str | None
+
+
+def _version(n: int) -> str:
+    return f"{n // 1_000_000}.{n // 1000 % 1000}.{n % 1000}"
+
+
+class KvmBackend:
+    """One libvirt URI (qemu:///system, qemu+unix:///system?socket=..., test:///default)."""
+
+    name = "kvm"
+    instance_type = "vm"
+
+    def __init__(
+        self,
+        uri: str,
+        data_dir: str | Path,
+        templates_dir: str | Path | None = None,
+        domain_type: str = "qemu",
+    ) -> None:
+        self.uri = uri
+        self.data_dir = Path(data_dir)
+        self.templates_dir = Path(templates_dir) if templates_dir else self.data_dir / "templates"
+        self.domain_type = domain_type
+        self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="libvirt")
+        self._conn: Any = None
+        self._capacity: Capacity | None = None
+
+    # ---- plumbing: every libvirt call goes through _run -------------------------------------
+
+    def _connection(self) -> Any:
+        if libvirt is None:
+            raise BackendUnavailable("kvm", "libvirt-python is not installed (pip install 'shoal[kvm]')")
+        conn = self._conn
+        if conn is not None:
+            try:
+                if conn.isAlive():
+                    return conn
+            except libvirt.libvirtError:
+                pass
+            self._drop()
+        try:
+            self._conn = libvirt.open(self.uri)
+        except libvirt.libvirtError as exc:
+            raise BackendUnavailable("kvm", f"libvirt at {self.uri} not responding: {exc}") from None
+        return self._conn
+
+    def _drop(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                conn.close()
+
+    def _guarded(self, fn: Any, *args: Any) -> Any:
+        conn = self._connection()
+        try:
+            return fn(conn, *args)
+        except libvirt.libvirtError as exc:
+            alive = False
+            with contextlib.suppress(Exception):
+                alive = bool(conn.isAlive())
+            if not alive:
+                self._drop()
+                raise BackendUnavailable("kvm", f"lost the libvirt connection: {exc}") from None
+            raise self._refusal(exc) from None
+
+    def _refusal(self, exc: Any) -> ComputeError:
+        code = exc.get_error_code()
+        message = exc.get_error_message() or str(exc)
+        details = {"backend": "kvm", "reason": message, "libvirtCode": code}
+        if code == libvirt.VIR_ERR_NO_DOMAIN:
+            return InstanceNotFound("the VM behind this instance no longer exists", details)
+        if code == libvirt.VIR_ERR_OPERATION_INVALID:
+            return OperationNotSupported(
+                f"not possible in the VM's current state: {message}", details, status=409
+            )
+        if code in (
+            libvirt.VIR_ERR_NO_SUPPORT,
+            libvirt.VIR_ERR_OPERATION_UNSUPPORTED,
+            libvirt.VIR_ERR_ARGUMENT_UNSUPPORTED,
+        ):
+            return OperationNotSupported(f"libvirt cannot do this: {message}", details)
+        if code in (
+            libvirt.VIR_ERR_XML_ERROR,
+            libvirt.VIR_ERR_INVALID_ARG,
+            libvirt.VIR_ERR_CONFIG_UNSUPPORTED,
+        ):
+            return BackendError(f"libvirt refused: {message}", details, status=400)
+        if code == libvirt.VIR_ERR_NO_NETWORK:
+            return BackendError(f"libvirt has no such network: {message}", details, status=400)
+        return BackendError(f"libvirt failed: {message}", details, status=502)
+
+    async def _run(self, fn: Any, *args: Any, timeout: float = CALL_TIMEOUT) -> Any:
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(timeout):
+                return await loop.run_in_executor(self._pool, partial(self._guarded, fn, *args))
+        except TimeoutError:
+            raise BackendUnavailable("kvm", f"libvirt did not answer within {timeout:g} s") from None
+
+    async def close(self) -> None:
+        await asyncio.get_running_loop().run_in_executor(self._pool, self._drop)
+        self._pool.shutdown(wait=False)
+
+    @staticmethod
+    def _dom(conn: Any, uuid: str) -> Any:
+        return conn.lookupByUUIDString(uuid)
+
+    # ---- facts -------------------------------------------------------------------------------
+
+    async def capacity(self) -> Capacity:
+        if self._capacity is None:
+            info = await self._run(lambda c: c.getInfo())
+            self._capacity = Capacity(cpus=int(info[2]), memory=int(info[1]) * 1024 * 1024)
+        return self._capacity
+
+    async def info(self) -> BackendInfo:
+        def facts(c: Any) -> tuple[int, int]:
+            return c.getVersion(), c.getLibVersion()
+
+        hv, lib = await self._run(facts)
+        return BackendInfo(
+            type="kvm",
+            version=_version(hv),
+            api_version=_version(lib),
+            status="running",
+            capabilities=["vms", "pause", "live-vcpus", "live-memory", "qcow2-overlays", "cloud-init"],
+            supported_types=["vm"],
+            health_check=HealthCheck(status="healthy", last_check=now_iso()),
+        )
+
+    def template(self, name: str) -> Template:
+        if not _TEMPLATE.match(name):
+            raise ValidationFailed(f"config.image {name!r} is not a template name", {"field": "config.image"})
+        base = self.templates_dir
+        for ext, fmt in ((".qcow2", "qcow2"), (".img", "raw"), (".raw", "raw")):
+            if (base / f"{name}{ext}").is_file():
+                return Template(name, base / f"{name}{ext}", fmt, None, None, None)
+        folder = base / name
+        if folder.is_dir():
+            disk = next(
+                (folder / d for d in ("disk.qcow2", "disk.img", "disk.raw") if (folder / d).is_file()), None
+            )
+            kernel = next((folder / k for k in ("kernel", "vmlinuz") if (folder / k).is_file()), None)
+            initrd = folder / "initrd" if (folder / "initrd").is_file() else None
+            cmdline = (folder / "cmdline").read_text().strip() if (folder / "cmdline").is_file() else None
+            fmt = "qcow2" if disk is not None and disk.suffix == ".qcow2" else "raw"
+            if disk is not None or kernel is not None:
+                return Template(name, disk, fmt, kernel, initrd, cmdline)
+        known = sorted({p.stem for p in base.glob("*")}) if base.is_dir() else []
+        raise ValidationFailed(
+            f"no VM template named {name!r}", {"field": "config.image", "templates": known[:50]}
+        )
+
+    # ---- create ------------------------------------------------------------------------------
+
+    def validate(self, spec: CreateInstance) -> None:
+        cfg = spec.config
+        wrong = [k for k in DOCKER_ONLY if getattr(cfg, k) is not None]
+        if wrong:
+            names = [_camel(k) for k in wrong]
+            raise ValidationFailed(
+                "these config keys are for the docker backend: " + ", ".join(names), {"fields": names}
+            )
+        if not cfg.image:
+            raise ValidationFailed(
+                "config.image (a VM template) is required for a kvm instance", {"field": "config.image"}
+            )
+        if cfg.network_type is not None and cfg.network_type not in NETWORK_TYPES:
+            raise ValidationFailed(
+                f"config.networkType must be one of {', '.join(NETWORK_TYPES)}",
+                {"field": "config.networkType"},
+            )
+        if cfg.disk_format is not None and cfg.disk_format not in DISK_FORMATS:
+            raise ValidationFailed(
+                f"config.diskFormat must be one of {', '.join(DISK_FORMATS)}", {"field": "config.diskFormat"}
+            )
+        self._check_shape(spec.resources)
+        self.template(cfg.image)
+
+    @staticmethod
+    def _check_shape(resources: Resources) -> None:
+        cores = cores_of(resources)
+        if cores is not None and cores != int(cores):
+            raise ValidationFailed("a VM needs a whole number of CPU cores", {"field": "resources.cpu.cores"})
+        memory = memory_of(resources)
+        if memory is not None and memory < MIN_MEMORY:
+            raise ValidationFailed(
+                "a VM needs at least 16 MiB of memory", {"field": "resources.memory.limit"}
+            )
+
+    async def check_limits(self, resources: Resources) -> None:
+        cap = await self.capacity()
+        cores, memory, storage = cores_of(resources), memory_of(resources), storage_of(resources)
+        if cores is not None and cores > cap.cpus:
+            raise ResourceLimitExceeded(
+                f"{cores:g} vCPUs requested; this host has {cap.cpus}",
+                {"resource": "cpu", "requested": cores, "available": cap.cpus},
+            )
+        if memory is not None and memory > cap.memory:
+            raise ResourceLimitExceeded(
+                f"{memory} bytes of memory requested; this host has {cap.memory}",
+                {"resource": "memory", "requested": memory, "available": cap.memory},
+            )
+        if storage is not None:
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+            st = os.statvfs(self.data_dir)
+            free = st.f_bavail * st.f_frsize
+            if storage > free:
+                raise ResourceLimitExceeded(
+                    f"{storage} bytes of disk requested; {free} are free",
+                    {"resource": "storage", "requested": storage, "available": free},
+                )
+
+    def instance_dir(self, instance_id: str) -> Path:
+        return self.data_dir / "vms" / instance_id
+
+    def console_log(self, instance_id: str) -> Path:
+        return self.instance_dir(instance_id) / "console.log"
+
+    async def create(self, record: dict[str, Any], spec: CreateInstance) -> str:
+        self.validate(spec)
+        await self.check_limits(spec.resources)
+        cfg = spec.config
+        tpl = self.template(cfg.image or "")
+        cap = await self.capacity()
+        folder = self.instance_dir(record["id"])
+        folder.mkdir(parents=True, exist_ok=True)
+        try:
+            disk_format = cfg.disk_format or "qcow2"
+            disk = folder / f"disk.{disk_format}"
+            await self._make_disk(tpl, disk, disk_format, storage_of(spec.resources))
+            seed = None
+            if cfg.cloud_init is not None:
+                seed = folder / "seed.iso"
+                await asyncio.to_thread(write_seed_iso, seed, record, cfg.cloud_init)
+            xml = domain_xml(
+                DomainSpec(
+                    name=record["name"],
+                    uuid=record["uuid"],
+                    instance_id=record["id"],
+                    vcpus=int(cores_of(spec.resources) or 1),
+                    max_vcpus=max(cap.cpus, int(cores_of(spec.resources) or 1)),
+                    memory_kib=(memory_of(spec.resources) or min(DEFAULT_MEMORY, cap.memory)) // 1024,
+                    disk_path=str(disk),
+                    disk_format=disk_format,
+                    domain_type=self.domain_type,
+                    kernel=str(tpl.kernel) if tpl.kernel else None,
+                    initrd=str(tpl.initrd) if tpl.initrd else None,
+                    cmdline=tpl.cmdline,
+                    network_type=cfg.network_type or "user",
+                    network_source=cfg.network_source,
+                    seed_iso=str(seed) if seed else None,
+                    console_log=str(self.console_log(record["id"])),
+                    labels=dict(spec.metadata.labels),
+                )
+            )
+            try:
+                await self._run(lambda c: c.defineXML(xml))
+            except BackendError as exc:
+                if "already exists" in exc.message:
+                    raise NameConflict(
+                        f"libvirt already has a domain named {record['name']!r} (not one of shoal's)",
+                        {"name": record["name"], "backend": "kvm"},
+                    ) from None
+                raise
+        except BaseException:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
+        return record["uuid"]
+
+    async def _make_disk(self, tpl: Template, disk: Path, fmt: str, size: int | None) -> None:
+        if tpl.disk is None:
+            await _qemu_img("create", "-f", fmt, str(disk), str(size or DEFAULT_BLANK_DISK))
+            return
+        virtual = int((await _qemu_img_info(tpl.disk))["virtual-size"])
+        if size is not None and size < virtual:
+            raise ValidationFailed(
+                f"resources.storage.totalSpace ({size}) is smaller than template {tpl.name!r} ({virtual})",
+                {"field": "resources.storage.totalSpace", "minimum": virtual},
+            )
+        if fmt == "qcow2":
+            args = ["create", "-f", "qcow2", "-F", tpl.disk_format, "-b", str(tpl.disk.resolve()), str(disk)]
+            await _qemu_img(*args, *([str(size)] if size else []))
+        else:
+            await _qemu_img("convert", "-f", tpl.disk_format, "-O", "raw", str(tpl.disk), str(disk))
+            if size and size > virtual:
+                await _qemu_img("resize", "-f", "raw", str(disk), str(size))
+
+    # ---- state -------------------------------------------------------------------------------
+
+    @staticmethod
+    def _observed(state: int, reason: int) -> Observed:
+        return Observed(
+            _STATES.get(state, "unknown"), _REASONS.get(state, {}).get(reason, _STATES.get(state, "unknown"))
+        )
+
+    async def observe(self, backend_id: str) -> Observed | None:
+        def look(c: Any) -> tuple[int, int] | None:
+            try:
+                return tuple(self._dom(c, backend_id).state())
+            except libvirt.libvirtError as exc:
+                if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+                    return None
+                raise
+
+        st = await self._run(look)
+        return None if st is None else self._observed(*st)
+
+    async def observe_all(self) -> dict[str, Observed]:
+        def scan(c: Any) -> dict[str, tuple[int, int]]:
+            out = {}
+            for dom in c.listAllDomains(0):
+                with contextlib.suppress(libvirt.libvirtError):  # vanished mid-scan
+                    out[dom.UUIDString()] = tuple(dom.state())
+            return out
+
+        return {uuid: self._observed(*st) for uuid, st in (await self._run(scan)).items()}
+
+    async def _state(self, backend_id: str) -> int:
+        return await self._run(lambda c: self._dom(c, backend_id).state()[0])
+
+    # ---- lifecycle ---------------------------------------------------------------------------
+
+    async def start(self, backend_id: str) -> None:
+        await self._run(lambda c: self._dom(c, backend_id).create())
+
+    async def stop(self, backend_id: str, force: bool, timeout: int) -> None:
+        """ACPI shutdown, wait up to `timeout` s for the guest to power off, then destroy."""
+        state = await self._state(backend_id)
+        if state == libvirt.VIR_DOMAIN_SHUTOFF:
+            return
+        if not force and timeout > 0:
+            if state in (libvirt.VIR_DOMAIN_PAUSED, libvirt.VIR_DOMAIN_PMSUSPENDED):
+                await self._run(lambda c: self._dom(c, backend_id).resume())
+            await self._run(lambda c: self._dom(c, backend_id).shutdown())
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                if await self._state(backend_id) == libvirt.VIR_DOMAIN_SHUTOFF:
+                    return
+                await asyncio.sleep(POLL)
+
+        def destroy(c: Any) -> None:
+            dom = self._dom(c, backend_id)
+            if dom.isActive():
+                dom.destroy()
+
+        await self._run(destroy)
+
+    async def restart(self, backend_id: str, force: bool, timeout: int) -> None:
+        """Force: hard reset in place. Otherwise a clean power cycle (stop with timeout, start),
+        which takes effect even when the guest ignores the ACPI reboot request."""
+        if force and await self._state(backend_id) in (
+            libvirt.VIR_DOMAIN_RUNNING,
+            libvirt.VIR_DOMAIN_BLOCKED,
+        ):
+            await self._run(lambda c: self._dom(c, backend_id).reset(0))
+            return
+        await self.stop(backend_id, force, timeout)
+        await self.start(backend_id)
+
+    async def pause(self, backend_id: str) -> None:
+        await self._run(lambda c: self._dom(c, backend_id).suspend())
+
+    async def unpause(self, backend_id: str) -> None:
+        await self._run(lambda c: self._dom(c, backend_id).resume())
+
+    async def update(self, backend_id: str, resources: Resources, running: bool) -> None:
+        self._check_shape(resources)
+        await self.check_limits(resources)
+        cores, memory, storage = cores_of(resources), memory_of(resources), storage_of(resources)
+
+        def apply(c: Any) -> None:
+            dom = self._dom(c, backend_id)
+            active = bool(dom.isActive())
+            live = libvirt.VIR_DOMAIN_AFFECT_CONFIG | (libvirt.VIR_DOMAIN_AFFECT_LIVE if active else 0)
+            if cores is not None:
+                n = int(cores)
+                top = dom.vcpusFlags(libvirt.VIR_DOMAIN_AFFECT_CONFIG | libvirt.VIR_DOMAIN_VCPU_MAXIMUM)
+                if n > top:
+                    if active:
+                        raise OperationNotSupported(
+                            f"this VM was defined with at most {top} vCPUs; stop it to go beyond",
+                            {"field": "resources.cpu.cores", "maximum": top},
+                            status=409,
+                        )
+                    dom.setVcpusFlags(n, libvirt.VIR_DOMAIN_AFFECT_CONFIG | libvirt.VIR_DOMAIN_VCPU_MAXIMUM)
+                dom.setVcpusFlags(n, live)
+            if memory is not None:
+                kib = memory // 1024
+                top = dom.maxMemory()
+                if kib > top:
+                    if active:
+                        raise OperationNotSupported(
+                            f"this VM booted with at most {top * 1024} bytes of memory; stop it to go beyond",
+                            {"field": "resources.memory.limit", "maximum": top * 1024},
+                            status=409,
+                        )
+                    dom.setMemoryFlags(kib, libvirt.VIR_DOMAIN_AFFECT_CONFIG | libvirt.VIR_DOMAIN_MEM_MAXIMUM)
+                dom.setMemoryFlags(kib, live)
+            if storage is not None:
+                capacity = dom.blockInfo("vda")[0]
+                if storage < capacity:
+                    raise OperationNotSupported(
+                        "a VM disk can grow but not shrink",
+                        {"field": "resources.storage.totalSpace", "current": capacity},
+                    )
+                if storage > capacity:
+                    if not active:
+                        raise OperationNotSupported(
+                            "grow the disk of a running VM (libvirt resizes block devices live)",
+                            {"field": "resources.storage.totalSpace"},
+                            status=409,
+                        )
+                    dom.blockResize("vda", storage, libvirt.VIR_DOMAIN_BLOCK_RESIZE_BYTES)
+
+        await self._run(apply)
+
+    async def delete(self, backend_id: str, record: dict[str, Any]) -> None:
+        def remove(c: Any) -> None:
+            try:
+                dom = self._dom(c, backend_id)
+            except libvirt.libvirtError as exc:
+                if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+                    return
+                raise
+            if dom.isActive():
+                dom.destroy()
+            flags = libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE | libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA
+            try:
+                dom.undefineFlags(flags)
+            except libvirt.libvirtError:
+                dom.undefine()
+
+        await self._run(remove)
+        await asyncio.to_thread(shutil.rmtree, self.instance_dir(record["id"]), True)
+
+    # ---- usage -------------------------------------------------------------------------------
+
+    async def _sample(self, backend_id: str) -> dict[str, Any]:
+        def sample(c: Any) -> dict[str, Any]:
+            dom = self._dom(c, backend_id)
+            info = dom.info()  # state, maxMem KiB, mem KiB, vcpus, cpuTime ns
+            stats: dict[str, Any] = {}
+            if info[0] in (libvirt.VIR_DOMAIN_RUNNING, libvirt.VIR_DOMAIN_BLOCKED, libvirt.VIR_DOMAIN_PAUSED):
+                groups = (
+                    libvirt.VIR_DOMAIN_STATS_CPU_TOTAL
+                    | libvirt.VIR_DOMAIN_STATS_BALLOON
+                    | libvirt.VIR_DOMAIN_STATS_INTERFACE
+                    | libvirt.VIR_DOMAIN_STATS_BLOCK
+                )
+                with contextlib.suppress(libvirt.libvirtError):
+                    rows = c.domainListGetStats([dom], groups)
+                    stats = dict(rows[0][1]) if rows else {}
+            capacity = allocation = 0
+            with contextlib.suppress(libvirt.libvirtError):
+                capacity, allocation, _ = dom.blockInfo("vda")
+            return {
+                "info": info,
+                "stats": stats,
+                "capacity": capacity,
+                "allocation": allocation,
+                "t": time.monotonic(),
+            }
+
+        return await self._run(sample)
+
+    async def usage(self, backend_id: str, record: dict[str, Any], interval: float = 0.5) -> Usage:
+        first = await self._sample(backend_id)
+        running = first["info"][0] in (libvirt.VIR_DOMAIN_RUNNING, libvirt.VIR_DOMAIN_BLOCKED)
+        second = first
+        if running:
+            await asyncio.sleep(interval)
+            second = await self._sample(backend_id)
+        return usage_from_samples(first, second)
+
+
+def usage_from_samples(first: dict[str, Any], second: dict[str, Any]) -> Usage:
+    """CPU % of one core (as Docker reports it) from two samples; the rest from the second."""
+    st, info = second["stats"], second["info"]
+    vcpus = int(info[3]) or 1
+    cpu = 0.0
+    wall = (second["t"] - first["t"]) * 1e9
+    if wall > 0:
+        t0 = first["stats"].get("cpu.time", first["info"][4])
+        t1 = st.get("cpu.time", info[4])
+        cpu = max(0.0, min(100.0 * vcpus, (t1 - t0) / wall * 100.0))
+    limit = int(st.get("balloon.current", info[2])) * 1024
+    if "balloon.available" in st and "balloon.unused" in st:
+        used = (int(st["balloon.available"]) - int(st["balloon.unused"])) * 1024
+    else:
+        used = int(st.get("balloon.rss", 0)) * 1024
+    used = max(0, min(used, limit)) if limit else used
+    rx = sum(int(v) for k, v in st.items() if k.startswith("net.") and k.endswith(".rx.bytes"))
+    tx = sum(int(v) for k, v in st.items() if k.startswith("net.") and k.endswith(".tx.bytes"))
+    rd = sum(int(v) for k, v in st.items() if k.startswith("block.") and k.endswith(".rd.bytes"))
+    wr = sum(int(v) for k, v in st.items() if k.startswith("block.") and k.endswith(".wr.bytes"))
+    if second["info"][0] not in (1, 2, 3):
+        used = 0
+    return Usage(
+        cpu=CpuUsage(usage=round(cpu, 2), cores=float(vcpus)),
+        memory=MemoryUsage(
+            used=used, limit=limit, percentage=round(used / limit * 100.0, 2) if limit else 0.0
+        ),
+        storage=StorageUsage(used=int(second["allocation"]), total=int(second["capacity"])),
+        network=NetworkUsage(rx_bytes=rx, tx_bytes=tx),
+        block_io=BlockUsage(read_bytes=rd, write_bytes=wr),
+    )
+
+
+async def _qemu_img(*args: str) -> str:
+    if shutil.which("qemu-img") is None:
+        raise BackendUnavailable("kvm", "qemu-img is not installed (Debian package qemu-utils)")
+    proc = await asyncio.create_subprocess_exec(
+        "qemu-img", *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    out, err = await proc.communicate()
+    if proc.returncode != 0:
+        raise BackendError(
+            f"qemu-img {args[0]} failed: {err.decode(errors='replace').strip()}", {"backend": "kvm"}
+        )
+    return out.decode()
+
+
+async def _qemu_img_info(path: Path) -> dict[str, Any]:
+    return json.loads(await _qemu_img("info", "--output=json", str(path)))
+
+
+def write_seed_iso(path: Path, record: dict[str, Any], cloud_init: Any) -> None:
+    """A NoCloud seed (ISO 9660 labelled 'cidata' with user-data and meta-data), via pycdlib."""
+    try:
+        import pycdlib
+    except ImportError:
+        raise OperationNotSupported(
+            "cloud-init needs pycdlib (pip install 'shoal[kvm]')", {"field": "config.cloudInit"}
+        ) from None
+    meta = cloud_init.meta_data or f"instance-id: {record['id']}\nlocal-hostname: {record['name']}\n"
+    files = {"user-data": cloud_init.user_data or "#cloud-config\n{}\n", "meta-data": meta}
+    if cloud_init.network_config:
+        files["network-config"] = cloud_init.network_config
+    iso = pycdlib.PyCdlib()
+    iso.new(interchange_level=3, joliet=3, rock_ridge="1.09", vol_ident="cidata")
+    for name, text in files.items():
+        data = text.encode()
+        short = "/" + name.replace("-", "").upper()[:8] + ".;1"
+        iso.add_fp(io.BytesIO(data), len(data), short, rr_name=name, joliet_path="/" + name)
+    iso.write(str(path))
+    iso.close()
+
+
+def _camel(snake: str) -> str:
+    head, *rest = snake.split("_")
+    return head + "".join(p.title() for p in rest)

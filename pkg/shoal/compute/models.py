@@ -1,0 +1,245 @@
+"""Request and response shapes of the Compute API (camelCase on the wire, as documented).
+
+msgspec validates requests strictly (a string is never a number) and generates the JSON
+Schema served in /openapi.json.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import msgspec
+from msgspec import Meta, Struct
+
+BACKENDS = ("docker", "kvm")
+STATES = ("created", "running", "paused", "stopping", "stopped", "restarting", "error", "unknown")
+INSTANCE_TYPES = {"docker": "container", "kvm": "vm"}
+
+Name = Annotated[
+    str,
+    Meta(
+        pattern=r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$",
+        description="1-63 characters: letters, digits, '_', '.', '-'; unique across backends",
+    ),
+]
+Bytes = Annotated[int, Meta(ge=0, le=1 << 62)]
+Cores = Annotated[float, Meta(gt=0, le=4096)]
+Text = Annotated[str, Meta(max_length=4096)]
+Short = Annotated[str, Meta(min_length=1, max_length=255)]
+
+
+class Camel(Struct, rename="camel", omit_defaults=True, forbid_unknown_fields=True):
+    """Base: camelCase on the wire, unknown fields refused (a typo is an error, not a no-op)."""
+
+
+class CpuSpec(Camel):
+    cores: Cores | None = None
+
+
+class MemorySpec(Camel):
+    limit: Annotated[int, Meta(ge=1, le=1 << 50)] | None = None
+
+
+class StorageSpec(Camel):
+    total_space: Annotated[int, Meta(ge=1, le=1 << 50)] | None = None
+
+
+class Resources(Camel):
+    cpu: CpuSpec | None = None
+    memory: MemorySpec | None = None
+    storage: StorageSpec | None = None
+
+
+class CloudInit(Camel):
+    user_data: Annotated[str, Meta(max_length=65536)] | None = None
+    meta_data: Annotated[str, Meta(max_length=65536)] | None = None
+    network_config: Annotated[str, Meta(max_length=65536)] | None = None
+
+
+class InstanceConfig(Camel):
+    """Union of the Docker and KVM configuration keys; each backend refuses the other's keys."""
+
+    image: Short | None = None
+    # docker
+    command: Annotated[list[Text], Meta(max_length=256)] | None = None
+    env: Annotated[list[Text], Meta(max_length=1024)] | None = None
+    volumes: Annotated[list[Text], Meta(max_length=256)] | None = None
+    ports: Annotated[list[Short], Meta(max_length=256)] | None = None
+    network_mode: Short | None = None
+    restart_policy: Short | None = None
+    # kvm
+    disk_format: Short | None = None
+    network_type: Short | None = None
+    network_source: Short | None = None
+    cloud_init: CloudInit | None = None
+
+
+class Metadata(Camel):
+    labels: Annotated[
+        dict[Annotated[str, Meta(min_length=1, max_length=253)], Text], Meta(max_length=256)
+    ] = {}
+
+
+class CreateInstance(Camel):
+    name: Name
+    backend: Annotated[str, Meta(description="'docker' or 'kvm'", max_length=64)]
+    config: InstanceConfig
+    resources: Resources = msgspec.field(default_factory=Resources)
+    metadata: Metadata = msgspec.field(default_factory=Metadata)
+    start: bool = True
+
+
+class UpdateInstance(Camel):
+    resources: Resources | None = None
+    metadata: Metadata | None = None
+
+
+class StopRequest(Camel):
+    force: bool = False
+    timeout: Annotated[int, Meta(ge=0, le=3600)] = 30
+
+
+STOP_BODY_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {
+        "force": {"type": "boolean", "default": False},
+        "timeout": {"type": "integer", "minimum": 0, "maximum": 3600, "default": 30},
+    },
+}
+
+
+class ListQuery(Camel):
+    backend: Annotated[str, Meta(max_length=64)] | None = None
+    state: Annotated[str, Meta(max_length=64)] | None = None
+    page: Annotated[int, Meta(ge=1, le=1_000_000)] = 1
+    page_size: Annotated[int, Meta(ge=1, le=1000)] = 50
+
+
+class DeleteQuery(Camel):
+    force: bool = False
+
+
+# ---- responses -------------------------------------------------------------------------------
+
+
+class Out(Struct, rename="camel", omit_defaults=True):
+    pass
+
+
+class CpuOut(Out):
+    cores: float | None = None
+
+
+class MemoryOut(Out):
+    limit: int | None = None
+    used: int | None = None
+
+
+class StorageOut(Out):
+    total_space: int | None = None
+
+
+class ResourcesOut(Out):
+    cpu: CpuOut = msgspec.field(default_factory=CpuOut)
+    memory: MemoryOut = msgspec.field(default_factory=MemoryOut)
+    storage: StorageOut = msgspec.field(default_factory=StorageOut)
+
+
+class MetadataOut(Out):
+    labels: dict[str, str] = {}
+
+
+class Instance(Out):
+    id: str
+    name: str
+    uuid: str
+    type: str
+    backend: str
+    state: str
+    status: str
+    config: dict[str, Any]
+    resources: ResourcesOut
+    metadata: MetadataOut
+    created_at: str
+    updated_at: str
+    backend_id: str | None = None
+
+
+class InstanceList(Out):
+    instances: list[Instance]
+    total: int
+    page: int
+    page_size: int
+
+
+class CpuUsage(Out):
+    usage: float
+    cores: float
+
+
+class MemoryUsage(Out):
+    used: int
+    limit: int
+    percentage: float
+
+
+class StorageUsage(Out):
+    used: int
+    total: int
+
+
+class NetworkUsage(Out):
+    rx_bytes: int
+    tx_bytes: int
+
+
+class BlockUsage(Out):
+    read_bytes: int
+    write_bytes: int
+
+
+class Usage(Out):
+    cpu: CpuUsage
+    memory: MemoryUsage
+    storage: StorageUsage
+    network: NetworkUsage
+    block_io: BlockUsage = msgspec.field(name="blockIO")
+
+
+class UsedTotal(Out):
+    used: float
+    total: float
+
+
+class BackendResources(Out):
+    cpu: UsedTotal
+    memory: UsedTotal
+
+
+class BackendStatus(Out):
+    status: str
+    instances: int
+    resources: BackendResources | None = None
+    reason: str | None = None
+
+
+class ClusterStatus(Out):
+    backends: dict[str, BackendStatus]
+    total_instances: int
+    health: str
+
+
+class HealthCheck(Out):
+    status: str
+    last_check: str
+
+
+class BackendInfo(Out):
+    type: str
+    version: str
+    api_version: str
+    status: str
+    capabilities: list[str]
+    supported_types: list[str]
+    health_check: HealthCheck

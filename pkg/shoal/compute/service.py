@@ -1,0 +1,314 @@
+"""`shoal serve compute`: the Unified Compute API over HTTP (spec/compute-api.md).
+
+Every /api/ route needs `Authorization: Bearer <token>`; tokens come from --token (repeatable),
+--tokens-file, or, when neither is given, one generated at first start and kept in
+DATA_DIR/token (mode 0600), so the service never runs open by accident. /health,
+/openapi.json and /metrics stay open.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import os
+import secrets
+from collections.abc import Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import msgspec
+from starlette.requests import Request
+from starlette.responses import Response
+
+from shoal.compute.backends.docker import DockerBackend
+from shoal.compute.backends.kvm import KvmBackend
+from shoal.compute.errors import ComputeError, ValidationFailed
+from shoal.compute.manager import ComputeManager, check_backend
+from shoal.compute.models import (
+    STOP_BODY_SCHEMA,
+    BackendInfo,
+    ClusterStatus,
+    CreateInstance,
+    DeleteQuery,
+    Instance,
+    InstanceList,
+    ListQuery,
+    StopRequest,
+    UpdateInstance,
+    Usage,
+)
+from shoal.compute.registry import InstanceRegistry
+from shoal.web import COMPUTE_ENVELOPE, Api, ApiError, JSONResponse, read_body
+from shoal.web import create_app as build
+
+TITLE = "Unified Compute API"
+MAX_WORKERS = 1  # per-instance locks and the name index live in this process
+PREFIX = "/api/v1/compute"
+MAX_BODY = 256 * 1024
+log = logging.getLogger("shoal.compute")
+
+
+def add_arguments(parser: Any) -> None:
+    parser.add_argument(
+        "--docker-host",
+        default=os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock"),
+        help="dockerd address (unix:///path/docker.sock); default $DOCKER_HOST or the system socket",
+    )
+    parser.add_argument("--libvirt-uri", default="qemu:///system", help="libvirt connection URI")
+    parser.add_argument(
+        "--kvm-templates", default=None, help="VM template images (default DATA_DIR/templates)"
+    )
+    parser.add_argument(
+        "--kvm-domain-type", default="qemu", choices=["qemu", "kvm"], help="libvirt domain type (qemu = TCG)"
+    )
+    parser.add_argument("--token", action="append", default=[], help="an accepted bearer token (repeatable)")
+    parser.add_argument("--tokens-file", default=None, help="file of accepted bearer tokens, one a line")
+
+
+def load_tokens(options: dict[str, Any], data_dir: Path) -> list[str]:
+    tokens = [t for t in options.get("token") or [] if t]
+    path = options.get("tokens_file")
+    if path:
+        for line in Path(path).read_text().splitlines():
+            line = line.strip()
+            if line and not line.startswith("#"):
+                tokens.append(line)
+    if tokens:
+        return tokens
+    token_file = data_dir / "token"
+    if not token_file.exists():
+        fd = os.open(token_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(secrets.token_urlsafe(32) + "\n")
+        log.warning("no --token given: generated one in %s", token_file)
+    return [token_file.read_text().strip()]
+
+
+def _api_error(exc: ComputeError) -> ApiError:
+    return ApiError(exc.status, exc.message, code=exc.code, details=exc.details)
+
+
+def make_api(get_manager: Callable[[], ComputeManager]) -> Api:
+    api = Api(tags=["compute"])
+
+    async def call(coro: Any) -> Any:
+        try:
+            return await coro
+        except ComputeError as exc:
+            raise _api_error(exc) from None
+
+    @api.get(f"{PREFIX}/instances", query=ListQuery, response=InstanceList, summary="List compute instances")
+    async def list_instances(request: Request, query: ListQuery) -> InstanceList:
+        return await call(get_manager().list(query))
+
+    @api.post(
+        f"{PREFIX}/instances",
+        body=CreateInstance,
+        response=Instance,
+        status=201,
+        summary="Create a compute instance",
+    )
+    async def create_instance(request: Request, body: CreateInstance) -> Instance:
+        return await call(get_manager().create(body))
+
+    @api.get(f"{PREFIX}/instances/name/{{name}}", response=Instance, summary="Get an instance by name")
+    async def get_by_name(request: Request, name: str) -> Instance:
+        return await call(get_manager().get_by_name(name))
+
+    @api.get(f"{PREFIX}/instances/{{instance_id}}", response=Instance, summary="Get a compute instance")
+    async def get_instance(request: Request, instance_id: str) -> Instance:
+        return await call(get_manager().get(instance_id))
+
+    @api.put(
+        f"{PREFIX}/instances/{{instance_id}}",
+        body=UpdateInstance,
+        response=Instance,
+        summary="Update an instance's resources (live where the backend can) and labels",
+    )
+    async def update_instance(request: Request, instance_id: str, body: UpdateInstance) -> Instance:
+        return await call(get_manager().update(instance_id, body))
+
+    @api.delete(
+        f"{PREFIX}/instances/{{instance_id}}",
+        query=DeleteQuery,
+        status=204,
+        summary="Delete an instance (a running one only with force=true)",
+        timeout=None,
+    )
+    async def delete_instance(request: Request, instance_id: str, query: DeleteQuery) -> Response:
+        await call(get_manager().delete(instance_id, query.force))
+        return Response(status_code=204)
+
+    stop_doc = {
+        "requestBody": {"required": False, "content": {"application/json": {"schema": STOP_BODY_SCHEMA}}}
+    }
+
+    async def stop_body(request: Request) -> StopRequest:
+        raw = await read_body(request, MAX_BODY)
+        if not raw.strip():
+            return StopRequest()
+        try:
+            return msgspec.json.decode(raw, type=StopRequest)
+        except msgspec.ValidationError as exc:
+            raise _api_error(ValidationFailed(f"invalid body: {exc}")) from None
+        except msgspec.DecodeError as exc:
+            raise _api_error(ValidationFailed(f"request body is not valid JSON: {exc}")) from None
+
+    @api.put(
+        f"{PREFIX}/instances/{{instance_id}}/start",
+        response=Instance,
+        summary="Start an instance",
+        timeout=None,
+    )
+    async def start(request: Request, instance_id: str) -> Instance:
+        return await call(get_manager().start(instance_id))
+
+    @api.put(
+        f"{PREFIX}/instances/{{instance_id}}/stop",
+        response=Instance,
+        summary="Stop an instance: graceful for `timeout` seconds, then forced",
+        timeout=None,
+        openapi_extra=stop_doc,
+    )
+    async def stop(request: Request, instance_id: str) -> Instance:
+        body = await stop_body(request)
+        return await call(get_manager().stop(instance_id, body.force, body.timeout))
+
+    @api.put(
+        f"{PREFIX}/instances/{{instance_id}}/restart",
+        response=Instance,
+        summary="Restart an instance (same optional body as stop)",
+        timeout=None,
+        openapi_extra=stop_doc,
+    )
+    async def restart(request: Request, instance_id: str) -> Instance:
+        body = await stop_body(request)
+        return await call(get_manager().restart(instance_id, body.force, body.timeout))
+
+    @api.put(
+        f"{PREFIX}/instances/{{instance_id}}/pause", response=Instance, summary="Pause (freeze) an instance"
+    )
+    async def pause(request: Request, instance_id: str) -> Instance:
+        return await call(get_manager().pause(instance_id))
+
+    @api.put(f"{PREFIX}/instances/{{instance_id}}/unpause", response=Instance, summary="Unpause an instance")
+    async def unpause(request: Request, instance_id: str) -> Instance:
+        return await call(get_manager().unpause(instance_id))
+
+    @api.get(
+        f"{PREFIX}/instances/{{instance_id}}/usage", response=Usage, summary="Resource usage, sampled now"
+    )
+    async def usage(request: Request, instance_id: str) -> Usage:
+        return await call(get_manager().usage(instance_id))
+
+    @api.get(
+        f"{PREFIX}/cluster/status",
+        response=ClusterStatus,
+        summary="Both backends: health, instances, capacity",
+    )
+    async def cluster_status(request: Request) -> ClusterStatus:
+        return await call(get_manager().cluster_status())
+
+    @api.get(
+        f"{PREFIX}/backends/{{backend}}/info",
+        response=BackendInfo,
+        summary="One backend's version and health",
+    )
+    async def backend_info(request: Request, backend: str) -> BackendInfo:
+        try:
+            check_backend(backend)
+        except ComputeError as exc:
+            raise _api_error(exc) from None
+        return await call(get_manager().backend_info(backend))
+
+    return api
+
+
+class BearerAuth:
+    """ASGI gate: every path under /api/ needs one of the configured bearer tokens."""
+
+    def __init__(self, app: Any, tokens: list[str]) -> None:
+        self.app = app
+        self.tokens = [t.encode() for t in tokens]
+
+    def __getattr__(self, name: str) -> Any:  # .state, .openapi, ... of the wrapped app
+        return getattr(self.app, name)
+
+    def allowed(self, scope: dict) -> bool:
+        for key, value in scope.get("headers") or []:
+            if key == b"authorization":
+                scheme, _, token = value.partition(b" ")
+                if scheme.lower() != b"bearer":
+                    return False
+                token = token.strip()
+                return any(hmac.compare_digest(token, t) for t in self.tokens)
+        return False
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] == "http" and scope["path"].startswith("/api/") and not self.allowed(scope):
+            body = {
+                "error": {
+                    "code": "UNAUTHORIZED",
+                    "message": "missing or wrong bearer token (Authorization: Bearer <token>)",
+                    "details": {},
+                }
+            }
+            response = JSONResponse(
+                body, status_code=401, headers={"WWW-Authenticate": 'Bearer realm="shoal-compute"'}
+            )
+            await response(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+
+async def open_store(path: Path) -> Any:
+    from shoal.kv import LmdbStore
+
+    return await LmdbStore.open(str(path))
+
+
+def create_app(options: dict[str, Any]) -> Any:
+    data_dir = Path(options["data_dir"])
+    data_dir.mkdir(parents=True, exist_ok=True)
+    tokens = load_tokens(options, data_dir)
+    holder: dict[str, ComputeManager] = {}
+
+    def get_manager() -> ComputeManager:
+        return holder["manager"]
+
+    @asynccontextmanager
+    async def lifespan(app: Any) -> Any:
+        store = await open_store(data_dir / "registry.lmdb")
+        registry = await InstanceRegistry(store).load()
+        backends = {
+            "docker": DockerBackend(options.get("docker_host") or "unix:///var/run/docker.sock"),
+            "kvm": KvmBackend(
+                options.get("libvirt_uri") or "qemu:///system",
+                data_dir / "kvm",
+                options.get("kvm_templates"),
+                options.get("kvm_domain_type") or "qemu",
+            ),
+        }
+        holder["manager"] = ComputeManager(registry, backends)  # type: ignore[arg-type]
+        try:
+            yield
+        finally:
+            await holder.pop("manager").close()
+            await store.close()
+
+    app = build(
+        title=TITLE,
+        description="Docker containers and KVM/QEMU VMs as one kind of compute instance.",
+        apis=[make_api(get_manager)],
+        envelope=COMPUTE_ENVELOPE,
+        max_body=MAX_BODY,
+        lifespan=lifespan,
+    )
+    app.openapi["components"]["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
+    for path, ops in app.openapi["paths"].items():
+        if path.startswith("/api/"):
+            for op in ops.values():
+                op["security"] = [{"bearer": []}]
+                op["responses"].setdefault("401", {"description": "missing or wrong bearer token"})
+    return BearerAuth(app, tokens)
