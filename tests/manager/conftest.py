@@ -15,6 +15,7 @@ from typing import Any
 
 import httpx
 import pytest
+
 from shoal.manager.juicefs import mount_type
 from shoal.manager.s3 import find_tool
 from shoal.testing import ServiceProcess

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+
 from shoal.manager.config import ConfigError, load_config, parse_config, redacted, save_config
 
 STORAGE = {

@@ -10,6 +10,7 @@ import sys
 import time
 
 import httpx
+
 from shoal.testing import free_port, wait_http
 
 from .conftest import python_child

@@ -6,6 +6,7 @@ import sqlite3
 import time
 
 import pytest
+
 from shoal.manager.juicefs import mount_type
 
 from .conftest import needs_fuse, python_child

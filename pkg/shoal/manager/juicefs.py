@@ -81,7 +81,8 @@ class JuiceFS:
         """Run juicefs with its output in a file: `mount -d` leaves a daemon holding any pipe open."""
         out_path = self.log_path.with_name(f"juicefs-{args[0]}.out")
         out_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(out_path, "wb") as out:
+        out = os.open(out_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
             proc = await asyncio.create_subprocess_exec(
                 juicefs_binary(),
                 *args,
@@ -90,6 +91,8 @@ class JuiceFS:
                 stderr=asyncio.subprocess.STDOUT,
                 stdin=asyncio.subprocess.DEVNULL,
             )
+        finally:
+            os.close(out)
         timed_out = False
         try:
             async with asyncio.timeout(timeout):
