@@ -50,9 +50,13 @@ def build_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
     up.add_argument("--data-root", default="./shoal-data", help="data of service S goes to DATA_ROOT/S")
     up.add_argument("--host", default="127.0.0.1")
     up.add_argument("--only", default="", help="comma-separated services to run (default: all built)")
+    up.add_argument(
+        "--port-offset", type=int, default=0, help="add to every default port (run two side by side)"
+    )
 
     status = sub.add_parser("status", help="health of each service `shoal up` runs")
     status.add_argument("--host", default="127.0.0.1")
+    status.add_argument("--port-offset", type=int, default=0)
 
     doctor = sub.add_parser("doctor", help="which hot paths are native, which components are here")
     doctor.add_argument("--json", action="store_true", help="machine-readable output")
@@ -79,11 +83,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         from shoal.up import run_up
 
         only = [s for s in args.only.split(",") if s]
-        return run_up(args.data_root, args.host, only)
+        return run_up(args.data_root, args.host, only, args.port_offset)
     if args.command == "status":
         from shoal.up import run_status
 
-        return run_status(args.host)
+        return run_status(args.host, args.port_offset)
     return 2
 
 

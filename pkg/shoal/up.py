@@ -39,7 +39,7 @@ class Child:
         return f"http://127.0.0.1:{self.port}"
 
 
-def layout(data_root: str, host: str, only: list[str]) -> list[Child]:
+def layout(data_root: str, host: str, only: list[str], port_offset: int = 0) -> list[Child]:
     """The processes to run: one per built service (a service may ask for several)."""
     children = []
     for name, info in SERVICES.items():
@@ -50,7 +50,7 @@ def layout(data_root: str, host: str, only: list[str]) -> list[Child]:
         module = load_service(name)
         if getattr(module, "UP", True) is False:
             continue
-        port = UP_PORTS.get(name, info.default_port)
+        port = UP_PORTS.get(name, info.default_port) + port_offset
         instances = getattr(module, "up_instances", None)
         specs = instances(port) if instances else [(name, port, [])]
         for inst_name, inst_port, extra in specs:
@@ -79,8 +79,11 @@ def _stop_all(children: list[Child], timeout: float = 30.0) -> None:
                 c.proc.wait()
 
 
-def run_up(data_root: str, host: str, only: list[str]) -> int:
-    children = layout(data_root, host, only)
+def run_up(data_root: str, host: str, only: list[str], port_offset: int = 0) -> int:
+    children = layout(data_root, host, only, port_offset)
+    missing = [n for n in SERVICES if not available(n) and (not only or n in only)]
+    if missing:
+        print(f"shoal up: not built yet, skipped: {', '.join(missing)}", file=sys.stderr)
     if not children:
         print("shoal up: no service is built yet", file=sys.stderr)
         return 1
@@ -134,9 +137,9 @@ def _wait_healthy(children: list[Child], timeout: float = 30.0) -> None:
         print(f"shoal up: {c.name} is not healthy after {timeout:.0f} s", file=sys.stderr)
 
 
-def run_status(host: str) -> int:
+def run_status(host: str, port_offset: int = 0) -> int:
     bad = 0
-    for c in layout("./shoal-data", host, []):
+    for c in layout("./shoal-data", host, [], port_offset):
         try:
             r = httpx.get(c.url + "/health", timeout=2.0)
             state = f"{r.status_code} {r.text[:60]}"

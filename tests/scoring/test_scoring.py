@@ -30,7 +30,10 @@ def test_native_build_is_in_force():
 def test_pure_python_can_be_forced():
     code = "from shoal import _native; print(_native.load('scoring').__name__, _native.implementation('scoring'))"
     out = subprocess.run(
-        [sys.executable, "-c", code], env={**os.environ, "SHOAL_PURE_PYTHON": "1"}, capture_output=True, text=True
+        [sys.executable, "-c", code],
+        env={**os.environ, "SHOAL_PURE_PYTHON": "1"},
+        capture_output=True,
+        text=True,
     )
     assert out.stdout.split() == ["shoal._pure.scoring", "pure-python"]
 

@@ -10,6 +10,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 import msgspec
+
 from shoal.web import (
     STATE_ENVELOPE,
     Api,
@@ -102,7 +103,7 @@ def create_app(options: dict):
 
     @asynccontextmanager
     async def lifespan(app):
-        (data_dir / "started").write_text(str(os.getpid()))
+        (data_dir / "started").write_text(f"{os.getpid()} {os.getppid()}")
         yield
         (data_dir / "stopped").write_text(str(os.getpid()))
 

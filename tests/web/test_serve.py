@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
 import threading
@@ -9,6 +11,7 @@ import time
 
 import httpx
 import pytest
+
 from shoal.testing import ServiceProcess
 from shoal.testing.fuzz import run_schemathesis
 
@@ -73,3 +76,21 @@ def test_cli_version_and_doctor():
 def test_serve_unknown_service_fails_clearly():
     out = _shoal("serve", "nonsense")
     assert out.returncode == 2 and "invalid choice" in out.stderr
+
+
+def test_a_crashed_worker_is_respawned(example):
+    started = example.data_dir / "started"
+    pid = int(started.read_text().split()[0])
+    os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            if (
+                int(started.read_text().split()[0]) != pid
+                and httpx.get(example.url + "/health").status_code == 200
+            ):
+                return
+        except (httpx.HTTPError, ValueError):
+            pass
+        time.sleep(0.2)
+    raise AssertionError("granian did not respawn the killed worker")

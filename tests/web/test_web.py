@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest
+
 from shoal.testing import asgi_client
 from shoal.web import COMPUTE_ENVELOPE, DETAIL_ENVELOPE, STATE_ENVELOPE, Api, ApiError, create_app
-
 from tests.web.example_service import create_app as example_app
 
 

@@ -47,4 +47,5 @@ def serve(service: str, options: dict[str, Any]) -> None:
         log_access=False,
         log_level=(options.get("log_level") or "info").lower(),
         workers_kill_timeout=int(options.get("shutdown_timeout") or 30),
+        respawn_failed_workers=True,
     ).serve()
