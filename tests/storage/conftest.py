@@ -4,6 +4,7 @@ import hashlib
 import os
 
 import pytest
+
 from shoal.storage import ChunkStore
 
 SMALL_SB = 1 << 20  # 1 MiB superblocks: rotation after a few chunks

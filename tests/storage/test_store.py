@@ -7,6 +7,7 @@ import os
 import threading
 
 import pytest
+
 from shoal.storage import ChunkConflict, ChunkCorrupt, ChunkNotFound
 from shoal.storage.files import SuperblockFile, sb
 from shoal.storage.store import E_DATA_OFF, E_SB

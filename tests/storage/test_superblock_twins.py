@@ -9,6 +9,7 @@ import crc32c as crc32c_lib
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
 from shoal import _native
 
 NATIVE = _native.native("superblock")
