@@ -1,0 +1,1 @@
+"""Authentication and authorization for the State Service (see shoal.state.auth.policy)."""

@@ -1,0 +1,35 @@
+"""Who is asking: a user (Ethereum address), a registered node, or the --insecure-dev stand-in."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+
+@dataclass
+class Principal:
+    kind: Literal["user", "node", "dev"]
+    address: str | None = None  # users: lower-case 0x address
+    node_id: str | None = None  # nodes: the id of the nodes entity whose key signed
+    # filled in by Authenticator.resolve (looked up once per request, when a route needs it)
+    role: Literal["user", "admin"] | None = None
+    account_id: str | None = None
+    peer_id: str | None = None
+    resolved: bool = False
+    identities: set[str] = field(default_factory=set)  # what owner / operator_id may equal
+
+    @property
+    def is_admin(self) -> bool:
+        return self.role == "admin"
+
+    @property
+    def label(self) -> str:
+        """The author recorded on operations."""
+        if self.kind == "user":
+            return f"user:{self.address}"
+        if self.kind == "node":
+            return f"node:{self.node_id}"
+        return "dev"
+
+
+DEV = Principal("dev", role="admin", resolved=True)

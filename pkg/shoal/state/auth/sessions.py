@@ -1,0 +1,310 @@
+"""Authentication: sign-in challenges, bearer tokens, per-request signatures, replay protection.
+
+Everything lives in shoal.kv, so sessions survive restarts and are shared by every worker:
+
+  /state-auth/challenge/<address>/<nonce>   a pending sign-in challenge (single use, expires)
+  /state-auth/token/<sha256 of token>       a bearer token's address and expiry (only hashes stored)
+  /state-auth/nonce/<sha256 of who|nonce>   a per-request nonce already seen (kept past the window)
+
+Tokens are cached in memory for a few seconds per worker (a logout reaches other workers within
+TOKEN_CACHE_SECONDS); everything else is read from the store on each use.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import secrets
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+import orjson
+
+from shoal.kv import KvStore, TransactionOp, VersionConflict
+from shoal.state.auth import node_identity, signing
+from shoal.state.auth.eth import SignatureError, recover_address, to_checksum_address
+from shoal.state.auth.principal import Principal
+from shoal.state.errors import StateError, bad_request, unauthorized
+from shoal.state.store import StateStore
+
+log = logging.getLogger("shoal.state.auth")
+
+CHALLENGE = "/state-auth/challenge/"
+TOKEN = "/state-auth/token/"
+NONCE = "/state-auth/nonce/"
+IDEM = "/state-idem/"
+TOKEN_CACHE_SECONDS = 5.0
+MAX_PENDING_CHALLENGES = 16
+
+
+def _iso(ts: int) -> str:
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _hash(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def challenge_message(domain: str, uri: str, address: str, nonce: str, issued: int, expires: int) -> str:
+    """A Sign-In with Ethereum (EIP-4361) style message: what the wallet shows and signs."""
+    return (
+        f"{domain} wants you to sign in with your Ethereum account:\n"
+        f"{to_checksum_address(address)}\n\n"
+        "Sign in to the shoal State Service.\n\n"
+        f"URI: {uri}\n"
+        "Version: 1\n"
+        "Chain ID: 1\n"
+        f"Nonce: {nonce}\n"
+        f"Issued At: {_iso(issued)}\n"
+        f"Expiration Time: {_iso(expires)}"
+    )
+
+
+class Authenticator:
+    """Issues and checks credentials; resolves principals to roles and owned identities."""
+
+    def __init__(
+        self,
+        store: StateStore,
+        *,
+        admin_address: str | None = None,
+        challenge_ttl: int = 300,
+        token_ttl: int = 86_400,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.store = store
+        self.kv: KvStore = store.kv
+        self.admin_address = admin_address.lower() if admin_address else None
+        self.challenge_ttl = challenge_ttl
+        self.token_ttl = token_ttl
+        self.clock = clock
+        self._tokens: dict[str, tuple[str, int, float]] = {}  # token hash -> (address, expires, cached until)
+
+    # -- sign-in ----------------------------------------------------------------------------
+    async def challenge(self, address: str, domain: str, uri: str) -> dict:
+        addr = address.lower()
+        now = int(self.clock())
+        pending = await self.kv.entries(f"{CHALLENGE}{addr}/")
+        live = [e for e in pending if orjson.loads(e.value)["expires_at"] > now]
+        if len(live) >= MAX_PENDING_CHALLENGES:
+            raise StateError(
+                429, "too many pending sign-in challenges for this address; wait", "TOO_MANY_CHALLENGES"
+            )
+        nonce = secrets.token_hex(16)
+        expires = now + self.challenge_ttl
+        message = challenge_message(domain, uri, addr, nonce, now, expires)
+        record = {"message": message, "issued_at": now, "expires_at": expires}
+        await self.kv.set(f"{CHALLENGE}{addr}/{nonce}", orjson.dumps(record))
+        return {
+            "success": True,
+            "address": to_checksum_address(addr),
+            "nonce": nonce,
+            "message": message,
+            "issued_at": now,
+            "expires_at": expires,
+        }
+
+    async def login(self, address: str, signature: str, nonce: str | None) -> dict:
+        """Check a signed challenge; consume it (single use) and issue a bearer token."""
+        addr = address.lower()
+        now = int(self.clock())
+        if nonce is not None:
+            entry = await self.kv.get(f"{CHALLENGE}{addr}/{nonce}") if nonce.isalnum() else None
+            candidates = [entry] if entry else []
+        else:
+            candidates = await self.kv.entries(f"{CHALLENGE}{addr}/")
+        if not candidates:
+            raise unauthorized(
+                "no pending sign-in challenge for this address; POST /auth/challenge first", "NO_CHALLENGE"
+            )
+        live = 0
+        for entry in candidates:
+            record = orjson.loads(entry.value)
+            if record["expires_at"] <= now:
+                continue
+            live += 1
+            try:
+                signer = recover_address(record["message"].encode(), signature)
+            except SignatureError as exc:
+                raise unauthorized(f"invalid signature: {exc}", "INVALID_SIGNATURE") from None
+            if signer.lower() != addr:
+                continue
+            token = secrets.token_urlsafe(32)
+            expires = now + self.token_ttl
+            try:
+                await self.kv.transaction(
+                    [
+                        TransactionOp.check_version(entry.key, entry.version),
+                        TransactionOp.delete(entry.key),
+                        TransactionOp.set(
+                            TOKEN + _hash(token), orjson.dumps({"address": addr, "expires_at": expires})
+                        ),
+                    ]
+                )
+            except VersionConflict:
+                raise unauthorized(
+                    "this challenge was already used; request a new one", "CHALLENGE_USED"
+                ) from None
+            principal = await self.resolve(Principal("user", address=addr))
+            return {
+                "success": True,
+                "token": token,
+                "token_type": "Bearer",
+                "address": to_checksum_address(addr),
+                "role": principal.role,
+                "expires_at": expires,
+            }
+        if live == 0:
+            raise unauthorized("the sign-in challenge has expired; request a new one", "CHALLENGE_EXPIRED")
+        raise unauthorized(
+            "signature was not made by this address over a pending challenge", "SIGNATURE_MISMATCH"
+        )
+
+    async def logout(self, token: str) -> bool:
+        digest = _hash(token)
+        self._tokens.pop(digest, None)
+        return await self.kv.delete(TOKEN + digest)
+
+    # -- checking credentials -------------------------------------------------------------------
+    async def from_token(self, token: str) -> Principal:
+        digest = _hash(token)
+        now = self.clock()
+        cached = self._tokens.get(digest)
+        if cached is None or cached[2] < now:
+            record = await self.kv.get_json(TOKEN + digest) if len(token) <= 256 else None
+            if record is None:
+                self._tokens.pop(digest, None)
+                raise unauthorized("unknown or revoked bearer token; sign in again", "INVALID_TOKEN")
+            if len(self._tokens) > 100_000:
+                self._tokens.clear()
+            cached = self._tokens[digest] = (
+                record["address"],
+                record["expires_at"],
+                now + TOKEN_CACHE_SECONDS,
+            )
+        address, expires, _ = cached
+        if expires <= now:
+            raise unauthorized("the bearer token has expired; sign in again", "TOKEN_EXPIRED")
+        return Principal("user", address=address)
+
+    def _check_fresh(self, timestamp: str | None, nonce: str | None) -> int:
+        if not timestamp or not nonce:
+            raise unauthorized(
+                f"signed requests carry {signing.TIMESTAMP} and {signing.NONCE}", "MISSING_SIGNATURE_FIELDS"
+            )
+        try:
+            ts = int(timestamp)
+        except ValueError:
+            raise bad_request(f"{signing.TIMESTAMP} is unix seconds") from None
+        if abs(ts - self.clock()) > signing.WINDOW:
+            raise unauthorized(
+                f"request timestamp is more than {signing.WINDOW} s off the server clock", "STALE_REQUEST"
+            )
+        if not (8 <= len(nonce) <= 128 and nonce.replace("-", "").replace("_", "").isalnum()):
+            raise bad_request(f"{signing.NONCE} is 8-128 letters, digits, '-' or '_'")
+        return ts
+
+    async def _consume_nonce(self, who: str, nonce: str) -> None:
+        key = NONCE + _hash(f"{who}|{nonce}")
+        record = orjson.dumps({"expires_at": int(self.clock()) + 2 * signing.WINDOW})
+        if not await self.kv.create_if_not_exists(key, record):
+            raise unauthorized("this request nonce was already used (replay)", "REPLAYED_NONCE")
+
+    async def from_user_signature(
+        self, method: str, request_target: str, body: bytes, address: str | None, timestamp: str | None,
+        nonce: str | None, signature: str,
+    ) -> Principal:  # fmt: skip
+        if not address:
+            raise unauthorized(f"signed requests carry {signing.ADDRESS}", "MISSING_SIGNATURE_FIELDS")
+        ts = self._check_fresh(timestamp, nonce)
+        assert nonce is not None
+        message = signing.request_message("user", method, request_target, body, ts, nonce)
+        try:
+            signer = recover_address(message, signature)
+        except SignatureError as exc:
+            raise unauthorized(f"invalid request signature: {exc}", "INVALID_SIGNATURE") from None
+        if signer.lower() != address.lower():
+            raise unauthorized(
+                "request signature does not match the address, method, path or body", "SIGNATURE_MISMATCH"
+            )
+        await self._consume_nonce(address.lower(), nonce)
+        return Principal("user", address=address.lower())
+
+    async def from_node_signature(
+        self, method: str, request_target: str, body: bytes, public_key: str | None, timestamp: str | None,
+        nonce: str | None, signature: str,
+    ) -> Principal:  # fmt: skip
+        if not public_key:
+            raise unauthorized(f"node requests carry {signing.NODE_KEY}", "MISSING_SIGNATURE_FIELDS")
+        ts = self._check_fresh(timestamp, nonce)
+        assert nonce is not None
+        message = signing.request_message("node", method, request_target, body, ts, nonce)
+        if not node_identity.verify(public_key, message, signature):
+            raise unauthorized(
+                "node signature does not match the key, method, path or body", "SIGNATURE_MISMATCH"
+            )
+        try:
+            node_id = await self.store.lookup("node", "public_key", public_key)
+        except Exception:
+            node_id = None
+        if node_id is None:
+            raise unauthorized(
+                "this node key is not registered (no node has this public_key)", "UNKNOWN_NODE"
+            )
+        await self._consume_nonce(f"node:{public_key}", nonce)
+        return Principal("node", node_id=node_id)
+
+    # -- roles and identities -------------------------------------------------------------------
+    async def resolve(self, principal: Principal) -> Principal:
+        """Fill in role, account and peer (looked up by address) once per request."""
+        if principal.resolved:
+            return principal
+        principal.resolved = True
+        principal.role = "user"
+        if principal.kind == "user" and principal.address:
+            addr = principal.address
+            principal.identities.add(addr)
+            principal.account_id = await self.store.lookup("account", "ethereum_address", addr)
+            principal.peer_id = await self.store.lookup("peer", "public_key", addr)
+            if principal.account_id:
+                principal.identities.add(principal.account_id)
+                account = await self.store.get("account", principal.account_id)
+                if account and account.get("role") == "admin":
+                    principal.role = "admin"
+            if principal.peer_id:
+                principal.identities.add(principal.peer_id)
+            if addr == self.admin_address:
+                principal.role = "admin"
+        elif principal.kind == "node" and principal.node_id:
+            principal.identities.add(principal.node_id)
+        return principal
+
+    # -- housekeeping -----------------------------------------------------------------------------
+    async def sweep(self) -> int:
+        """Delete expired challenges, tokens, nonces and idempotency records; how many."""
+        now = int(self.clock())
+        removed = 0
+        for prefix in (CHALLENGE, TOKEN, NONCE, IDEM):
+            start: str | None = None
+            while True:
+                batch = await self.kv.entries(prefix, start_after=start, limit=500)
+                if not batch:
+                    break
+                for entry in batch:
+                    try:
+                        expires = orjson.loads(entry.value).get("expires_at", 0)
+                    except (orjson.JSONDecodeError, AttributeError):
+                        expires = 0
+                    if expires <= now:
+                        ops = [
+                            TransactionOp.check_version(entry.key, entry.version),
+                            TransactionOp.delete(entry.key),
+                        ]
+                        try:
+                            await self.kv.transaction(ops)
+                            removed += 1
+                        except VersionConflict:
+                            pass
+                start = batch[-1].key
+        return removed

@@ -1,0 +1,132 @@
+"""`shoal serve state`: the State Service on port 3004.
+
+shoal serve state --port 3004 --data-dir D [--store lmdb|sqlite] [--admin-address 0x...]
+                  [--insecure-dev] [--token-ttl SECONDS] [--no-fsync]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+from shoal.state.api import build_api
+from shoal.state.auth.eth import is_address
+from shoal.state.auth.middleware import AuthMiddleware
+from shoal.state.auth.node_identity import NodeIdentity
+from shoal.state.auth.sessions import Authenticator
+from shoal.state.errors import StateError
+from shoal.state.models import AccountCreate
+from shoal.state.store import StateStore, Write
+from shoal.web import STATE_ENVELOPE
+from shoal.web import create_app as build_app
+
+TITLE = "State Service"
+SWEEP_SECONDS = 60.0
+MAX_BODY = 1 << 20
+
+log = logging.getLogger("shoal.state")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--store", choices=["lmdb", "sqlite"], default="lmdb", help="kv backend (default lmdb)"
+    )
+    parser.add_argument("--admin-address", default=None, help="Ethereum address that is always an admin")
+    parser.add_argument(
+        "--insecure-dev", action="store_true", help="DISABLE authentication (local development only)"
+    )
+    parser.add_argument("--token-ttl", type=int, default=86_400, help="bearer token lifetime in seconds")
+    parser.add_argument(
+        "--no-fsync", action="store_true", help="no fsync per commit (survives a crash, not power loss)"
+    )
+
+
+class StateContext:
+    """What the routes share: configuration now, the store and authenticator once started."""
+
+    def __init__(self, options: dict[str, Any]) -> None:
+        self.data_dir = Path(options.get("data_dir") or "./shoal-data/state")
+        self.backend: str = options.get("store") or "lmdb"
+        self.admin_address: str | None = options.get("admin_address")
+        if self.admin_address and not is_address(self.admin_address):
+            raise SystemExit(f"--admin-address {self.admin_address!r} is not an Ethereum address")
+        self.insecure: bool = bool(options.get("insecure_dev"))
+        self.token_ttl = int(options.get("token_ttl") or 86_400)
+        self.durable = not options.get("no_fsync")
+        self.max_body = MAX_BODY
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.identity = NodeIdentity.load_or_create(self.data_dir)
+        self.store: StateStore = None  # type: ignore[assignment]  # set at startup
+        self.auth: Authenticator = None  # type: ignore[assignment]
+
+    async def start(self) -> None:
+        self.store = await StateStore.open(self.data_dir, self.backend, self.durable)
+        self.auth = Authenticator(self.store, admin_address=self.admin_address, token_ttl=self.token_ttl)
+        if self.admin_address:
+            await self.ensure_admin_account(self.admin_address)
+
+    async def ensure_admin_account(self, address: str) -> None:
+        """The configured admin has an account with role admin (created by configuration, not a route)."""
+        if await self.store.lookup("account", "ethereum_address", address):
+            return
+        body = AccountCreate(name="admin", ethereum_address=address, role="admin")
+        try:
+            await self.store.apply(Write("account", "create", "config", body=body))
+        except StateError as exc:  # another worker created it first
+            if exc.status != 409:
+                raise
+
+    async def sweep_forever(self) -> None:
+        while True:
+            await asyncio.sleep(SWEEP_SECONDS)
+            try:
+                await self.auth.sweep()
+            except Exception:
+                log.exception("sweeping expired sessions failed")
+
+
+def warn_insecure() -> None:
+    banner = "INSECURE DEV MODE: --insecure-dev DISABLES ALL AUTHENTICATION; every request is an admin"
+    log.warning(banner)
+    print(f"\n{'!' * 80}\n{banner}\n{'!' * 80}\n", file=sys.stderr, flush=True)
+
+
+def create_app(options: dict[str, Any]) -> AuthMiddleware:
+    ctx = StateContext(options)
+    if ctx.insecure:
+        warn_insecure()
+
+    @asynccontextmanager
+    async def lifespan(app: Any) -> AsyncIterator[None]:
+        await ctx.start()
+        sweeper = asyncio.create_task(ctx.sweep_forever())
+        try:
+            yield
+        finally:
+            sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sweeper
+            await ctx.store.close()
+
+    inner = build_app(
+        title=TITLE,
+        apis=[build_api(ctx)],
+        envelope=STATE_ENVELOPE,
+        max_body=MAX_BODY,
+        lifespan=lifespan,
+        state={"ctx": ctx},
+        description="Peers, CIDRs, associations, DNS records, instances, nodes and accounts. "
+        "Authenticate with POST /auth/challenge + /auth/login (Sign-In with Ethereum), then "
+        "`Authorization: Bearer <token>`; or sign each request (see docs/state.md).",
+    )
+    doc = inner.openapi
+    doc.setdefault("components", {})["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
+    doc["security"] = [{"bearer": []}]
+    return AuthMiddleware(inner, ctx)

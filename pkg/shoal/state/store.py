@@ -1,0 +1,336 @@
+"""StateStore: the one place every State Service write goes through.
+
+Layout in shoal.kv (one kv transaction per write, so a crash leaves all of it or none):
+
+  /state/<kind>/<id>                    the document, exactly as GET returns it (JSON)
+  /state-meta/<kind>/<id>               last operation: timestamp, author, op id, deleted (tombstone)
+  /state-index/<kind>/<field>/<value>   unique secondary index -> id (peer key, CIDR, domain, ...)
+  /state-refs/<kind>/<id>               how many documents point at this one (CIDRs from associations)
+  /state-idem/<scope>/<key>             a create's Idempotency-Key record (request hash + first answer)
+
+`apply(write)` reads what it needs, builds an `Operation` (kind, id, new document or tombstone,
+author, timestamp, op id) and commits the document, its meta, index and reference keys in one
+transaction guarded by version checks on everything it read; a concurrent writer makes the
+check fail and the write is planned again. Listeners see each committed Operation: the hook
+where replication between nodes (the BFT-CRDT) plugs in, alongside the kv watch on /state*.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import quote
+
+import msgspec
+import orjson
+
+from shoal.kv import KvStore, LmdbStore, SqliteStore, TransactionOp, VersionConflict
+from shoal.state.entities import SPECS, EntitySpec, merged_document, new_document, new_id
+from shoal.state.errors import StateError, bad_request, conflict, not_found
+
+log = logging.getLogger("shoal.state")
+
+MAX_ATTEMPTS = 20
+Guard = Callable[[dict | None, dict | None], Awaitable[None]]
+
+
+def doc_key(kind: str, entity_id: str) -> str:
+    return f"/state/{kind}/{entity_id}"
+
+
+def meta_key(kind: str, entity_id: str) -> str:
+    return f"/state-meta/{kind}/{entity_id}"
+
+
+def index_key(kind: str, field: str, value: str) -> str:
+    return f"/state-index/{kind}/{field}/{quote(value, safe='')}"
+
+
+def refs_key(kind: str, entity_id: str) -> str:
+    return f"/state-refs/{kind}/{entity_id}"
+
+
+def valid_id(entity_id: str) -> bool:
+    """Ids that can name a stored document (anything else is simply not found)."""
+    return 0 < len(entity_id) <= 128 and "/" not in entity_id and "\0" not in entity_id
+
+
+class Operation(msgspec.Struct, frozen=True):
+    """One committed change: what replication ships and merges (value None is a tombstone)."""
+
+    kind: str
+    id: str
+    value: dict[str, Any] | None
+    author: str
+    timestamp: float
+    op_id: str = ""
+
+    @staticmethod
+    def make(kind: str, entity_id: str, value: dict | None, author: str, timestamp: float) -> Operation:
+        canonical = orjson.dumps([kind, entity_id, value, author, timestamp], option=orjson.OPT_SORT_KEYS)
+        return Operation(
+            kind, entity_id, value, author, timestamp, hashlib.sha256(canonical).hexdigest()[:32]
+        )
+
+
+@dataclass
+class Write:
+    """A requested change. create: `body` (a create Struct); update: `changes`; delete: neither."""
+
+    kind: str
+    action: Literal["create", "update", "delete"]
+    author: str
+    id: str | None = None
+    body: msgspec.Struct | None = None
+    changes: dict[str, Any] | None = None
+    guard: Guard | None = None  # authorization, given (current, new) documents; raises to refuse
+    idempotency_key: str | None = None  # kv key of the Idempotency-Key record
+    idempotency_record: Callable[[Operation], bytes] | None = None
+
+
+class IdempotentReplay(Exception):
+    """The Idempotency-Key was used before: the stored record, for the caller to answer with."""
+
+    def __init__(self, record: bytes) -> None:
+        super().__init__("idempotent replay")
+        self.record = record
+
+
+class StateStore:
+    """Documents of every kind over one KvStore; see the module docstring for the layout."""
+
+    def __init__(self, kv: KvStore, clock: Callable[[], float] = time.time) -> None:
+        self.kv = kv
+        self.clock = clock
+        self.listeners: list[Callable[[Operation], None]] = []
+
+    @classmethod
+    async def open(cls, data_dir: str | Path, backend: str = "lmdb", durable: bool = True) -> StateStore:
+        path = Path(data_dir)
+        await asyncio.to_thread(path.mkdir, parents=True, exist_ok=True)
+        if backend == "lmdb":
+            kv: KvStore = await LmdbStore.open(path / "state.lmdb", durable=durable)
+        elif backend == "sqlite":
+            kv = await SqliteStore.open(path / "state.sqlite3", durable=durable)
+        else:
+            raise ValueError(f"unknown store {backend!r} (lmdb or sqlite)")
+        return cls(kv)
+
+    async def close(self) -> None:
+        await self.kv.close()
+
+    # -- reads ------------------------------------------------------------------------------
+    async def get_raw(self, kind: str, entity_id: str) -> bytes | None:
+        """The stored JSON document (what GET answers), or None."""
+        if not valid_id(entity_id):
+            return None
+        entry = await self.kv.get(doc_key(kind, entity_id))
+        return None if entry is None else entry.value
+
+    async def get(self, kind: str, entity_id: str) -> dict | None:
+        raw = await self.get_raw(kind, entity_id)
+        return None if raw is None else orjson.loads(raw)
+
+    async def lookup(self, kind: str, field: str, value: str) -> str | None:
+        """The id holding `value` in a unique field, or None."""
+        norm = SPECS[kind].unique[field]
+        entry = await self.kv.get(index_key(kind, field, norm(value)))
+        return None if entry is None else entry.value.decode()
+
+    async def list(
+        self, kind: str, filters: dict[str, Any] | None = None, limit: int = 100, offset: int = 0
+    ) -> tuple[int, list[bytes]]:
+        """(total matching, one page of stored documents), in id (creation) order."""
+        prefix = f"/state/{kind}/"
+        if not filters:
+            keys = await self.kv.list(prefix)
+            page = keys[offset : offset + limit]
+            if not page:
+                return len(keys), []
+            entries = await self.kv.entries(
+                prefix, start_after=keys[offset - 1] if offset else None, limit=len(page)
+            )
+            return len(keys), [e.value for e in entries]
+        spec = SPECS[kind]
+        wanted = {
+            f: (spec.unique[f](v) if f in spec.unique and isinstance(v, str) else v)
+            for f, v in filters.items()
+        }
+        matched = []
+        for entry in await self.kv.entries(prefix):
+            doc = orjson.loads(entry.value)
+            if all(
+                (
+                    spec.unique[f](doc.get(f))
+                    if f in spec.unique and isinstance(doc.get(f), str)
+                    else doc.get(f)
+                )
+                == v
+                for f, v in wanted.items()
+            ):
+                matched.append(entry.value)
+        return len(matched), matched[offset : offset + limit]
+
+    async def count(self, kind: str) -> int:
+        return len(await self.kv.list(f"/state/{kind}/"))
+
+    async def meta(self, kind: str, entity_id: str) -> dict | None:
+        return await self.kv.get_json(meta_key(kind, entity_id))
+
+    # -- the one write path -----------------------------------------------------------------
+    async def apply(self, write: Write) -> Operation:
+        """Validate, authorize (write.guard), index and commit one write; the committed Operation."""
+        spec = SPECS[write.kind]
+        for _ in range(MAX_ATTEMPTS):
+            try:
+                op = await self._attempt(spec, write)
+            except VersionConflict:
+                continue
+            for listener in self.listeners:
+                try:
+                    listener(op)
+                except Exception:
+                    log.exception("state listener failed", extra={"op": op.op_id})
+            return op
+        raise conflict(f"{spec.name} is being changed by other requests; retry", "CONTENTION")
+
+    async def _attempt(self, spec: EntitySpec, write: Write) -> Operation:
+        kv = self.kv
+        checks: list[TransactionOp] = []
+        writes: list[TransactionOp] = []
+        if write.idempotency_key is not None:
+            seen = await kv.get(write.idempotency_key)
+            if seen is not None:
+                raise IdempotentReplay(seen.value)
+            checks.append(TransactionOp.check_version(write.idempotency_key, 0))
+        timestamp = self.clock()
+        now = int(timestamp)
+
+        current: dict | None = None
+        new: dict | None
+        if write.action == "create":
+            entity_id = write.id or new_id(spec.prefix)
+            key = doc_key(spec.kind, entity_id)
+            if await kv.version(key):
+                if write.id:
+                    raise conflict(f"{spec.name} {entity_id!r} already exists", "DUPLICATE")
+                raise VersionConflict(key, 0, 1)  # a generated id collided: plan again
+            checks.append(TransactionOp.check_version(key, 0))
+            assert write.body is not None
+            new = new_document(spec, write.body, entity_id, now)
+        else:
+            entity_id = write.id or ""
+            key = doc_key(spec.kind, entity_id)
+            entry = await kv.get(key) if valid_id(entity_id) else None
+            if entry is None:
+                raise not_found(spec.name, entity_id)
+            current = orjson.loads(entry.value)
+            checks.append(TransactionOp.check_version(key, entry.version))
+            new = (
+                merged_document(spec, current, write.changes or {}, now) if write.action == "update" else None
+            )
+
+        if write.guard is not None:
+            await write.guard(current, new)
+        await self._plan_indexes(spec, entity_id, current, new, checks, writes)
+        await self._plan_refs(spec, entity_id, current, new, checks, writes)
+
+        op = Operation.make(spec.kind, entity_id, new, write.author, timestamp)
+        if new is None:
+            writes.append(TransactionOp.delete(key))
+        else:
+            writes.append(TransactionOp.set(key, orjson.dumps(new)))
+        meta = {"ts": timestamp, "author": write.author, "op": op.op_id, "deleted": new is None}
+        writes.append(TransactionOp.set(meta_key(spec.kind, entity_id), orjson.dumps(meta)))
+        if write.idempotency_key is not None and write.idempotency_record is not None:
+            writes.append(TransactionOp.set(write.idempotency_key, write.idempotency_record(op)))
+        await kv.transaction(checks + writes)
+        return op
+
+    async def _plan_indexes(
+        self,
+        spec: EntitySpec,
+        entity_id: str,
+        current: dict | None,
+        new: dict | None,
+        checks: list[TransactionOp],
+        writes: list[TransactionOp],
+    ) -> None:
+        for field, norm in spec.unique.items():
+            old_value = norm(current[field]) if current else None
+            new_value = norm(new[field]) if new else None
+            if old_value == new_value:
+                continue
+            if new_value is not None:
+                ikey = index_key(spec.kind, field, new_value)
+                holder = await self.kv.get(ikey)
+                if holder is not None and holder.value.decode() != entity_id:
+                    raise conflict(
+                        f"a {spec.name} with {field} {new[field]!r} already exists ({holder.value.decode()})",  # type: ignore[index]
+                        "DUPLICATE",
+                    )
+                checks.append(TransactionOp.check_version(ikey, holder.version if holder else 0))
+                writes.append(TransactionOp.set(ikey, entity_id.encode()))
+            if old_value is not None:
+                writes.append(TransactionOp.delete(index_key(spec.kind, field, old_value)))
+
+    async def _plan_refs(
+        self,
+        spec: EntitySpec,
+        entity_id: str,
+        current: dict | None,
+        new: dict | None,
+        checks: list[TransactionOp],
+        writes: list[TransactionOp],
+    ) -> None:
+        kv = self.kv
+        if new is None:  # deleting: refused while anything points here
+            rkey = refs_key(spec.kind, entity_id)
+            refs = await kv.get(rkey)
+            count = int(refs.value) if refs else 0
+            if count > 0:
+                raise conflict(
+                    f"{spec.name} {entity_id!r} is referenced by {count} other document(s); delete those first",
+                    "IN_USE",
+                )
+            checks.append(TransactionOp.check_version(rkey, refs.version if refs else 0))
+        deltas: dict[tuple[str, str], int] = {}
+        for field, target_kind in spec.refs.items():
+            old_ref = current[field] if current else None
+            new_ref = new[field] if new else None
+            if old_ref == new_ref:
+                continue
+            if old_ref is not None:
+                deltas[(target_kind, old_ref)] = deltas.get((target_kind, old_ref), 0) - 1
+            if new_ref is not None:
+                deltas[(target_kind, new_ref)] = deltas.get((target_kind, new_ref), 0) + 1
+                target = await kv.get(doc_key(target_kind, new_ref)) if valid_id(new_ref) else None
+                if target is None:
+                    raise bad_request(
+                        f"{field} {new_ref!r}: no such {SPECS[target_kind].name}", "UNKNOWN_REFERENCE"
+                    )
+                checks.append(TransactionOp.check_version(doc_key(target_kind, new_ref), target.version))
+        for (target_kind, target_id), delta in deltas.items():
+            if delta == 0:
+                continue
+            rkey = refs_key(target_kind, target_id)
+            refs = await kv.get(rkey)
+            count = (int(refs.value) if refs else 0) + delta
+            checks.append(TransactionOp.check_version(rkey, refs.version if refs else 0))
+            writes.append(
+                TransactionOp.set(rkey, str(count).encode()) if count > 0 else TransactionOp.delete(rkey)
+            )
+
+
+def read_document(spec: EntitySpec, raw: bytes) -> msgspec.Struct:
+    """A stored document as its typed Struct."""
+    try:
+        return msgspec.json.decode(raw, type=spec.entity)
+    except msgspec.ValidationError as exc:  # only if the stored data was damaged by hand
+        raise StateError(500, f"stored {spec.name} is malformed: {exc}", "CORRUPT") from None
