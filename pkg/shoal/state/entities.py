@@ -41,9 +41,16 @@ class EntitySpec:
         return self.label or self.kind
 
 
+_last_tick = 0
+
+
 def new_id(prefix: str) -> str:
-    """'<prefix>-<ms since epoch><6 random digits>': unique, and sorted by creation time."""
-    return f"{prefix}-{time.time_ns() // 1_000_000}{secrets.randbelow(1_000_000):06d}"
+    """'<prefix>-<16-digit tick><3 random digits>': sorted by creation time within a process
+    (the tick is microseconds, bumped to stay increasing), unique across processes by the random
+    digits and, should those collide, by the store's create-if-absent check."""
+    global _last_tick
+    _last_tick = max(time.time_ns() // 1000, _last_tick + 1)
+    return f"{prefix}-{_last_tick}{secrets.randbelow(1000):03d}"
 
 
 def _peer(doc: dict) -> dict:
