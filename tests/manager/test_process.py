@@ -186,3 +186,23 @@ def test_unreadable_config_file_starts_unconfigured(manager_factory):
         assert "config.json" in st["configuration"]["error"]
         assert m.get("/config").status_code == 404
     assert "starting unconfigured" in m.log_tail(100)
+
+
+def test_child_left_by_a_killed_manager_is_stopped_on_restart(manager_factory):
+    m = manager_factory(command=SLEEPER)
+    with m:
+        old = m.wait(lambda s: s["process"]["running"])["process"]["pid"]
+        m.kill()  # kill -9 of the manager: its child (own process group) keeps running
+        os.kill(old, 0)
+    with m:
+        new = m.wait(lambda s: s["process"]["running"])["process"]["pid"]
+        assert new != old
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                os.kill(old, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.05)
+        else:
+            raise AssertionError("the orphaned child is still running next to the new one")

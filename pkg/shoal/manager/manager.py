@@ -89,6 +89,7 @@ class Manager:
                     start_retries=self.options.start_retries,
                     env=self._process_env(),
                     name="process",
+                    pidfile=self.tmp_dir / "process.pid",
                 )
             )
         self._spawn(self._boot(), "boot")

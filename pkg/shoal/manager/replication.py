@@ -133,6 +133,7 @@ class Replication:
                 stop_timeout=stop_timeout,
                 env=s3.tool_env(self.storage),
                 name="litestream",
+                pidfile=self.config_path.with_name("litestream.pid"),
             )
         )
         self.supervisor.start()

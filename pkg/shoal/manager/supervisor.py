@@ -18,6 +18,7 @@ import os
 import signal
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 log = logging.getLogger("shoal.manager.supervisor")
@@ -34,6 +35,7 @@ class SupervisorOptions:
     env: dict[str, str] | None = None  # the whole environment; None inherits the manager's
     cwd: str | None = None
     name: str = "process"
+    pidfile: Path | None = None  # lets a restarted manager stop the child a crashed one left
 
 
 def describe_exit(returncode: int) -> dict[str, Any]:
@@ -82,10 +84,37 @@ class Supervisor:
             "error": self.spawn_error,
         }
 
+    def reap_orphan(self) -> int | None:
+        """Kill the group of a child left running by a manager that died (kill -9); its pid.
+
+        Only when the pidfile's process still runs our exact command line, so a recycled pid
+        is never touched.
+        """
+        pidfile = self.options.pidfile
+        if not pidfile or not pidfile.exists():
+            return None
+        try:
+            pid = int(pidfile.read_text().strip())
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[:-1]
+        except (OSError, ValueError):
+            return None
+        if [c.decode(errors="replace") for c in cmdline] != list(self.options.command):
+            return None
+        log.warning(
+            "%s left running by a previous manager; stopping it", self.options.name, extra={"pid": pid}
+        )
+        self._signal(pid, signal.SIGTERM)
+        deadline = time.monotonic() + min(self.options.stop_timeout, 10.0)
+        while time.monotonic() < deadline and Path(f"/proc/{pid}").exists():
+            time.sleep(0.05)
+        self._signal(pid, signal.SIGKILL)
+        return pid
+
     def start(self) -> None:
         """Begin supervising (no-op when already supervising)."""
         if self._task and not self._task.done():
             return
+        self.reap_orphan()
         self._stopping = asyncio.Event()
         self.failed_starts = 0
         self.spawn_error = None
@@ -109,6 +138,8 @@ class Supervisor:
             return False
         self.spawn_error = None
         self.pid = self._proc.pid
+        if self.options.pidfile:
+            self.options.pidfile.write_text(str(self.pid))
         self.started_at = time.time()
         self.state = "running"
         log.info("%s started", self.options.name, extra={"pid": self.pid, "command": self.options.command})
