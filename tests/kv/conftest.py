@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+
 from shoal.kv import KvStore, Limits, LmdbStore, MemoryStore, SqliteStore
 
 # name -> (backend, durable). Durable disk stores commit on the writer thread, the others inline.

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+
 from shoal.kv import EventType, KvStore, LmdbStore, SqliteStore
 
 BACKENDS = ["sqlite", "lmdb"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+
 from shoal.kv import (
     Compacted,
     EventType,

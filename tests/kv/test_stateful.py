@@ -13,11 +13,12 @@ from pathlib import Path
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+
 from shoal.kv import Entry, KvError, Limits, TransactionOp, TxnResult
 
 from .conftest import KINDS, open_store
 
-LIMITS = Limits(max_value_bytes=8, max_txn_ops=5, history=12)
+LIMITS = Limits(max_value_bytes=8, max_txn_ops=5, history=24)  # trims every 3 revisions
 KEYS = ["/a", "/a/b", "/a/c", "/a/b/c", "/a%", "/a_", "/A", "/b", "/é"]
 keys = st.sampled_from(KEYS) | st.sampled_from(["", "x", "/bad\0", "/" + "k" * 1100])
 values = st.binary(max_size=10)
@@ -128,7 +129,7 @@ class SameResults(RuleBasedStateMachine):
             assert ref == sorted(k for k in self.model if k.startswith(prefix))
 
     @precondition(lambda self: len(self.watches) < 4)
-    @rule(pattern=patterns, back=st.none() | st.integers(0, 14))
+    @rule(pattern=patterns, back=st.none() | st.integers(0, 30))
     def watch(self, pattern, back):
         rev = self.last_revision
         start = None if back is None else max(1, rev + 1 - back)

@@ -22,6 +22,19 @@ from .watch import Watch, WatchHub
 Mutation = tuple[str, bytes | None, int]
 
 
+def trim_floor(rev: int, history: int) -> int:
+    """The oldest revision the change log keeps after the commit of `rev`; 0: do not trim now.
+
+    Trimming every commit would dirty the log's first page on every write (a whole extra page in
+    the WAL / copy-on-write path), so it happens every `step` revisions: the log holds between
+    `history` and `history + step - 1` revisions. The rule is the same on every backend.
+    """
+    step = max(1, min(64, history // 8))
+    if rev % step or rev <= history:
+        return 0
+    return rev - history + 1
+
+
 def validate_ops(ops: Sequence[TransactionOp], limits: Limits) -> list[TransactionOp]:
     """Every op well-formed, every key valid and every value within limits, before anything runs."""
     ops = list(ops)

@@ -3,7 +3,8 @@
 Layout (named sub-databases):
   kv       key bytes -> record: <version u64, revision u64, created_at f64, updated_at f64> + value
   changes  (revision << 16 | index) big-endian u64 -> <event u8, version u64, key length u16> + key + value
-  meta     b"revision" -> u64
+The store revision is the newest key of `changes` (the log always keeps it), so a write touches
+no extra page for a counter.
 
 LMDB keys are at most 511 bytes; keys of 511 bytes or more live in a "bucket" under their first
 511 bytes (a sorted list of (key, record)), which keeps range scans in key order.
@@ -28,7 +29,15 @@ from typing import Any, TypeVar
 
 import lmdb
 
-from .base import KvStore, Mutation, check_expected, check_list_args, plan_transaction, validate_ops
+from .base import (
+    KvStore,
+    Mutation,
+    check_expected,
+    check_list_args,
+    plan_transaction,
+    trim_floor,
+    validate_ops,
+)
 from .errors import KvError, StoreBusy, StoreClosed, VersionConflict
 from .keys import check_key, check_prefix
 from .model import EVENT_TYPES, Entry, Event, Limits, TransactionOp, TxnResult
@@ -42,7 +51,6 @@ SEQ = struct.Struct(">Q")
 U64 = struct.Struct("<Q")
 BKT = struct.Struct("<HI")
 SHORT = 511  # LMDB's maximum key size
-REV_KEY = b"revision"
 
 
 class _Grow(Exception):
@@ -164,7 +172,6 @@ class LmdbStore(KvStore):
                 env = self._env
                 self._kv = env.open_db(b"kv")
                 self._chg = env.open_db(b"changes")
-                self._meta = env.open_db(b"meta")
                 return
             except lmdb.MapResizedError:
                 self._env.set_mapsize(0)
@@ -261,11 +268,12 @@ class LmdbStore(KvStore):
             txn.abort()
             raise
 
+    def _revision_in(self, txn: lmdb.Transaction) -> int:
+        cur = txn.cursor(db=self._chg)
+        return SEQ.unpack(cur.key())[0] >> 16 if cur.last() else 0
+
     def _bump(self, txn: lmdb.Transaction) -> int:
-        buf = txn.get(REV_KEY, db=self._meta)
-        rev = (0 if buf is None else U64.unpack(buf)[0]) + 1
-        txn.put(REV_KEY, U64.pack(rev), db=self._meta)
-        return rev
+        return self._revision_in(txn) + 1
 
     def _log(
         self, txn: lmdb.Transaction, rev: int, events: list[tuple[int, bytes, int, bytes | None]]
@@ -277,8 +285,8 @@ class LmdbStore(KvStore):
             if value is not None:
                 rec += value
             txn.put(SEQ.pack(seq + i), rec, db=chg, append=True)
-        oldest = rev - self.limits.history + 1
-        if oldest <= 1:
+        oldest = trim_floor(rev, self.limits.history)
+        if not oldest:
             return
         floor = SEQ.pack(oldest << 16)
         cur = txn.cursor(db=chg)
@@ -347,9 +355,8 @@ class LmdbStore(KvStore):
         return await self._read(self._current_revision_raw)
 
     def _current_revision_raw(self) -> int:
-        with self._env.begin(db=self._meta) as txn:
-            buf = txn.get(REV_KEY)
-        return 0 if buf is None else U64.unpack(buf)[0]
+        with self._env.begin() as txn:
+            return self._revision_in(txn)
 
     # -- writes -----------------------------------------------------------------------------
     async def set(self, key: str, value: bytes) -> int:
@@ -413,8 +420,7 @@ class LmdbStore(KvStore):
 
         versions, deleted, writes = plan_transaction(ops, version_of)
         if not writes:
-            buf = txn.get(REV_KEY, db=self._meta)
-            return TxnResult(0 if buf is None else U64.unpack(buf)[0], versions, deleted)
+            return TxnResult(self._revision_in(txn), versions, deleted)
         rev = self._bump(txn)
         self._log(txn, rev, self._apply(txn, rev, writes))
         return TxnResult(rev, versions, deleted)
@@ -456,10 +462,7 @@ class LmdbStore(KvStore):
         def read() -> int:
             with self._env.begin() as txn:
                 cur = txn.cursor(db=self._chg)
-                if cur.first():
-                    return SEQ.unpack(cur.key())[0] >> 16
-                buf = txn.get(REV_KEY, db=self._meta)
-                return (0 if buf is None else U64.unpack(buf)[0]) + 1
+                return SEQ.unpack(cur.key())[0] >> 16 if cur.first() else 1
 
         return self._sync(read)
 

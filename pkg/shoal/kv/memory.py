@@ -6,7 +6,15 @@ import bisect
 import time
 from collections.abc import Sequence
 
-from .base import KvStore, Mutation, check_expected, check_list_args, plan_transaction, validate_ops
+from .base import (
+    KvStore,
+    Mutation,
+    check_expected,
+    check_list_args,
+    plan_transaction,
+    trim_floor,
+    validate_ops,
+)
 from .errors import VersionConflict
 from .keys import check_key, prefix_end
 from .model import Entry, Event, EventType, Limits, TransactionOp, TxnResult
@@ -128,8 +136,8 @@ class MemoryStore(KvStore):
                 data[key] = Entry(key, value, version, cur.created_at, now, rev)
                 events.append(Event(EventType.Updated, key, value, version, rev))
         self._log[rev] = events
-        floor = rev - self.limits.history
-        while self._oldest <= floor:
+        floor = trim_floor(rev, self.limits.history)
+        while self._oldest < floor:
             self._log.pop(self._oldest, None)
             self._oldest += 1
         self._notify()

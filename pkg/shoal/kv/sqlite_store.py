@@ -11,7 +11,7 @@ coroutine backs off with asyncio.sleep instead of blocking the loop; in the writ
 own busy timeout waits.
 
 Change log: `changes(seq = revision << 16 | index)` holds every event, written in the same
-transaction as the data and trimmed to the last `limits.history` revisions on every commit.
+transaction as the data and trimmed to the last `limits.history` revisions (see base.trim_floor).
 """
 
 from __future__ import annotations
@@ -24,7 +24,15 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
-from .base import KvStore, Mutation, check_expected, check_list_args, plan_transaction, validate_ops
+from .base import (
+    KvStore,
+    Mutation,
+    check_expected,
+    check_list_args,
+    plan_transaction,
+    trim_floor,
+    validate_ops,
+)
 from .errors import KvError, StoreBusy, StoreClosed, VersionConflict
 from .keys import check_key, prefix_end
 from .model import EVENT_TYPES, Entry, Event, Limits, TransactionOp, TxnResult
@@ -47,14 +55,13 @@ CREATE TABLE IF NOT EXISTS changes (
     version INTEGER NOT NULL,
     value BLOB
 );
-CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY NOT NULL, value INTEGER NOT NULL) WITHOUT ROWID;
-INSERT OR IGNORE INTO meta(name, value) VALUES ('revision', 0);
 """
 
 GET = "SELECT value, version, created_at, updated_at, revision FROM kv WHERE key = ?"
 VERSION = "SELECT version FROM kv WHERE key = ?"
-REVISION = "SELECT value FROM meta WHERE name = 'revision'"
-BUMP = "UPDATE meta SET value = value + 1 WHERE name = 'revision' RETURNING value"
+# The store revision is the newest change log row (the log always keeps it), so a write
+# dirties no extra page for a counter.
+REVISION = "SELECT max(seq) FROM changes"
 UPSERT = (
     "INSERT INTO kv(key, value, version, created_at, updated_at, revision) VALUES (?, ?, 1, ?, ?, ?) "
     "ON CONFLICT(key) DO UPDATE SET value = excluded.value, version = kv.version + 1, "
@@ -191,13 +198,20 @@ class SqliteStore(KvStore):
                 db.execute("ROLLBACK")
             raise
 
+    @staticmethod
+    def _next_revision(db: sqlite3.Connection) -> int:
+        seq = db.execute(REVISION).fetchone()[0]
+        return 1 if seq is None else (seq >> 16) + 1
+
     def _log(self, db: sqlite3.Connection, rev: int, events: list[tuple]) -> None:
         seq = rev << 16
         if len(events) == 1:
             db.execute(LOG, (seq, *events[0]))
         else:
             db.executemany(LOG, [(seq + i, *ev) for i, ev in enumerate(events)])
-        db.execute(TRIM, ((rev - self.limits.history + 1) << 16,))
+        floor = trim_floor(rev, self.limits.history)
+        if floor:
+            db.execute(TRIM, (floor << 16,))
 
     # -- reads ------------------------------------------------------------------------------
     async def get(self, key: str) -> Entry | None:
@@ -246,7 +260,8 @@ class SqliteStore(KvStore):
         return [Entry(*r) for r in await self._read(sql, params)]
 
     async def revision(self) -> int:
-        return (await self._read(REVISION, ()))[0][0]
+        seq = (await self._read(REVISION, ()))[0][0]
+        return 0 if seq is None else seq >> 16
 
     # -- writes -----------------------------------------------------------------------------
     async def set(self, key: str, value: bytes) -> int:
@@ -257,11 +272,13 @@ class SqliteStore(KvStore):
     def _set(self, db: sqlite3.Connection, key: str, value: bytes) -> int:
         db.execute("BEGIN IMMEDIATE")
         try:
-            rev = db.execute(BUMP).fetchone()[0]
+            rev = self._next_revision(db)
             now = time.time()
             version = db.execute(UPSERT, (key, value, now, now, rev)).fetchone()[0]
             db.execute(LOG, (rev << 16, key, 1 if version == 1 else 2, version, value))
-            db.execute(TRIM, ((rev - self.limits.history + 1) << 16,))
+            floor = trim_floor(rev, self.limits.history)
+            if floor:
+                db.execute(TRIM, (floor << 16,))
             db.execute("COMMIT")
         except BaseException:
             if db.in_transaction:
@@ -278,7 +295,7 @@ class SqliteStore(KvStore):
             if db.execute(DELETE, (key,)).fetchone() is None:
                 db.execute("ROLLBACK")
                 return False
-            rev = db.execute(BUMP).fetchone()[0]
+            rev = self._next_revision(db)
             self._log(db, rev, [(key, 3, 0, None)])
             return True
 
@@ -296,7 +313,7 @@ class SqliteStore(KvStore):
             found = 0 if row is None else row[0]
             if found != expected:
                 raise VersionConflict(key, expected, found)
-            rev = db.execute(BUMP).fetchone()[0]
+            rev = self._next_revision(db)
             now = time.time()
             if found:
                 db.execute(UPDATE, (value, found + 1, now, rev, key))
@@ -319,10 +336,10 @@ class SqliteStore(KvStore):
 
             versions, deleted, writes = plan_transaction(ops, version_of)
             if not writes:
-                rev = db.execute(REVISION).fetchone()[0]
+                rev = self._next_revision(db) - 1
                 db.execute("ROLLBACK")
                 return TxnResult(rev, versions, deleted)
-            rev = db.execute(BUMP).fetchone()[0]
+            rev = self._next_revision(db)
             self._log(db, rev, self._apply(db, rev, writes))
             return TxnResult(rev, versions, deleted)
 
@@ -352,14 +369,12 @@ class SqliteStore(KvStore):
             raise self._fail(err) from err
 
     def _current_revision(self) -> int:
-        return self._sync_read(REVISION)[0][0]
+        seq = self._sync_read(REVISION)[0][0]
+        return 0 if seq is None else seq >> 16
 
     def _oldest_revision(self) -> int:
-        rows = self._sync_read(
-            "SELECT (SELECT min(seq) FROM changes), (SELECT value FROM meta WHERE name = 'revision')"
-        )
-        oldest, rev = rows[0]
-        return rev + 1 if oldest is None else oldest >> 16
+        oldest = self._sync_read("SELECT min(seq) FROM changes")[0][0]
+        return 1 if oldest is None else oldest >> 16  # an empty log: nothing written yet
 
     def _changes(self, after: int, upto: int) -> list[Event]:
         rows = self._sync_read(CHANGES, ((after + 1) << 16, (upto + 1) << 16))
