@@ -107,7 +107,7 @@ async def test_challenge_is_single_use(service):
 
 async def test_expired_challenge_is_refused(service):
     alice = Account.create()
-    ch, sig = await sign_challenge(service.http, alice)
+    _, sig = await sign_challenge(service.http, alice)
     service.ctx.auth.clock = lambda: time.time() + 301
     r = await service.http.post("/auth/login", json={"address": alice.address, "signature": sig})
     assert_error(r, 401, "CHALLENGE_EXPIRED")
@@ -115,7 +115,7 @@ async def test_expired_challenge_is_refused(service):
 
 async def test_malformed_and_high_s_signatures_are_refused(service):
     alice = Account.create()
-    ch, sig = await sign_challenge(service.http, alice)
+    _, sig = await sign_challenge(service.http, alice)
     raw = bytes.fromhex(sig[2:])
     s = int.from_bytes(raw[32:64], "big")
     twin = raw[:32] + (SECP256K1_N - s).to_bytes(32, "big") + bytes([55 - raw[64]])
