@@ -12,7 +12,19 @@ MAX_KEY_BYTES = 1024
 
 
 def check_key(key: object) -> bytes:
-    """The key's UTF-8 bytes, or InvalidKey saying what is wrong."""
+    """The key's UTF-8 bytes, or InvalidKey saying what is wrong (the hot path of every call)."""
+    if type(key) is str and key[:1] == "/" and "\0" not in key:
+        try:
+            raw = key.encode()
+        except UnicodeEncodeError:
+            return _explain(key)
+        if len(raw) <= MAX_KEY_BYTES:
+            return raw
+    return _explain(key)
+
+
+def _explain(key: object) -> bytes:
+    """The slow path: say exactly what is wrong with the key."""
     if type(key) is not str:
         raise InvalidKey(key, f"keys are str, got {type(key).__name__}")
     if not key.startswith("/"):

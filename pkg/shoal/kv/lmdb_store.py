@@ -1,10 +1,12 @@
 """LmdbStore: the `lmdb` package, one file (plus its lock file), safe for several processes.
 
-Layout (named sub-databases):
-  kv       key bytes -> record: <version u64, revision u64, created_at f64, updated_at f64> + value
-  changes  (revision << 16 | index) big-endian u64 -> <event u8, version u64, key length u16> + key + value
-The store revision is the newest key of `changes` (the log always keeps it), so a write touches
-no extra page for a counter.
+Layout, all in LMDB's main database (named sub-databases would cost every write an extra page
+for the sub-database record; measured in bench/kv):
+  "/..."                 key bytes -> <version u64, revision u64, created_at f64, updated_at f64> + value
+  0xFE + u64 BE seq      change log, seq = revision << 16 | index
+                         -> <event u8, version u64, key length u16> + key + value
+Keys start with "/" (0x2F), so the log sorts after every key. The store revision is the newest
+log entry (the log always keeps it), so a write touches no extra page for a counter.
 
 LMDB keys are at most 511 bytes; keys of 511 bytes or more live in a "bucket" under their first
 511 bytes (a sorted list of (key, record)), which keeps range scans in key order.
@@ -47,7 +49,9 @@ T = TypeVar("T")
 HDR = struct.Struct("<QQdd")
 HDR_SIZE = HDR.size
 CHG = struct.Struct("<BQH")
-SEQ = struct.Struct(">Q")
+SEQ = struct.Struct(">BQ")  # (LOG, seq)
+LOG = 0xFE
+LOG_START = b"\xfe"
 U64 = struct.Struct("<Q")
 BKT = struct.Struct("<HI")
 SHORT = 511  # LMDB's maximum key size
@@ -153,7 +157,7 @@ class LmdbStore(KvStore):
             self.path,
             subdir=False,
             map_size=map_size,
-            max_dbs=4,
+            max_dbs=0,
             sync=durable,
             metasync=durable,
             max_spare_txns=4,
@@ -161,24 +165,10 @@ class LmdbStore(KvStore):
         )
         self._env = env
         env.reader_check()  # free reader slots of processes that died (kill -9)
-        self._open_dbs()
+        self._kv = self._chg = None  # both live in the main database
         if self._offload:
             self._writer = ThreadPoolExecutor(1, thread_name_prefix="shoal-kv-lmdb")
         return self
-
-    def _open_dbs(self) -> None:
-        for attempt in range(8):
-            try:
-                env = self._env
-                self._kv = env.open_db(b"kv")
-                self._chg = env.open_db(b"changes")
-                return
-            except lmdb.MapResizedError:
-                self._env.set_mapsize(0)
-            except lmdb.MapFullError:
-                self._env.set_mapsize(self._env.info()["map_size"] * 2)
-            if attempt == 7:
-                raise KvError(f"{self.path}: cannot open the sub-databases")
 
     # -- plumbing ------------------------------------------------------------------------------
     def _fail(self, err: Exception) -> KvError:
@@ -268,9 +258,14 @@ class LmdbStore(KvStore):
             txn.abort()
             raise
 
-    def _revision_in(self, txn: lmdb.Transaction) -> int:
-        cur = txn.cursor(db=self._chg)
-        return SEQ.unpack(cur.key())[0] >> 16 if cur.last() else 0
+    @staticmethod
+    def _revision_in(txn: lmdb.Transaction) -> int:
+        cur = txn.cursor()
+        if cur.last():
+            k = cur.key()
+            if k[0] == LOG:
+                return SEQ.unpack(k)[1] >> 16
+        return 0
 
     def _bump(self, txn: lmdb.Transaction) -> int:
         return self._revision_in(txn) + 1
@@ -284,13 +279,13 @@ class LmdbStore(KvStore):
             rec = CHG.pack(code, version, len(raw)) + raw
             if value is not None:
                 rec += value
-            txn.put(SEQ.pack(seq + i), rec, db=chg, append=True)
+            txn.put(SEQ.pack(LOG, seq + i), rec, db=chg, append=True)
         oldest = trim_floor(rev, self.limits.history)
         if not oldest:
             return
-        floor = SEQ.pack(oldest << 16)
+        floor = SEQ.pack(LOG, oldest << 16)
         cur = txn.cursor(db=chg)
-        if cur.first():
+        if cur.set_range(LOG_START):
             while cur.key() < floor:
                 if not cur.delete():
                     break
@@ -321,6 +316,7 @@ class LmdbStore(KvStore):
     def _range(self, prefix: str, start_after: str | None, limit: int | None, full: bool) -> list:
         check_list_args(prefix, start_after, limit)
         pre = check_prefix(prefix)
+        bound = pre or b"/"  # keys start with "/"; the change log sorts after them
         after = None if start_after is None else start_after.encode()
         start = pre if after is None or after < pre else after
         out: list = []
@@ -330,7 +326,7 @@ class LmdbStore(KvStore):
             for k, v in _scan(txn, self._kv, start):
                 if k < pre or (after is not None and k <= after):
                     continue
-                if not k.startswith(pre):
+                if not k.startswith(bound):
                     break
                 if full:
                     version, rev, created, updated = HDR.unpack_from(v)
@@ -461,19 +457,21 @@ class LmdbStore(KvStore):
     def _oldest_revision(self) -> int:
         def read() -> int:
             with self._env.begin() as txn:
-                cur = txn.cursor(db=self._chg)
-                return SEQ.unpack(cur.key())[0] >> 16 if cur.first() else 1
+                cur = txn.cursor()
+                if cur.set_range(LOG_START):
+                    return SEQ.unpack(cur.key())[1] >> 16
+                return 1  # an empty log: nothing written yet
 
         return self._sync(read)
 
     def _changes(self, after: int, upto: int) -> list[Event]:
         def read() -> list[Event]:
             out = []
-            end = SEQ.pack((upto + 1) << 16)
+            end = SEQ.pack(LOG, (upto + 1) << 16)
             types = EVENT_TYPES
-            with self._env.begin(db=self._chg) as txn:
+            with self._env.begin() as txn:
                 cur = txn.cursor()
-                if not cur.set_range(SEQ.pack((after + 1) << 16)):
+                if not cur.set_range(SEQ.pack(LOG, (after + 1) << 16)):
                     return out
                 for k, v in cur:
                     if k >= end:
@@ -482,7 +480,7 @@ class LmdbStore(KvStore):
                     pos = CHG.size + klen
                     key = bytes(v[CHG.size : pos]).decode()
                     value = None if code == 3 else bytes(v[pos:])
-                    out.append(Event(types[code], key, value, version, SEQ.unpack(k)[0] >> 16))
+                    out.append(Event(types[code], key, value, version, SEQ.unpack(k)[1] >> 16))
             return out
 
         return self._sync(read)
