@@ -19,6 +19,7 @@ import msgspec
 from starlette.responses import Response
 
 from shoal import _native
+from shoal.paxos.acceptor_api import make_acceptor_api
 from shoal.storage.compaction import Compactor
 from shoal.storage.httpbits import Unsatisfiable, parse_checksum, parse_range
 from shoal.storage.registration import MetadataClient
@@ -362,7 +363,7 @@ def create_app(options: dict[str, Any]) -> Any:
 
     return build_app(
         title=TITLE,
-        apis=[make_api(node)],
+        apis=[make_api(node), make_acceptor_api(node)],
         envelope=DETAIL_ENVELOPE,
         max_body=MAX_CHUNK,
         lifespan=lifespan,

@@ -1,0 +1,133 @@
+"""Committing chunk placements through ChunkPaxos, and recording what was chosen.
+
+Epoch 0 of a chunk is its first placement (POST /chunk/{id}/commit); each migration or repair
+proposes the next epoch. Every epoch is its own Paxos instance, so a placement, once chosen,
+never changes; a later epoch supersedes it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import weakref
+from dataclasses import dataclass
+
+from shoal.paxos import Ballot, Placement, PlacementError
+from shoal.paxos.placement import validate
+from shoal.paxos.proposer import Outcome, Proposer, prepare_quorum
+
+from .nodes import NodeRegistry
+from .records import ChunkRecord
+from .store import MetadataStore
+
+
+class CommitFailed(Exception):
+    """No value could be chosen. status: 409 (acceptors refused the placement), 503 (no quorum)."""
+
+    def __init__(self, status: int, message: str, outcome: Outcome | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.outcome = outcome
+
+
+@dataclass
+class Phase:
+    epoch: int
+    phase: str
+    ballot: Ballot | None
+    reason: str = ""
+    at: float = 0.0
+
+
+@dataclass
+class Committed:
+    record: ChunkRecord
+    own: bool  # our proposal was the value chosen
+    outcome: Outcome | None  # None when the answer came from the store (already decided here)
+
+
+class ChunkService:
+    def __init__(self, store: MetadataStore, registry: NodeRegistry, proposer: Proposer) -> None:
+        self.store = store
+        self.registry = registry
+        self.proposer = proposer
+        self.phases: dict[str, Phase] = {}
+        self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
+        self.commits = 0
+        self.messages = 0
+
+    def lock(self, chunk_id: str) -> asyncio.Lock:
+        lock = self._locks.get(chunk_id)
+        if lock is None:
+            lock = self._locks[chunk_id] = asyncio.Lock()
+        return lock
+
+    async def commit(self, chunk_id: str, video_id: str, seq: int, placement: Placement) -> Committed:
+        """Choose epoch 0's placement (or report the one already chosen)."""
+        validate(placement, chunk_id)
+        async with self.lock(chunk_id):
+            existing = await self.store.chunk(chunk_id)
+            if existing is not None:
+                if existing.video_id != video_id or existing.sequence_num != seq:
+                    raise CommitFailed(
+                        409,
+                        f"chunk {chunk_id} is already committed as sequence {existing.sequence_num} "
+                        f"of video {existing.video_id}",
+                    )
+                return Committed(existing, existing.placement == placement, None)
+            taken = await self.store.chunk_at(video_id, seq)
+            if taken is not None:
+                raise CommitFailed(409, f"sequence {seq} of video {video_id} holds chunk {taken.chunk_id}")
+            return await self._decide(chunk_id, video_id, seq, 0, placement)
+
+    async def replace(self, current: ChunkRecord, placement: Placement) -> Committed:
+        """Propose `placement` as the chunk's next epoch (migration, repair)."""
+        validate(placement, current.chunk_id)
+        async with self.lock(current.chunk_id):
+            latest = await self.store.chunk(current.chunk_id)
+            if latest is not None and latest.epoch != current.epoch:
+                raise CommitFailed(409, f"chunk {current.chunk_id} moved on to epoch {latest.epoch}")
+            return await self._decide(
+                current.chunk_id, current.video_id, current.sequence_num, current.epoch + 1, placement
+            )
+
+    async def _decide(
+        self, chunk_id: str, video_id: str, seq: int, epoch: int, placement: Placement
+    ) -> Committed:
+        cluster = self.registry.urls()
+        need = len(placement.nodes)
+        if len(cluster) < need:
+            raise PlacementError(
+                f"the cluster has {len(cluster)} registered nodes; {placement.mode} needs {need}"
+            )
+
+        def on_phase(phase: str, ballot: Ballot) -> None:
+            self.phases[chunk_id] = Phase(epoch, phase, ballot, at=time.time())
+
+        outcome = await self.proposer.propose(
+            chunk_id, epoch, placement, cluster, skip=self.registry.down_urls(), on_phase=on_phase
+        )
+        self.messages += outcome.messages
+        if not outcome.chosen or outcome.value is None:
+            self.phases[chunk_id] = Phase(epoch, "failed", outcome.ballot, outcome.reason, time.time())
+            status = 409 if outcome.kind in ("refused", "contention") else 503
+            raise CommitFailed(status, f"consensus on chunk {chunk_id} failed: {outcome.reason}", outcome)
+        assert outcome.ballot is not None
+        record = ChunkRecord(
+            chunk_id=chunk_id,
+            video_id=video_id,
+            sequence_num=seq,
+            epoch=epoch,
+            placement=outcome.value,
+            ballot=outcome.ballot,
+            committed_at=time.time(),
+            messages=outcome.messages,
+            rounds=outcome.rounds,
+        )
+        await self.store.save_chunk(record)
+        self.phases.pop(chunk_id, None)
+        self.commits += 1
+        return Committed(record, outcome.own, outcome)
+
+    def prepare_quorum(self) -> int:
+        return prepare_quorum(len(self.registry.urls()))

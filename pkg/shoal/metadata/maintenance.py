@@ -1,0 +1,258 @@
+"""Background work: repair lost or corrupt pieces, and migrate videos between redundancy modes.
+
+Both build the new pieces first, commit the new placement through ChunkPaxos (next epoch), and
+only then delete the pieces the new placement no longer uses: a crash at any point leaves the
+committed placement whole (at worst an orphan copy stays behind).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from dataclasses import dataclass, field
+
+from shoal.paxos import ERASURE, REPLICATION, REPLICATION_FACTOR, Placement, PlacementError
+from shoal.paxos.placement import ERASURE_TOTAL, parse_fragment_id
+
+from .chunks import ChunkService, CommitFailed
+from .mover import Mover, sha256_tag
+from .nodes import NodeRegistry
+from .records import ChunkRecord, ModeState
+from .redundancy import Policy
+from .store import MetadataStore
+
+log = logging.getLogger("shoal.metadata")
+
+
+@dataclass
+class Counters:
+    passes: int = 0
+    migrated: int = 0
+    repaired: int = 0
+    failed: int = 0
+    deleted_pieces: int = 0
+    last_error: str = ""
+    events: list[str] = field(default_factory=list)
+
+    def note(self, text: str) -> None:
+        self.events.append(f"{time.strftime('%H:%M:%S')} {text}")
+        del self.events[:-50]
+
+
+class Maintenance:
+    def __init__(
+        self,
+        store: MetadataStore,
+        registry: NodeRegistry,
+        chunks: ChunkService,
+        mover: Mover,
+        policy: Policy,
+        *,
+        interval: float = 10.0,
+        repair_grace: float = 60.0,
+        batch: int = 64,
+        parallel: int = 4,
+    ) -> None:
+        self.store = store
+        self.registry = registry
+        self.chunks = chunks
+        self.mover = mover
+        self.policy = policy
+        self.interval = interval
+        self.repair_grace = repair_grace
+        self.batch = batch
+        self.parallel = parallel
+        self.counters = Counters()
+        self.started = time.time()
+        self._task: asyncio.Task | None = None
+
+    def start(self) -> None:
+        if self.interval > 0:
+            self._task = asyncio.create_task(self._loop(), name="shoal-metadata-maintenance")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval)
+            try:
+                await self.run_once()
+            except Exception as exc:  # keep the loop alive; the next pass retries
+                log.exception("maintenance pass failed")
+                self.counters.last_error = f"{type(exc).__name__}: {exc}"
+
+    async def run_once(self) -> None:
+        self.counters.passes += 1
+        await self.repair_pass()
+        await self.migrate_pass()
+
+    # -- repair -------------------------------------------------------------------------------
+    def _lost_nodes(self) -> set[str]:
+        """Nodes down for longer than the grace period (and not within grace of our own start:
+        nodes that heartbeat us get a fair chance to reach a restarted service)."""
+        now = time.time()
+        if now - self.started < self.registry.thresholds.down_after + self.repair_grace:
+            return set()
+        return {n.node_url for n in self.registry.all() if self.registry.down_for(n, now) > self.repair_grace}
+
+    async def repair_pass(self) -> None:
+        work: dict[str, set[str]] = {}  # chunk id -> node URLs whose piece must be rebuilt
+        for url in self._lost_nodes():
+            for chunk_id in await self.store.chunks_on(url):
+                work.setdefault(chunk_id, set()).add(url)
+        corrupt: dict[str, list[tuple[str, str]]] = {}  # chunk id -> (node url, stored id)
+        for node in self.registry.all():
+            for stored_id in node.corrupt_chunks:
+                chunk_id, _ = parse_fragment_id(stored_id)
+                corrupt.setdefault(chunk_id, []).append((node.node_url, stored_id))
+        for chunk_id, found in corrupt.items():
+            record = await self.store.chunk(chunk_id)
+            if record is None:
+                continue
+            placed = {(u, s) for u, s, _ in _pieces(record)}
+            for url, stored_id in found:
+                if (url, stored_id) in placed:
+                    work.setdefault(chunk_id, set()).add(url)
+        sem = asyncio.Semaphore(self.parallel)
+
+        async def one(chunk_id: str, bad: set[str]) -> None:
+            async with sem:
+                await self.repair_chunk(chunk_id, bad)
+
+        await asyncio.gather(*(one(c, b) for c, b in list(work.items())[: self.batch]))
+
+    async def repair_chunk(self, chunk_id: str, bad: set[str]) -> bool:
+        record = await self.store.chunk(chunk_id)
+        if record is None:
+            return False
+        p = record.placement
+        bad &= set(p.nodes)
+        if not bad:
+            return False
+        targets = self.registry.placement_candidates(exclude=set(p.nodes) | bad)
+        if len(targets) < len(bad):
+            self._fail(f"repair {chunk_id}: {len(bad)} pieces to rebuild, {len(targets)} spare healthy nodes")
+            return False
+        data = await self.mover.read_chunk(chunk_id, p, avoid=bad)
+        if data is None:
+            self._fail(f"repair {chunk_id}: no intact copy could be read")
+            return False
+        swap = dict(zip(sorted(bad), targets, strict=False))
+        if p.mode == REPLICATION:
+            new_urls = [swap.get(u, u) for u in p.replicas]
+            if not await self.mover.write_replicas(chunk_id, data, p.checksum, list(swap.values())):
+                self._fail(f"repair {chunk_id}: could not write the new replicas")
+                return False
+            new = Placement(REPLICATION, p.checksum, p.size_bytes, replicas=new_urls)
+        else:
+            urls = [swap.get(f.node_url, f.node_url) for f in sorted(p.fragments, key=lambda f: f.index)]
+            redo = {i for i, f in enumerate(sorted(p.fragments, key=lambda f: f.index)) if f.node_url in bad}
+            fresh = await self.mover.write_fragments(chunk_id, data, p.checksum, urls, only=redo)
+            if fresh is None:
+                self._fail(f"repair {chunk_id}: could not write the new fragments")
+                return False
+            old = sorted(p.fragments, key=lambda f: f.index)
+            frags = [fresh[i] if i in redo else old[i] for i in range(ERASURE_TOTAL)]
+            new = Placement(ERASURE, p.checksum, p.size_bytes, fragments=frags)
+        if await self._switch(record, new, "repair"):
+            self.counters.repaired += 1
+            return True
+        return False
+
+    # -- migration ----------------------------------------------------------------------------
+    async def desired_mode(self, video_id: str, now: float) -> str | None:
+        """The mode the video's chunks should be in now, or None while a change is settling."""
+        views = await self.store.views(video_id)
+        override = await self.store.override(video_id)
+        state = await self.store.mode_state(video_id)
+        target = self.policy.target(views, override, state.mode if state else None)
+        if state is None or state.mode != target:
+            state = ModeState(target, now)
+            await self.store.set_mode_state(video_id, state)
+        if override is not None or now - state.since >= self.policy.settle:
+            return state.mode
+        return None
+
+    async def migrate_pass(self) -> None:
+        now = time.time()
+        budget = self.batch
+        sem = asyncio.Semaphore(self.parallel)
+        for video_id in await self.store.all_video_ids():
+            if budget <= 0:
+                return
+            mode = await self.desired_mode(video_id, now)
+            if mode is None:
+                continue
+            todo = [r for r in await self.store.video_chunks(video_id) if r.placement.mode != mode][:budget]
+            budget -= len(todo)
+
+            async def one(record: ChunkRecord, mode: str = mode) -> None:
+                async with sem:
+                    await self.migrate_chunk(record, mode)
+
+            await asyncio.gather(*(one(r) for r in todo))
+
+    async def migrate_chunk(self, record: ChunkRecord, mode: str) -> bool:
+        p = record.placement
+        if p.mode == mode:
+            return False
+        need = REPLICATION_FACTOR if mode == REPLICATION else ERASURE_TOTAL
+        targets = self.registry.placement_candidates()[:need]
+        if len(targets) < need:
+            self._fail(f"migrate {record.chunk_id} to {mode}: {len(targets)} healthy nodes, {need} needed")
+            return False
+        data = await self.mover.read_chunk(record.chunk_id, p)
+        if data is None or sha256_tag(data) != p.checksum:
+            self._fail(f"migrate {record.chunk_id}: no intact copy could be read")
+            return False
+        if mode == REPLICATION:
+            if not await self.mover.write_replicas(record.chunk_id, data, p.checksum, targets):
+                self._fail(f"migrate {record.chunk_id}: could not write replicas")
+                return False
+            new = Placement(REPLICATION, p.checksum, p.size_bytes, replicas=targets)
+        else:
+            frags = await self.mover.write_fragments(record.chunk_id, data, p.checksum, targets)
+            if frags is None:
+                self._fail(f"migrate {record.chunk_id}: could not write fragments")
+                return False
+            new = Placement(ERASURE, p.checksum, p.size_bytes, fragments=frags)
+        if await self._switch(record, new, f"migrate to {mode}"):
+            self.counters.migrated += 1
+            return True
+        return False
+
+    async def _switch(self, record: ChunkRecord, new: Placement, why: str) -> bool:
+        """Commit `new` as the next epoch; then delete what neither it nor the chosen value uses."""
+        try:
+            done = await self.chunks.replace(record, new)
+        except (CommitFailed, PlacementError) as exc:
+            # the new pieces stay: a minority may have accepted `new`, and a later proposer that
+            # adopts it must still find its data (an orphan copy is cheaper than a stuck instance)
+            self._fail(f"{why} {record.chunk_id}: {exc}")
+            return False
+        chosen = done.record.placement
+        self.counters.deleted_pieces += await self.mover.remove_unused(
+            record.chunk_id, record.placement, chosen
+        )
+        if not done.own:  # another proposer's placement won this epoch: drop what we wrote
+            await self.mover.remove_unused(record.chunk_id, new, chosen)
+        self.counters.note(f"{why} {record.chunk_id}: epoch {done.record.epoch} -> {chosen.nodes}")
+        return True
+
+    def _fail(self, text: str) -> None:
+        log.warning(text)
+        self.counters.failed += 1
+        self.counters.last_error = text
+        self.counters.note(text)
+
+
+def _pieces(record: ChunkRecord) -> list[tuple[str, str, str]]:
+    from shoal.paxos.placement import pieces
+
+    return list(pieces(record.placement, record.chunk_id))

@@ -1,0 +1,70 @@
+"""Request bodies and query strings of the metadata API (validated by shoal.web with msgspec)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import msgspec
+
+NonNeg = Annotated[float, msgspec.Meta(ge=0, le=10**9)]
+
+
+class VideoCreate(msgspec.Struct, forbid_unknown_fields=True):
+    title: Annotated[str, msgspec.Meta(min_length=1, max_length=500)]
+    duration_sec: NonNeg = 0.0
+
+
+class VideoCreated(msgspec.Struct):
+    video_id: str
+    upload_url: str
+
+
+class Page(msgspec.Struct):
+    limit: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 100
+    offset: Annotated[int, msgspec.Meta(ge=0, le=10**9)] = 0
+
+
+class FragmentMeta(msgspec.Struct):
+    fragment_index: Annotated[int, msgspec.Meta(ge=0, le=64)]
+    node_url: str
+    size_bytes: Annotated[int, msgspec.Meta(ge=1, le=2 * 1024 * 1024)]
+    checksum: str
+    fragment_id: str | None = None
+
+
+class CommitBody(msgspec.Struct):
+    node_urls: Annotated[list[str], msgspec.Meta(max_length=64)]
+    checksum: str
+    size_bytes: Annotated[int, msgspec.Meta(ge=1, le=2 * 1024 * 1024)]
+    video_id: Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
+    sequence_num: Annotated[int, msgspec.Meta(ge=0, le=10**8)]
+    redundancy_mode: str = "replication"
+    fragments_metadata: Annotated[list[FragmentMeta], msgspec.Meta(max_length=64)] | None = None
+
+
+class CommitResult(msgspec.Struct):
+    success: bool
+    committed_nodes: list[str]
+    message: str
+    proposal_won: bool
+    redundancy_mode: str
+    epoch: int
+    ballot: dict
+    messages: int
+    rounds: int
+
+
+class Register(msgspec.Struct):
+    node_url: Annotated[str, msgspec.Meta(min_length=1, max_length=512)]
+    node_id: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_.:-]{1,128}$")]
+    version: Annotated[str, msgspec.Meta(max_length=64)] = "1.0.0"
+
+
+class Heartbeat(msgspec.Struct):
+    disk_usage_percent: Annotated[float, msgspec.Meta(ge=0, le=100)] = 0.0
+    chunk_count: Annotated[int, msgspec.Meta(ge=0)] = 0
+    corrupt_chunks: Annotated[list[str], msgspec.Meta(max_length=10_000)] = []
+
+
+class OverrideQuery(msgspec.Struct):
+    mode: str

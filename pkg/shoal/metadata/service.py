@@ -1,0 +1,542 @@
+"""The metadata service: `shoal serve metadata --port 8080 --data-dir D [--store lmdb|sqlite]`.
+
+Every route of the spec's "Metadata Service API", errors as {"detail"}. State is in shoal.kv
+(LMDB by default, fsync per commit), so an acknowledged write survives kill -9. One process
+(MAX_WORKERS = 1): the node registry and in-flight consensus phases are cached in memory.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import msgspec
+
+from shoal import __version__
+from shoal.kv import KvStore, LmdbStore, SqliteStore
+from shoal.paxos import ERASURE, REPLICATION, Fragment, Placement, PlacementError
+from shoal.paxos.placement import CHUNK_ID, MODES, NODE_URL, fragment_id
+from shoal.paxos.proposer import Proposer
+from shoal.paxos.transport import HttpTransport, Unreachable
+from shoal.web import DETAIL_ENVELOPE, Api, ApiError
+from shoal.web import create_app as build_app
+
+from .chunks import ChunkService, CommitFailed
+from .maintenance import Maintenance
+from .models import (
+    CommitBody,
+    CommitResult,
+    Heartbeat,
+    OverrideQuery,
+    Page,
+    Register,
+    VideoCreate,
+    VideoCreated,
+)
+from .mover import Mover
+from .nodes import DEGRADED, DOWN, HEALTHY, NodeRegistry, Thresholds
+from .records import ChunkRecord
+from .redundancy import Policy, efficiency, mode_config, overhead
+from .store import MetadataStore, SlotTaken
+
+TITLE = "Metadata service"
+MAX_WORKERS = 1
+SERVICE_VERSION = "1.0.0"
+
+log = logging.getLogger("shoal.metadata")
+logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per Paxos message is noise
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--store", choices=["lmdb", "sqlite"], default="lmdb", help="shoal.kv backend")
+    parser.add_argument(
+        "--proposer-id", default=None, help="ChunkPaxos proposer id (default: persisted uuid)"
+    )
+    parser.add_argument("--degraded-after", type=float, default=10.0, help="heartbeat age (s) -> degraded")
+    parser.add_argument("--down-after", type=float, default=15.0, help="heartbeat age (s) -> down")
+    parser.add_argument("--repair-grace", type=float, default=60.0, help="seconds down before repair")
+    parser.add_argument("--maintenance-interval", type=float, default=10.0, help="0 disables the loop")
+    parser.add_argument("--popularity-threshold", type=int, default=1000, help="views above -> replication")
+    parser.add_argument("--migrate-settle", type=float, default=60.0, help="seconds a mode must hold")
+    parser.add_argument("--paxos-timeout", type=float, default=2.0, help="acceptor request timeout (s)")
+
+
+class Metadata:
+    """Everything a request handler needs, built in the lifespan."""
+
+    def __init__(self, options: dict[str, Any]) -> None:
+        self.options = options
+        self.data_dir = Path(options.get("data_dir") or "./shoal-data/metadata")
+        self.kv: KvStore | None = None
+        self.store: MetadataStore
+        self.registry: NodeRegistry
+        self.chunks: ChunkService
+        self.maintenance: Maintenance
+        self.transport: HttpTransport
+        self.policy = Policy(
+            popularity_threshold=int(options.get("popularity_threshold") or 1000),
+            settle=float(_opt(options, "migrate_settle", 60.0)),
+        )
+
+    async def start(self) -> None:
+        o = self.options
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        if o.get("store") == "sqlite":
+            self.kv = await SqliteStore.open(self.data_dir / "metadata.sqlite", durable=True)
+        else:
+            self.kv = await LmdbStore.open(self.data_dir / "metadata.lmdb", durable=True)
+        self.store = MetadataStore(self.kv)
+        self.registry = NodeRegistry(
+            self.store,
+            Thresholds(float(_opt(o, "degraded_after", 10.0)), float(_opt(o, "down_after", 15.0))),
+        )
+        await self.registry.load()
+        base = o.get("proposer_id") or await self.store.get_text("/config/proposer")
+        if base is None:
+            base = "meta-" + uuid.uuid4().hex[:8]
+            await self.store.set_text("/config/proposer", base)
+        incarnation = int(await self.store.get_text("/config/incarnation") or 0) + 1
+        await self.store.set_text("/config/incarnation", str(incarnation))
+        self.proposer_id = f"{base}.{incarnation}"
+        timeout = float(_opt(o, "paxos_timeout", 2.0))
+        self.transport = HttpTransport(timeout=timeout)
+        self.chunks = ChunkService(self.store, self.registry, Proposer(self.proposer_id, self.transport))
+        self.http = httpx.AsyncClient(timeout=httpx.Timeout(10.0, connect=2.0))
+        self.maintenance = Maintenance(
+            self.store,
+            self.registry,
+            self.chunks,
+            Mover(self.http),
+            self.policy,
+            interval=float(_opt(o, "maintenance_interval", 10.0)),
+            repair_grace=float(_opt(o, "repair_grace", 60.0)),
+        )
+        self.maintenance.start()
+        log.info("metadata service up: proposer %s, %d nodes", self.proposer_id, len(self.registry.nodes))
+
+    async def stop(self) -> None:
+        await self.maintenance.stop()
+        await self.transport.aclose()
+        await self.http.aclose()
+        if self.kv is not None:
+            await self.kv.close()
+
+
+def _opt(options: dict, name: str, default: float) -> float:
+    value = options.get(name)
+    return default if value is None else value
+
+
+def _video_json(video: Any, total_chunks: int) -> dict:
+    return {
+        "video_id": video.video_id,
+        "title": video.title,
+        "duration_sec": video.duration_sec,
+        "total_chunks": total_chunks,
+        "status": video.status,
+        "created_at": video.created_at,
+    }
+
+
+def _ballot(b: Any) -> dict | None:
+    return None if b is None else {"round": b.round, "proposer": b.proposer}
+
+
+def _chunk_json(r: ChunkRecord) -> dict:
+    p = r.placement
+    out = {
+        "chunk_id": r.chunk_id,
+        "sequence_num": r.sequence_num,
+        "size_bytes": p.size_bytes,
+        "checksum": p.checksum,
+        "redundancy_mode": p.mode,
+        "replicas": p.nodes,
+        "epoch": r.epoch,
+    }
+    if p.mode == ERASURE:
+        out["fragments"] = [msgspec.to_builtins(f) for f in sorted(p.fragments, key=lambda f: f.index)]
+    return out
+
+
+def placement_from(chunk_id: str, body: CommitBody) -> Placement:
+    """The commit body as a Placement (checked against the mode's rules by the caller)."""
+    if body.redundancy_mode not in MODES:
+        raise ApiError(400, f"redundancy_mode must be one of {', '.join(MODES)}")
+    if body.redundancy_mode == REPLICATION:
+        if body.fragments_metadata:
+            raise ApiError(400, "fragments_metadata is only for erasure_coding")
+        return Placement(REPLICATION, body.checksum, body.size_bytes, replicas=list(body.node_urls))
+    if not body.fragments_metadata:
+        raise ApiError(400, "erasure_coding needs fragments_metadata (one entry per fragment)")
+    frags = [
+        Fragment(
+            f.fragment_index,
+            f.node_url,
+            f.fragment_id or fragment_id(chunk_id, f.fragment_index),
+            f.checksum,
+            f.size_bytes,
+        )
+        for f in body.fragments_metadata
+    ]
+    p = Placement(ERASURE, body.checksum, body.size_bytes, fragments=frags)
+    if body.node_urls and body.node_urls != p.nodes:
+        raise ApiError(400, "node_urls must list the fragments' nodes in fragment index order")
+    return p
+
+
+def make_api(m: Metadata) -> Api:
+    api = Api(tags=["metadata"])
+
+    async def video_or_404(video_id: str) -> Any:
+        video = await m.store.video(video_id) if len(video_id) <= 128 else None
+        if video is None:
+            raise ApiError(404, f"video {video_id} not found")
+        return video
+
+    def chunk_id_ok(chunk_id: str) -> None:
+        if not CHUNK_ID.match(chunk_id):
+            raise ApiError(400, "chunk id must be 1 to 128 characters of A-Z, a-z, 0-9, '_' or '-'")
+
+    # -- health and status ------------------------------------------------------------------
+    @api.get("/health", summary="Service health, with node counts and the database's state")
+    async def health(request: Any) -> dict:
+        try:
+            await m.store.kv.revision()
+            db = "healthy"
+        except Exception as exc:  # the store itself failing is exactly what this reports
+            db = f"unhealthy: {exc}"
+        return {
+            "status": "healthy" if db == "healthy" else "degraded",
+            "service": "metadata-service",
+            "healthy_nodes": len(m.registry.with_status(HEALTHY)),
+            "total_nodes": len(m.registry.nodes),
+            "database_status": db,
+            "proposer_id": m.proposer_id,
+        }
+
+    @api.get("/", summary="Service information")
+    async def root(request: Any) -> dict:
+        return {"message": "V-Stack Metadata Service", "version": SERVICE_VERSION}
+
+    @api.get("/stats", summary="Totals over what is committed")
+    async def stats(request: Any) -> dict:
+        t = await m.store.totals()
+        return {
+            "total_videos": await m.store.count_videos(),
+            "total_chunks": t.replication_chunks + t.erasure_coded_chunks,
+            "total_replicas": t.members,
+            "healthy_nodes": len(m.registry.with_status(HEALTHY)),
+            "service_version": SERVICE_VERSION,
+            "commits": m.chunks.commits,
+            "paxos_messages": m.chunks.messages,
+        }
+
+    # -- videos ---------------------------------------------------------------------------------
+    @api.post("/video", body=VideoCreate, response=VideoCreated, summary="Create a video record")
+    async def create_video(request: Any, body: VideoCreate) -> VideoCreated:
+        video = await m.store.create_video(body.title, body.duration_sec)
+        return VideoCreated(video.video_id, f"/upload/{video.video_id}")
+
+    @api.get("/videos", query=Page, summary="Videos in creation order, paginated")
+    async def list_videos(request: Any, query: Page) -> list:
+        return [
+            _video_json(v, await m.store.total_chunks(v.video_id))
+            for v in await m.store.videos(query.limit, query.offset)
+        ]
+
+    @api.get(
+        "/manifest/{video_id}",
+        summary="A video and where each chunk lives",
+        extra_responses={404: "no such video"},
+    )
+    async def manifest(request: Any, video_id: str) -> dict:
+        video = await video_or_404(video_id)
+        chunks = await m.store.video_chunks(video_id)
+        out = _video_json(video, len(chunks))
+        out["chunk_duration_sec"] = video.chunk_duration_sec
+        out["chunk_size_bytes"] = 2 * 1024 * 1024
+        out["chunks"] = [_chunk_json(r) for r in chunks]
+        return out
+
+    @api.get("/video/{video_id}/popularity", summary="View count", extra_responses={404: "no such video"})
+    async def popularity(request: Any, video_id: str) -> dict:
+        await video_or_404(video_id)
+        return {"video_id": video_id, "view_count": await m.store.views(video_id)}
+
+    @api.post("/video/{video_id}/view", summary="Count one view", extra_responses={404: "no such video"})
+    async def view(request: Any, video_id: str) -> dict:
+        await video_or_404(video_id)
+        count = await m.store.add_view(video_id)
+        return {"status": "ok", "message": f"View count incremented for {video_id}", "view_count": count}
+
+    # -- chunks -----------------------------------------------------------------------------------
+    @api.post(
+        "/chunk/{chunk_id}/commit",
+        body=CommitBody,
+        response=CommitResult,
+        summary="Commit a chunk's placement through ChunkPaxos (majority of the placement must hold it)",
+        extra_responses={
+            400: "placement breaks the mode's rules (3 replicas, or 5 fragments for 3+2)",
+            404: "no such video",
+            409: "acceptors refused (data missing or checksum mismatch), or the slot is taken",
+            503: "not enough acceptors answered",
+        },
+    )
+    async def commit(request: Any, chunk_id: str, body: CommitBody) -> CommitResult:
+        chunk_id_ok(chunk_id)
+        await video_or_404(body.video_id)
+        placement = placement_from(chunk_id, body)
+        try:
+            done = await m.chunks.commit(chunk_id, body.video_id, body.sequence_num, placement)
+        except PlacementError as exc:
+            raise ApiError(400, str(exc)) from None
+        except CommitFailed as exc:
+            details = exc.outcome.votes if exc.outcome else None
+            raise ApiError(exc.status, str(exc), details=details) from None
+        except SlotTaken as exc:
+            raise ApiError(409, str(exc)) from None
+        r = done.record
+        nodes = r.placement.nodes
+        if done.own:
+            message = f"Chunk {chunk_id} committed to {len(nodes)} nodes"
+        else:
+            message = f"Chunk {chunk_id} was already committed to a different placement, which stands"
+        return CommitResult(
+            success=True,
+            committed_nodes=nodes,
+            message=message,
+            proposal_won=done.own,
+            redundancy_mode=r.placement.mode,
+            epoch=r.epoch,
+            ballot=_ballot(r.ballot) or {},
+            messages=done.outcome.messages if done.outcome else 0,
+            rounds=done.outcome.rounds if done.outcome else 0,
+        )
+
+    @api.get(
+        "/chunk/{chunk_id}/fragments",
+        summary="Fragments of an erasure-coded chunk",
+        extra_responses={404: "no such chunk"},
+    )
+    async def fragments(request: Any, chunk_id: str) -> dict:
+        chunk_id_ok(chunk_id)
+        r = await m.store.chunk(chunk_id)
+        if r is None:
+            raise ApiError(404, f"chunk {chunk_id} not found")
+        frags = sorted(r.placement.fragments, key=lambda f: f.index)
+        return {
+            "chunk_id": chunk_id,
+            "redundancy_mode": r.placement.mode,
+            "fragments": [
+                {
+                    "fragment_id": f.fragment_id,
+                    "fragment_index": f.index,
+                    "node_url": f.node_url,
+                    "size_bytes": f.size_bytes,
+                    "checksum": f.checksum,
+                    "status": "active" if f.node_url not in m.registry.down_urls() else "unavailable",
+                }
+                for f in frags
+            ],
+        }
+
+    @api.get(
+        "/consensus/{chunk_id}",
+        summary="ChunkPaxos state of a chunk: the decision and each acceptor's durable ballots",
+        extra_responses={404: "no consensus ever ran for this chunk here"},
+    )
+    async def consensus(request: Any, chunk_id: str) -> dict:
+        chunk_id_ok(chunk_id)
+        record = await m.store.chunk(chunk_id)
+        inflight = m.chunks.phases.get(chunk_id)
+        if record is None and inflight is None:
+            raise ApiError(404, f"no consensus state for chunk {chunk_id}")
+        epoch = inflight.epoch if inflight else record.epoch  # type: ignore[union-attr]
+        acceptors = []
+        down = m.registry.down_urls()
+        promised = None
+        accepted = None
+        for url in m.registry.urls():
+            item: dict = {"node_url": url, "reachable": False}
+            if url not in down:
+                try:
+                    st = await m.transport.state(url, chunk_id)
+                    item["reachable"] = True
+                    inst = next((i for i in st.instances if i.epoch == epoch), None)
+                    item["promised"] = _ballot(inst.promised) if inst else None
+                    item["accepted"] = _ballot(inst.accepted) if inst else None
+                    item["accepted_value"] = inst.value.nodes if inst and inst.value else None
+                    if inst and inst.promised and (promised is None or inst.promised > promised):
+                        promised = inst.promised
+                    if inst and inst.accepted and (accepted is None or inst.accepted > accepted):
+                        accepted = inst.accepted
+                except Unreachable as exc:
+                    item["error"] = str(exc)
+            acceptors.append(item)
+        if record is not None and (inflight is None or inflight.epoch == record.epoch):
+            phase, chosen = "committed", record.ballot
+            value = record.placement.nodes
+        else:
+            assert inflight is not None
+            phase, chosen, value = inflight.phase, None, None
+        return {
+            "chunk_id": chunk_id,
+            "epoch": epoch,
+            "promised_ballot": promised.round if promised else 0,
+            "accepted_ballot": (chosen or accepted).round if (chosen or accepted) else 0,
+            "accepted_value": msgspec.json.encode(value).decode() if value is not None else None,
+            "phase": phase,
+            "ballots": {
+                "promised": _ballot(promised),
+                "accepted": _ballot(accepted),
+                "chosen": _ballot(chosen),
+            },
+            "reason": inflight.reason if inflight else "",
+            "messages": record.messages if record and phase == "committed" else None,
+            "acceptors": acceptors,
+        }
+
+    # -- nodes ----------------------------------------------------------------------------------
+    @api.get("/nodes/healthy", summary="Healthy storage nodes")
+    async def nodes_healthy(request: Any) -> list:
+        now = time.time()
+        return [m.registry.describe(n, now) for n in m.registry.with_status(HEALTHY)]
+
+    @api.get("/nodes/all", summary="Every registered storage node with its status")
+    async def nodes_all(request: Any) -> dict:
+        now = time.time()
+        return {"nodes": [m.registry.describe(n, now) for n in m.registry.all()]}
+
+    @api.get("/nodes/health-summary", summary="How many nodes are healthy, degraded, down")
+    async def health_summary(request: Any) -> dict:
+        now = time.time()
+        counts = {HEALTHY: 0, DEGRADED: 0, DOWN: 0}
+        for n in m.registry.all():
+            counts[m.registry.status(n, now)] += 1
+        return {
+            **counts,
+            "thresholds": {
+                "degraded_after_sec": m.registry.thresholds.degraded_after,
+                "down_after_sec": m.registry.thresholds.down_after,
+            },
+        }
+
+    @api.post("/nodes/register", query=Register, summary="Register (or re-register) a storage node")
+    async def register(request: Any, query: Register) -> dict:
+        url = query.node_url.rstrip("/")
+        if not NODE_URL.match(url):
+            raise ApiError(400, "node_url must be an http(s) URL")
+        other = m.registry.by_url(url)
+        if other is not None and other.node_id != query.node_id:
+            raise ApiError(409, f"{url} is registered as node {other.node_id}")
+        await m.registry.register(query.node_id, url, query.version)
+        return {"status": "registered", "node_id": query.node_id, "node_url": url}
+
+    @api.post(
+        "/nodes/{node_id}/heartbeat",
+        body=Heartbeat,
+        summary="A storage node's heartbeat (disk usage, chunk count, corrupt chunk ids)",
+        extra_responses={404: "node not registered: register again"},
+    )
+    async def heartbeat(request: Any, node_id: str, body: Heartbeat) -> dict:
+        node = await m.registry.heartbeat(
+            node_id, body.disk_usage_percent, body.chunk_count, body.corrupt_chunks
+        )
+        if node is None:
+            raise ApiError(404, f"node {node_id} is not registered")
+        return {"status": "ok", "message": f"Heartbeat updated for node {node_id}"}
+
+    # -- redundancy -----------------------------------------------------------------------------
+    @api.get("/redundancy/recommend/{video_id}", summary="Recommended redundancy mode (popularity rule)")
+    async def recommend(request: Any, video_id: str) -> dict:
+        await video_or_404(video_id)
+        views = await m.store.views(video_id)
+        override = await m.store.override(video_id)
+        mode = m.policy.recommend(views, override)
+        state = await m.store.mode_state(video_id)
+        return {
+            "video_id": video_id,
+            "view_count": views,
+            "recommended_mode": mode,
+            "override": override,
+            "migration_target": state.mode if state else None,
+            "config": mode_config(mode),
+        }
+
+    @api.post("/redundancy/override/{video_id}", query=OverrideQuery, summary="Force a redundancy mode")
+    async def set_override(request: Any, video_id: str, query: OverrideQuery) -> dict:
+        await video_or_404(video_id)
+        if query.mode not in MODES:
+            raise ApiError(400, f"mode must be one of {', '.join(MODES)}")
+        await m.store.set_override(video_id, query.mode)
+        return {
+            "status": "ok",
+            "video_id": video_id,
+            "override_mode": query.mode,
+            "message": f"Manual override set to {query.mode}",
+        }
+
+    @api.delete("/redundancy/override/{video_id}", summary="Clear a manual override")
+    async def clear_override(request: Any, video_id: str) -> dict:
+        await video_or_404(video_id)
+        await m.store.set_override(video_id, None)
+        return {"status": "ok", "video_id": video_id, "message": "Manual override cleared"}
+
+    @api.get("/redundancy/efficiency", summary="Overhead of each mode, measured from committed placements")
+    async def redundancy_efficiency(request: Any) -> dict:
+        return efficiency(await m.store.totals())
+
+    @api.get("/redundancy/config", summary="Redundancy policy settings")
+    async def redundancy_config(request: Any) -> dict:
+        return m.policy.config()
+
+    @api.get("/storage/overhead", summary="Logical vs physical bytes over every committed chunk")
+    async def storage_overhead(request: Any) -> dict:
+        return overhead(await m.store.totals())
+
+    # -- maintenance (beyond the spec: observe and trigger repair / migration) --------------------
+    @api.get("/maintenance", summary="Repair and migration counters and recent events")
+    async def maintenance(request: Any) -> dict:
+        c = m.maintenance.counters
+        return {
+            "passes": c.passes,
+            "migrated": c.migrated,
+            "repaired": c.repaired,
+            "failed": c.failed,
+            "deleted_pieces": c.deleted_pieces,
+            "last_error": c.last_error,
+            "events": c.events,
+        }
+
+    @api.post("/maintenance/run", summary="Run one repair + migration pass now", timeout=300)
+    async def maintenance_run(request: Any) -> dict:
+        await m.maintenance.run_once()
+        return await maintenance(request)
+
+    return api
+
+
+def create_app(options: dict[str, Any]) -> Any:
+    m = Metadata(options)
+
+    @asynccontextmanager
+    async def lifespan(app: Any):
+        await m.start()
+        try:
+            yield
+        finally:
+            await m.stop()
+
+    return build_app(
+        title=TITLE,
+        version=__version__,
+        apis=[make_api(m)],
+        envelope=DETAIL_ENVELOPE,
+        lifespan=lifespan,
+        state={"metadata": m},
+    )

@@ -1,0 +1,106 @@
+"""The acceptor: durable per-instance state, written (fsynced) before any reply leaves.
+
+State per (chunk, epoch) lives in one shoal.kv key, so a promise or an acceptance survives
+kill -9 of the node the moment the reply is sent. An acceptor accepts a value only when
+it holds, intact and with the matching checksum, every piece the value assigns to it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import weakref
+from collections.abc import Awaitable, Callable
+
+import msgspec
+
+from shoal.kv import KvStore
+
+from .messages import Accept, Accepted, AcceptorState, InstanceState, Prepare, Promise
+from .placement import Placement, PlacementError, validate
+
+# holds(stored_id, "sha256:<hex>", verify) -> None when held (verify: and its bytes re-checked),
+# else the reason ("missing: <id>", "checksum: <id>", "corrupt: <id>")
+Holds = Callable[[str, str, bool], Awaitable[str | None]]
+
+_enc = msgspec.json.Encoder()
+_dec = msgspec.json.Decoder(InstanceState)
+
+
+def instance_key(chunk_id: str, epoch: int) -> str:
+    return f"/paxos/{chunk_id}/{epoch:010d}"
+
+
+class Acceptor:
+    """Answers Prepare and Accept for every chunk; one lock per instance serializes its updates."""
+
+    def __init__(self, kv: KvStore, holds: Holds) -> None:
+        self.kv = kv
+        self.holds = holds
+        self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
+
+    def _lock(self, key: str) -> asyncio.Lock:
+        lock = self._locks.get(key)
+        if lock is None:
+            lock = self._locks[key] = asyncio.Lock()
+        return lock
+
+    async def _load(self, key: str, epoch: int) -> tuple[InstanceState, int]:
+        entry = await self.kv.get(key)
+        if entry is None:
+            return InstanceState(epoch=epoch), 0
+        return _dec.decode(entry.value), entry.version
+
+    async def _store(self, key: str, state: InstanceState, version: int) -> None:
+        # compare-and-set: a second process on the same store can never interleave a write
+        await self.kv.compare_and_set(key, version, _enc.encode(state))
+
+    async def prepare(self, chunk_id: str, msg: Prepare) -> Promise:
+        """Promise if the ballot is above every ballot promised so far (strictly: a reissued
+        ballot is refused, so a proposer can never get two values accepted at one ballot)."""
+        key = instance_key(chunk_id, msg.epoch)
+        async with self._lock(key):
+            state, version = await self._load(key, msg.epoch)
+            if state.promised is not None and msg.ballot <= state.promised:
+                return Promise(ok=False, promised=state.promised)
+            state.promised = msg.ballot
+            await self._store(key, state, version)
+            holds = None
+            if msg.value is not None and msg.member is not None:
+                holds = await self._check_share(chunk_id, msg.value, msg.member, verify=False) or "ok"
+            return Promise(
+                ok=True, promised=msg.ballot, accepted=state.accepted, value=state.value, holds=holds
+            )
+
+    async def _check_share(self, chunk_id: str, value: Placement, member: str, verify: bool) -> str | None:
+        try:
+            validate(value, chunk_id)
+        except PlacementError as exc:
+            return f"invalid: {exc}"
+        share = value.assigned(chunk_id, member)
+        if not share:
+            return "not_member"
+        for stored_id, checksum in share:
+            problem = await self.holds(stored_id, checksum, verify)
+            if problem is not None:
+                return problem
+        return None
+
+    async def accept(self, chunk_id: str, msg: Accept) -> Accepted:
+        """Accept if no higher ballot was promised and this node holds its share of the value."""
+        key = instance_key(chunk_id, msg.epoch)
+        async with self._lock(key):
+            state, version = await self._load(key, msg.epoch)
+            if state.promised is not None and msg.ballot < state.promised:
+                return Accepted(ok=False, promised=state.promised, reason="ballot")
+            problem = await self._check_share(chunk_id, msg.value, msg.member, verify=True)
+            if problem is not None:
+                return Accepted(ok=False, promised=state.promised, reason=problem)
+            state.promised = msg.ballot
+            state.accepted = msg.ballot
+            state.value = msg.value
+            await self._store(key, state, version)
+            return Accepted(ok=True, promised=msg.ballot)
+
+    async def state(self, chunk_id: str) -> AcceptorState:
+        entries = await self.kv.entries(f"/paxos/{chunk_id}/")
+        return AcceptorState(chunk_id=chunk_id, instances=[_dec.decode(e.value) for e in entries])

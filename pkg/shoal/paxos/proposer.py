@@ -1,0 +1,214 @@
+"""The proposer: runs one ChunkPaxos instance to a decision and counts its messages.
+
+Quorums (Flexible Paxos, Howard et al. 2016: only phase-1 and phase-2 quorums must intersect):
+- phase 2 (accept) goes to the members of the value's placement; the value is chosen when a
+  majority of them accept, each having checked that it holds its piece (3 replicas: 2; 5
+  fragments: 3);
+- phase 1 (prepare) goes to every node of the cluster U and needs |U| - 1 promises, so it
+  meets every possible accept quorum (the smallest is 2 of a 3-replica placement) of every
+  placement any proposer could name, even one over different nodes.
+When the placement spans the whole cluster (3 nodes and replication, 5 nodes and 3+2), both
+quorums are plain majorities and the message count is classic Paxos's 4n.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from .ballot import Ballot
+from .messages import Accept, Accepted, Prepare, Promise
+from .placement import REPLICATION_FACTOR, Placement, PlacementError, validate
+from .transport import Transport, Unreachable
+
+MIN_ACCEPT_QUORUM = REPLICATION_FACTOR // 2 + 1
+
+
+def prepare_quorum(cluster_size: int) -> int:
+    """Promises needed so phase 1 meets every accept quorum of any placement in the cluster."""
+    return max(cluster_size - MIN_ACCEPT_QUORUM + 1, cluster_size // 2 + 1)
+
+
+@dataclass
+class Outcome:
+    """How an instance ended. `value` is the chosen placement when `chosen`."""
+
+    chosen: bool
+    value: Placement | None
+    ballot: Ballot | None
+    own: bool
+    messages: int
+    rounds: int
+    reason: str = ""
+    promised: Ballot | None = None
+    votes: dict[str, str] = field(default_factory=dict)
+    kind: str = "chosen"  # or "unavailable" (no quorum answered), "refused" (data), "contention"
+
+
+class Proposer:
+    """Proposes placements. `proposer_id` must be unique per process incarnation."""
+
+    def __init__(
+        self,
+        proposer_id: str,
+        transport: Transport,
+        *,
+        max_rounds: int = 12,
+        backoff: float = 0.01,
+    ) -> None:
+        self.proposer_id = proposer_id
+        self.transport = transport
+        self.max_rounds = max_rounds
+        self.backoff = backoff
+
+    async def propose(
+        self,
+        chunk_id: str,
+        epoch: int,
+        value: Placement,
+        cluster: Sequence[str],
+        *,
+        skip: set[str] | frozenset[str] = frozenset(),
+        on_phase: Callable[[str, Ballot], None] | None = None,
+    ) -> Outcome:
+        """Run instance (chunk_id, epoch) until a value is chosen or it cannot be.
+
+        `cluster` is every registered storage node (down ones included: they count against the
+        quorum); `skip` are nodes known to be down, not contacted. Raises PlacementError for a
+        placement that breaks the mode's rules or names a node outside the cluster.
+        """
+        validate(value, chunk_id)
+        cluster = list(dict.fromkeys(cluster))
+        outside = [u for u in value.nodes if u not in cluster]
+        if outside:
+            raise PlacementError(f"placement names nodes that are not registered: {', '.join(outside)}")
+        q1 = prepare_quorum(len(cluster))
+        messages = 0
+        ballot = Ballot(1, self.proposer_id)
+        highest_seen: Ballot | None = None
+        votes: dict[str, str] = {}
+        reason = ""
+        for attempt in range(1, self.max_rounds + 1):
+            if on_phase:
+                on_phase("preparing", ballot)
+            reachable = [u for u in cluster if u not in skip]
+            messages += len(reachable)
+            members_own = set(value.nodes)
+            replies = await asyncio.gather(
+                *(
+                    self._prepare(u, chunk_id, epoch, ballot, value if u in members_own else None)
+                    for u in reachable
+                )
+            )
+            promises: list[Promise] = []
+            holders = 0
+            missing: list[str] = []
+            for url, r in zip(reachable, replies, strict=True):
+                if r is None:
+                    votes[url] = "no answer"
+                    continue
+                messages += 1
+                if r.ok:
+                    promises.append(r)
+                    votes[url] = "promised"
+                    if url in members_own:
+                        if r.holds == "ok":
+                            holders += 1
+                        else:
+                            missing.append(f"{url}: {r.holds}")
+                else:
+                    votes[url] = f"nack {r.promised}"
+                    if r.promised is not None and (highest_seen is None or r.promised > highest_seen):
+                        highest_seen = r.promised
+            if len(promises) < q1:
+                if highest_seen is not None and highest_seen >= ballot:
+                    reason = f"outbid by ballot {highest_seen}"
+                    ballot = highest_seen.next(self.proposer_id)
+                    await self._pause(attempt)
+                    continue
+                return Outcome(
+                    False, None, ballot, False, messages, attempt,
+                    f"only {len(promises)} of {len(cluster)} acceptors promised; {q1} needed",
+                    highest_seen, votes, "unavailable",
+                )  # fmt: skip
+            prior = [p for p in promises if p.accepted is not None and p.value is not None]
+            chosen_value = max(prior, key=lambda p: p.accepted).value if prior else value  # type: ignore[arg-type,return-value]
+            assert chosen_value is not None
+            if not prior and holders < value.quorum:
+                # nothing was accepted yet and our placement is not backed by data: stop here,
+                # before any acceptor accepts it
+                reason = (
+                    f"{holders} of {len(value.nodes)} members hold their share; {value.quorum} needed"
+                    + (f" ({'; '.join(missing)})" if missing else "")
+                )
+                for m in missing:
+                    votes[m.split(": ", 1)[0]] = f"refused ({m.split(': ', 1)[1]})"
+                return Outcome(
+                    False, None, ballot, False, messages, attempt, reason, highest_seen, votes, "refused"
+                )
+            if on_phase:
+                on_phase("accepting", ballot)
+            members = chosen_value.nodes
+            messages += len(members)
+            acks = await asyncio.gather(
+                *(self._accept(u, chunk_id, epoch, ballot, chosen_value) for u in members)
+            )
+            ok = 0
+            refused: list[str] = []
+            for url, a in zip(members, acks, strict=True):
+                if a is None:
+                    votes[url] = "no answer"
+                    continue
+                messages += 1
+                if a.ok:
+                    ok += 1
+                    votes[url] = "accepted"
+                else:
+                    votes[url] = f"refused ({a.reason})"
+                    if a.reason == "ballot" and a.promised is not None:
+                        if highest_seen is None or a.promised > highest_seen:
+                            highest_seen = a.promised
+                    else:
+                        refused.append(f"{url}: {a.reason}")
+            if ok >= chosen_value.quorum:
+                return Outcome(
+                    True, chosen_value, ballot, chosen_value == value, messages, attempt,
+                    "chosen", highest_seen, votes,
+                )  # fmt: skip
+            if highest_seen is not None and highest_seen > ballot:
+                reason = f"outbid by ballot {highest_seen}"
+                ballot = highest_seen.next(self.proposer_id)
+                await self._pause(attempt)
+                continue
+            reason = f"{ok} of {len(members)} members accepted; {chosen_value.quorum} needed" + (
+                f" (refused: {'; '.join(refused)})" if refused else ""
+            )
+            kind = "refused" if refused else "unavailable"
+            return Outcome(False, None, ballot, False, messages, attempt, reason, highest_seen, votes, kind)
+        return Outcome(
+            False, None, ballot, False, messages, self.max_rounds, reason, highest_seen, votes, "contention"
+        )
+
+    async def _pause(self, attempt: int) -> None:
+        """Randomized backoff so two duelling proposers stop outbidding each other."""
+        await asyncio.sleep(random.uniform(0, self.backoff * (2 ** min(attempt, 6))))
+
+    async def _prepare(
+        self, url: str, chunk_id: str, epoch: int, ballot: Ballot, value: Placement | None
+    ) -> Promise | None:
+        msg = Prepare(epoch=epoch, ballot=ballot, value=value, member=url if value is not None else None)
+        try:
+            return await self.transport.prepare(url, chunk_id, msg)
+        except Unreachable:
+            return None
+
+    async def _accept(
+        self, url: str, chunk_id: str, epoch: int, ballot: Ballot, value: Placement
+    ) -> Accepted | None:
+        try:
+            msg = Accept(epoch=epoch, ballot=ballot, value=value, member=url)
+            return await self.transport.accept(url, chunk_id, msg)
+        except Unreachable:
+            return None
