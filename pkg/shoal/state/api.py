@@ -83,6 +83,7 @@ def entity_routes(api: Api, ctx: StateContext, spec: EntitySpec) -> None:
     created_t, updated_t, deleted_t, list_t, query_t = answer_types(spec)
     kind, name, id_field = spec.kind, spec.name, spec.id_field
     head = f'{{"success":true,"{spec.plural}":['.encode()
+    by_id = spec.key_field == "id"
 
     async def locate(key: str) -> str:
         """An id from the path or update body (DNS records are named by their domain)."""
@@ -146,7 +147,7 @@ def entity_routes(api: Api, ctx: StateContext, spec: EntitySpec) -> None:
     @api.raw("GET", f"{spec.path}/{{{spec.key_field}}}", response=spec.entity, summary=f"Get a {name}")
     async def get(scope: dict, receive: Any, send: Any, **params: str) -> None:
         principal = require_auth(scope.get("shoal.principal"))
-        entity_id = await locate(params[spec.key_field])
+        entity_id = params[spec.key_field] if by_id else await locate(params[spec.key_field])
         raw = await ctx.store.get_raw(kind, entity_id)
         if raw is None:
             raise not_found(name, params[spec.key_field])

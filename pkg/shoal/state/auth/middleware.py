@@ -87,6 +87,10 @@ class AuthMiddleware:
         if not found:
             return None, receive
         auth = self.ctx.auth
+        if len(found) == 1 and b"authorization" in found:  # the common case: a bearer token only
+            value = found[b"authorization"]
+            if value[:7].lower() == b"bearer " and len(value) > 7:
+                return await auth.from_token(value[7:].decode("latin-1").strip()), receive
 
         def text(name: str) -> str | None:
             raw = found.get(name.encode())

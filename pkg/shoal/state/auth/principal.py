@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 
-@dataclass
+@dataclass(slots=True)
 class Principal:
     kind: Literal["user", "node", "dev"]
     address: str | None = None  # users: lower-case 0x address

@@ -79,7 +79,7 @@ class Authenticator:
         self.challenge_ttl = challenge_ttl
         self.token_ttl = token_ttl
         self.clock = clock
-        self._tokens: dict[str, tuple[str, int, float]] = {}  # token hash -> (address, expires, cached until)
+        self._tokens: dict[str, tuple[str, int, float]] = {}  # token -> (address, expires, cached until)
 
     # -- sign-in ----------------------------------------------------------------------------
     async def challenge(self, address: str, domain: str, uri: str) -> dict:
@@ -162,23 +162,21 @@ class Authenticator:
         )
 
     async def logout(self, token: str) -> bool:
-        digest = _hash(token)
-        self._tokens.pop(digest, None)
-        return await self.kv.delete(TOKEN + digest)
+        self._tokens.pop(token, None)
+        return await self.kv.delete(TOKEN + _hash(token))
 
     # -- checking credentials -------------------------------------------------------------------
     async def from_token(self, token: str) -> Principal:
-        digest = _hash(token)
         now = self.clock()
-        cached = self._tokens.get(digest)
+        cached = self._tokens.get(token)  # keyed by the token itself: no hashing on the hot path
         if cached is None or cached[2] < now:
-            record = await self.kv.get_json(TOKEN + digest) if len(token) <= 256 else None
+            record = await self.kv.get_json(TOKEN + _hash(token)) if len(token) <= 256 else None
             if record is None:
-                self._tokens.pop(digest, None)
+                self._tokens.pop(token, None)
                 raise unauthorized("unknown or revoked bearer token; sign in again", "INVALID_TOKEN")
             if len(self._tokens) > 100_000:
                 self._tokens.clear()
-            cached = self._tokens[digest] = (
+            cached = self._tokens[token] = (
                 record["address"],
                 record["expires_at"],
                 now + TOKEN_CACHE_SECONDS,
