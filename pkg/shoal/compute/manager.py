@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -218,6 +219,7 @@ class ComputeManager:
                 "metadata": _builtins(spec.metadata),
                 "createdAt": stamp,
                 "updatedAt": stamp,
+                "seq": time.time_ns(),  # creation order, finer than the timestamps
             }
             lock = self._locks.setdefault(instance_id, asyncio.Lock())
             async with lock:

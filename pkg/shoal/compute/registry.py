@@ -63,7 +63,7 @@ class InstanceRegistry:
         return name in self._by_name
 
     def all(self) -> list[dict[str, Any]]:
-        return sorted(self._by_id.values(), key=lambda r: (r.get("createdAt", ""), r["id"]))
+        return sorted(self._by_id.values(), key=lambda r: (r.get("seq", 0), r.get("createdAt", ""), r["id"]))
 
     async def put(self, record: dict[str, Any]) -> None:
         """Write through: the store first (durable), then the in-memory index."""

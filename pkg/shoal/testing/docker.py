@@ -19,6 +19,7 @@ import shutil
 import signal
 import subprocess
 import tarfile
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -84,6 +85,20 @@ def busybox_rootfs_tar(busybox: str) -> bytes:
     return buf.getvalue()
 
 
+def unmount_under(path: Path) -> None:
+    """Lazily unmount what the daemon left mounted below `path` (dockerd makes its data-root a
+    private mount of itself), deepest first, so the directory can be removed."""
+    base = os.path.realpath(path)
+    points = []
+    with contextlib.suppress(OSError), open("/proc/self/mountinfo") as fh:
+        for line in fh:
+            point = line.split()[4].replace("\\040", " ")
+            if point == base or point.startswith(base + "/"):
+                points.append(point)
+    for point in sorted(set(points), key=len, reverse=True):
+        subprocess.run(["umount", "-l", point], capture_output=True)
+
+
 class DockerDaemon:
     """dockerd on a unix socket under `root`, started and stopped by this object."""
 
@@ -91,10 +106,13 @@ class DockerDaemon:
         self.root = Path(root)
         self.storage_driver = storage_driver
         self.proc: subprocess.Popen | None = None
+        # unix socket paths are limited to ~104 bytes and containerd nests its sockets under
+        # exec-root: keep sockets and exec-root in a short directory of their own
+        self.run_dir = Path(tempfile.mkdtemp(prefix="shoal-dockerd-", dir="/tmp"))
 
     @property
     def socket(self) -> Path:
-        return self.root / "docker.sock"
+        return self.run_dir / "docker.sock"
 
     @property
     def url(self) -> str:
@@ -112,7 +130,7 @@ class DockerDaemon:
             "--data-root",
             str(self.root / "data"),
             "--exec-root",
-            str(self.root / "exec"),
+            str(self.run_dir / "exec"),
             "--pidfile",
             str(self.root / "docker.pid"),
             "--bridge=none",
@@ -138,6 +156,7 @@ class DockerDaemon:
             raise RuntimeError(reason)
         for driver in [self.storage_driver] if self.storage_driver else [None, "vfs"]:
             self.root.mkdir(parents=True, exist_ok=True)
+            self.run_dir.mkdir(parents=True, exist_ok=True)
             with open(self.log_path, "ab") as log:
                 self.proc = subprocess.Popen(
                     self.command(driver), stdout=log, stderr=subprocess.STDOUT, start_new_session=True
@@ -181,7 +200,12 @@ class DockerDaemon:
         with self.client(120.0) as c:
             r = c.post(
                 "/images/create",
-                params={"fromSrc": "-", "repo": repo, "tag": version or "latest"},
+                params={
+                    "fromSrc": "-",
+                    "repo": repo,
+                    "tag": version or "latest",
+                    "changes": 'CMD ["/bin/sh"]',
+                },
                 content=busybox_rootfs_tar(busybox),
                 headers={"Content-Type": "application/x-tar"},
             )
@@ -202,12 +226,15 @@ class DockerDaemon:
         if self.proc and self.proc.poll() is None:
             os.kill(self.proc.pid, signal.SIGCONT)
 
-    def stop(self, timeout: float = 30.0) -> None:
+    def stop(self, timeout: float = 30.0, remove_containers: bool = True) -> None:
+        """SIGTERM (dockerd stops its containers), SIGKILL after `timeout`. With
+        remove_containers=False the containers stay defined, as after a daemon restart."""
         if self.proc is None:
             return
         if self.proc.poll() is None:
             self.resume_daemon()
-            self.remove_all_containers()
+            if remove_containers:
+                self.remove_all_containers()
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.proc.pid, signal.SIGTERM)
             try:
@@ -217,6 +244,9 @@ class DockerDaemon:
                     os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait(10)
         self.proc = None
+        unmount_under(self.root)
+        unmount_under(self.run_dir)
+        shutil.rmtree(self.run_dir, ignore_errors=True)
 
     def __enter__(self) -> DockerDaemon:
         return self.start()

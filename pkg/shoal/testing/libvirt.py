@@ -24,6 +24,7 @@ import shutil
 import signal
 import stat
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -230,10 +231,13 @@ class LibvirtDaemon:
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
         self.proc: subprocess.Popen | None = None
+        self.sock_dir = Path(
+            tempfile.mkdtemp(prefix="shoal-libvirtd-", dir="/tmp")
+        )  # short: socket path limit
 
     @property
     def socket(self) -> Path:
-        return self.root / "sock" / "libvirt-sock"
+        return self.sock_dir / "libvirt-sock"
 
     @property
     def uri(self) -> str:
@@ -244,10 +248,11 @@ class LibvirtDaemon:
         return self.root / "libvirtd.log"
 
     def _write_config(self) -> None:
-        for name in (*STATE_DIRS, "sock"):
+        for name in STATE_DIRS:
             (self.root / name).mkdir(parents=True, exist_ok=True)
+        self.sock_dir.mkdir(parents=True, exist_ok=True)
         etc = self.root / "etc"
-        (etc / "libvirtd.conf").write_text(LIBVIRTD_CONF.format(sock=self.root / "sock", log=self.log_path))
+        (etc / "libvirtd.conf").write_text(LIBVIRTD_CONF.format(sock=self.sock_dir, log=self.log_path))
         (etc / "qemu.conf").write_text(QEMU_CONF)
         (etc / "libvirt.conf").write_text("")
 
@@ -315,12 +320,15 @@ class LibvirtDaemon:
         if self.proc and self.proc.poll() is None:
             os.kill(self.proc.pid, signal.SIGCONT)
 
-    def stop(self, timeout: float = 20.0) -> None:
+    def stop(self, timeout: float = 20.0, keep_domains: bool = False) -> None:
+        """Destroy and undefine every domain, then SIGTERM libvirtd (SIGKILL after `timeout`).
+        keep_domains=True only stops the daemon, as an outage would: definitions persist."""
         if self.proc is None:
             return
         if self.proc.poll() is None:
             self.resume_daemon()
-            self.destroy_all()
+            if not keep_domains:
+                self.destroy_all()
             leftover = self.qemu_pids()
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.proc.pid, signal.SIGTERM)
@@ -330,10 +338,11 @@ class LibvirtDaemon:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait(10)
-            for pid in leftover:  # QEMUs this daemon started and could not destroy
+            for pid in [] if keep_domains else leftover:  # QEMUs it started and could not destroy
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
         self.proc = None
+        shutil.rmtree(self.sock_dir, ignore_errors=True)
 
     def __enter__(self) -> LibvirtDaemon:
         return self.start()

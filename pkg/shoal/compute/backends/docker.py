@@ -13,12 +13,14 @@ from typing import Any
 
 import aiodocker
 import aiohttp
+
 from shoal.compute.backends.base import Capacity, Observed, cores_of, memory_of, now_iso, storage_of
 from shoal.compute.errors import (
     BackendError,
     BackendUnavailable,
     ComputeError,
     InstanceNotFound,
+    NameConflict,
     OperationNotSupported,
     ResourceLimitExceeded,
     ValidationFailed,
@@ -52,7 +54,7 @@ _STATES = {
     "dead": "error",
 }
 _PORT = re.compile(
-    r"^(?:(?P<ip>[0-9.]+|\[[0-9a-fA-F:]+\]):)?(?:(?P<host>\d{1,5}):)?(?P<cont>\d{1,5})(?:/(?P<proto>tcp|udp|sctp))?$"
+    r"^(?:(?P<ip>\d{1,3}(?:\.\d{1,3}){3}|\[[0-9a-fA-F:]+\]):)?(?:(?P<host>\d{1,5}):)?(?P<cont>\d{1,5})(?:/(?P<proto>tcp|udp|sctp))?$"
 )
 _RESTART = re.compile(r"^(no|always|unless-stopped|on-failure(?::(\d{1,4}))?)$")
 _ENV = re.compile(r"^[^=\s][^=]*=", re.S)
@@ -298,6 +300,11 @@ class DockerBackend:
             if exc.status == 404:  # the image
                 raise BackendError(
                     f"Docker has no image {cfg.image!r}", {**exc.details, "image": cfg.image}, status=400
+                ) from None
+            if exc.status == 409 and "already in use" in exc.message:
+                raise NameConflict(
+                    f"Docker already has a container named {record['name']!r} (not one of shoal's)",
+                    {"name": record["name"], "backend": "docker"},
                 ) from None
             raise
         return container.id

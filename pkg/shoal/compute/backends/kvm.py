@@ -50,6 +50,9 @@ from shoal.compute.models import (
 
 try:
     import libvirt
+
+    # errors are raised as exceptions and mapped below; libvirt's default handler would also print them
+    libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
 except ImportError:  # the `kvm` extra is not installed: the backend reports itself unavailable
     libvirt = None
 
@@ -462,7 +465,9 @@ class KvmBackend:
         def apply(c: Any) -> None:
             dom = self._dom(c, backend_id)
             active = bool(dom.isActive())
-            live = libvirt.VIR_DOMAIN_AFFECT_CONFIG | (libvirt.VIR_DOMAIN_AFFECT_LIVE if active else 0)
+            # live first (it can refuse), then the persistent config; some drivers refuse both at once
+            scopes = [libvirt.VIR_DOMAIN_AFFECT_LIVE] if active else []
+            scopes.append(libvirt.VIR_DOMAIN_AFFECT_CONFIG)
             if cores is not None:
                 n = int(cores)
                 top = dom.vcpusFlags(libvirt.VIR_DOMAIN_AFFECT_CONFIG | libvirt.VIR_DOMAIN_VCPU_MAXIMUM)
@@ -474,7 +479,8 @@ class KvmBackend:
                             status=409,
                         )
                     dom.setVcpusFlags(n, libvirt.VIR_DOMAIN_AFFECT_CONFIG | libvirt.VIR_DOMAIN_VCPU_MAXIMUM)
-                dom.setVcpusFlags(n, live)
+                for scope in scopes:
+                    dom.setVcpusFlags(n, scope)
             if memory is not None:
                 kib = memory // 1024
                 top = dom.maxMemory()
@@ -486,7 +492,8 @@ class KvmBackend:
                             status=409,
                         )
                     dom.setMemoryFlags(kib, libvirt.VIR_DOMAIN_AFFECT_CONFIG | libvirt.VIR_DOMAIN_MEM_MAXIMUM)
-                dom.setMemoryFlags(kib, live)
+                for scope in scopes:
+                    dom.setMemoryFlags(kib, scope)
             if storage is not None:
                 capacity = dom.blockInfo("vda")[0]
                 if storage < capacity:
