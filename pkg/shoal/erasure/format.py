@@ -177,7 +177,8 @@ def backend() -> str:
 
 def pyeclib_decode(inner: list[bytes], length: int) -> bytes:
     """pyeclib's decode; only ever handed bytes (it aborts the process on other buffers)."""
-    assert all(type(f) is bytes for f in inner)
+    if not all(type(f) is bytes for f in inner):  # not an assert: -O must not remove it
+        raise TypeError("pyeclib takes bytes fragments only")
     try:
         out = DRIVER.decode(inner)
     except Exception as exc:  # checksummed input should never get here
