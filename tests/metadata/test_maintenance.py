@@ -1,0 +1,170 @@
+"""Adaptive redundancy and repair with real storage nodes: migration both ways (with its
+dwell-time hysteresis and old copies deleted only after the new placement is committed),
+and repair after a node is killed or reports a corrupt chunk."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import httpx
+
+from shoal.testing.metadata import Cluster, sha
+
+from .conftest import blob, commit, erasure_or_skip, new_video
+
+
+def manifest(m: str, vid: str) -> dict:
+    return {c["chunk_id"]: c for c in httpx.get(f"{m}/manifest/{vid}", timeout=10).json()["chunks"]}
+
+
+def run_pass(m: str) -> dict:
+    r = httpx.post(f"{m}/maintenance/run", timeout=120)
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def status_of(node_url: str, stored_id: str) -> int:
+    return httpx.get(f"{node_url}/chunk/{stored_id}", timeout=10).status_code
+
+
+def test_migration_both_ways(tmp_path):
+    erasure = erasure_or_skip()
+    args = ("--maintenance-interval", "0", "--migrate-settle", "1.5", "--popularity-threshold", "2")
+    with Cluster(tmp_path, nodes=5, meta_args=args) as c:
+        m = c.meta.url
+        vid = new_video(m)
+        data = {f"mg-c{k}": blob(40 + k, 200_000) for k in range(3)}
+        for k, (cid, d) in enumerate(data.items()):
+            for u in c.urls[:3]:
+                c.put(u, cid, d)
+            assert commit(m, cid, vid, k, d, c.urls[:3]).status_code == 200
+        # 0 views -> erasure coding is recommended, but it must hold for 1.5 s first
+        run_pass(m)
+        assert {x["redundancy_mode"] for x in manifest(m, vid).values()} == {"replication"}
+        time.sleep(1.6)
+        counters = run_pass(m)
+        assert counters["migrated"] == 3, counters
+        chunks = manifest(m, vid)
+        for cid, d in data.items():
+            ch = chunks[cid]
+            assert ch["redundancy_mode"] == "erasure_coding" and ch["epoch"] == 1
+            assert len(set(ch["replicas"])) == 5
+            frags = [httpx.get(f"{f['node_url']}/chunk/{f['fragment_id']}").content for f in ch["fragments"]]
+            assert [sha(f) for f in frags] == [f["checksum"] for f in ch["fragments"]]
+            assert erasure.decode(frags[2:]) == d  # any 3 fragments give the chunk back
+            assert all(status_of(u, cid) == 404 for u in c.urls[:3])  # old replicas deleted
+        c0 = httpx.get(f"{m}/consensus/mg-c0").json()
+        assert c0["epoch"] == 1 and c0["phase"] == "committed"
+        overhead = httpx.get(f"{m}/storage/overhead").json()
+        assert overhead["erasure_coded_chunks"] == 3 and overhead["replication_chunks"] == 0
+        assert 40 < overhead["storage_savings_percent"] < 45
+        # popular now (3 views > 2): back to replication, again only after the dwell time
+        for _ in range(3):
+            httpx.post(f"{m}/video/{vid}/view")
+        assert httpx.get(f"{m}/redundancy/recommend/{vid}").json()["recommended_mode"] == "replication"
+        run_pass(m)
+        assert {x["redundancy_mode"] for x in manifest(m, vid).values()} == {"erasure_coding"}
+        time.sleep(1.6)
+        run_pass(m)
+        chunks = manifest(m, vid)
+        for cid, d in data.items():
+            ch = chunks[cid]
+            assert ch["redundancy_mode"] == "replication" and ch["epoch"] == 2 and len(ch["replicas"]) == 3
+            assert all(httpx.get(f"{u}/chunk/{cid}").content == d for u in ch["replicas"])
+            assert all(status_of(u, f"{cid}-frag-{i}") == 404 for i, u in enumerate(c.urls))
+        # a manual override moves at once, and passes with nothing to do move nothing
+        httpx.post(f"{m}/redundancy/override/{vid}", params={"mode": "erasure_coding"})
+        run_pass(m)
+        assert {x["redundancy_mode"] for x in manifest(m, vid).values()} == {"erasure_coding"}
+        before = run_pass(m)["migrated"]
+        assert run_pass(m)["migrated"] == before
+
+
+def _corrupt_on_disk(node_dir: Path, data: bytes) -> None:
+    """Flip one byte of the chunk's record in the node's superblock files."""
+    for sb in sorted((node_dir / "superblocks").iterdir()):
+        raw = sb.read_bytes()
+        at = raw.find(data[:4096])
+        if at >= 0:
+            with open(sb, "r+b") as f:
+                f.seek(at + 100)
+                f.write(bytes([raw[at + 100] ^ 0xFF]))
+            return
+    raise AssertionError("chunk bytes not found on disk")
+
+
+def wait_for(check, timeout: float = 40.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        got = check()
+        if got:
+            return got
+        time.sleep(0.25)
+    raise AssertionError("condition not reached in time")
+
+
+def test_repair_after_node_killed_and_after_corruption(tmp_path):
+    erasure = erasure_or_skip()
+    args = (
+        "--maintenance-interval", "0.5", "--degraded-after", "0.8", "--down-after", "1.5",
+        "--repair-grace", "1", "--migrate-settle", "600",
+    )  # fmt: skip
+    with Cluster(tmp_path, nodes=6, meta_args=args, heartbeat=0.3) as c:
+        m = c.meta.url
+        vid = new_video(m)
+        rep = blob(50, 150_000)
+        for u in c.urls[:3]:
+            c.put(u, "rp-r0", rep)
+        assert commit(m, "rp-r0", vid, 0, rep, c.urls[:3]).status_code == 200
+        ec = blob(51, 150_000)
+        frags = erasure.encode(ec)
+        meta = []
+        for i, (u, f) in enumerate(zip(c.urls[1:], frags, strict=True)):
+            c.put(u, f"rp-e0-frag-{i}", f)
+            meta.append({"fragment_index": i, "node_url": u, "size_bytes": len(f), "checksum": sha(f)})
+        r = commit(
+            m, "rp-e0", vid, 1, ec, c.urls[1:], redundancy_mode="erasure_coding", fragments_metadata=meta
+        )
+        assert r.status_code == 200, r.text
+        bad = blob(52, 150_000)
+        for u in c.urls[2:5]:
+            c.put(u, "rp-r1", bad)
+        assert commit(m, "rp-r1", vid, 2, bad, c.urls[2:5]).status_code == 200
+
+        dead = c.urls[1]
+        c.nodes[1].kill()
+        chunks = wait_for(
+            lambda: (ch := manifest(m, vid)) and all(dead not in x["replicas"] for x in ch.values()) and ch
+        )
+        r0, e0 = chunks["rp-r0"], chunks["rp-e0"]
+        assert r0["epoch"] == 1 and len(set(r0["replicas"])) == 3
+        new_node = (set(r0["replicas"]) - set(c.urls[:3])).pop()
+        assert httpx.get(f"{new_node}/chunk/rp-r0").content == rep
+        assert e0["epoch"] == 1 and e0["replicas"][0] == c.urls[0]  # fragment 0 rebuilt on the spare node
+        f0 = httpx.get(f"{c.urls[0]}/chunk/rp-e0-frag-0").content
+        assert f0 == frags[0]  # byte-identical rebuild
+        assert erasure.decode([f0, *frags[3:]]) == ec
+
+        victim = c.urls[2]
+        _corrupt_on_disk(c.nodes[2].data_dir, bad)
+        assert httpx.get(f"{victim}/chunk/rp-r1").status_code == 500  # detected, never served
+        r1 = wait_for(lambda: (x := manifest(m, vid)["rp-r1"]) and victim not in x["replicas"] and x)
+        assert len(r1["replicas"]) == 3 and dead not in r1["replicas"]
+        assert all(httpx.get(f"{u}/chunk/rp-r1").content == bad for u in r1["replicas"])
+        wait_for(lambda: status_of(victim, "rp-r1") == 404)  # the corrupt copy is deleted
+        assert httpx.get(f"{m}/maintenance").json()["repaired"] >= 3
+
+
+def test_maintenance_route_shape(tmp_path):
+    with Cluster(tmp_path, nodes=0) as c:
+        body = httpx.get(c.meta.url + "/maintenance").json()
+        assert set(body) == {
+            "passes",
+            "migrated",
+            "repaired",
+            "failed",
+            "deleted_pieces",
+            "last_error",
+            "events",
+        }
