@@ -52,7 +52,10 @@ def extensions() -> list:
                 quiet=True,
             )
         except Exception as exc:  # a .pyx that does not translate must not break the install
-            print(f"shoal: {pyx.name} not translated ({exc}); its pure-Python twin will be used", file=sys.stderr)
+            print(
+                f"shoal: {pyx.name} not translated ({exc}); its pure-Python twin will be used",
+                file=sys.stderr,
+            )
     return built
 
 

@@ -38,7 +38,10 @@ def test_up_supervises_and_stops(tmp_path):
         while time.monotonic() < deadline:
             started = tmp_path / "example" / "started"
             try:
-                if int(started.read_text().split()[0]) != pid and httpx.get(url + "/health").status_code == 200:
+                if (
+                    int(started.read_text().split()[0]) != pid
+                    and httpx.get(url + "/health").status_code == 200
+                ):
                     break
             except (httpx.HTTPError, ValueError):
                 pass
