@@ -138,7 +138,7 @@ class StorageNode:
         """The heartbeat body."""
         assert self.store is not None
         return {
-            "disk_usage_percent": self.store.disk_usage_percent(),
+            "disk_usage_percent": min(100.0, self.store.disk_usage_percent()),  # a quota can be overrun
             "chunk_count": self.store.chunk_count,
             "corrupt_chunks": sorted(self.store.corrupt)[:1000],
         }
