@@ -1,6 +1,6 @@
 """State Service HTTP throughput next to a raw-ASGI JSON hello, same granian settings, same run.
 
-    python bench/state/load.py [--gate] [--seconds 5] [--connections 32] [--store lmdb|sqlite]
+    python bench/state/load.py [--gate] [--seconds 3] [--rounds 3] [--connections 32] [--store lmdb|sqlite]
 
 Starts `shoal serve state` (one worker, bearer-token auth) and the hello baseline
 (bench/state/hello_service.py), seeds documents, then drives each URL with wrk (or, without wrk,
@@ -90,7 +90,8 @@ async def seed(url: str, admin) -> tuple[str, str]:
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--gate", action="store_true")
-    ap.add_argument("--seconds", type=float, default=5.0)
+    ap.add_argument("--seconds", type=float, default=3.0)
+    ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--connections", type=int, default=32)
     ap.add_argument("--store", default="lmdb", choices=["lmdb", "sqlite"])
     ap.add_argument(
@@ -121,13 +122,19 @@ def main() -> int:
             ]
             tool = "wrk" if load is run_wrk else "asyncio load generator"
             print(
-                f"load: {tool}, {args.connections} connections, {args.seconds:g} s each; store {args.store}"
+                f"load: {tool}, {args.connections} connections, best of {args.rounds} rounds x {args.seconds:g} s;"
+                f" store {args.store}"
             )
-            rates = {}
-            for label, url, headers in cases:
+            rates: dict[str, float] = {}
+            for _label, url, headers in cases:
                 load(url, 1.0, args.connections, headers)  # warm up
-                rates[label] = load(url, args.seconds, args.connections, headers)
-                time.sleep(0.2)
+            # interleaved rounds, best of each: other load on the machine only ever lowers a rate
+            for _ in range(args.rounds):
+                for label, url, headers in cases:
+                    rates[label] = max(
+                        rates.get(label, 0.0), load(url, args.seconds, args.connections, headers)
+                    )
+                    time.sleep(0.1)
         finally:
             state.stop()
             hello.stop()

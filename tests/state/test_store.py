@@ -147,3 +147,21 @@ async def test_list_filters_and_pages(store):
     total, page = await store.list("cidr", {"owner": "p0"}, limit=10, offset=1)
     assert total == 3 and [orjson.loads(d)["name"] for d in page] == ["n2", "n4"]
     assert await store.list("cidr", None, limit=10, offset=9) == (5, [])
+
+
+async def test_lists_see_every_write_despite_the_snapshot_cache(store):
+    def cidr(i: int, owner: str = "p") -> Write:
+        return Write("cidr", "create", "t", body=CidrCreate(cidr=f"10.{i}.0.0/16", name=f"n{i}", owner=owner))
+
+    a = await store.apply(cidr(1))
+    assert (await store.list("cidr"))[0] == 1
+    assert (await store.list("cidr", {"owner": "p"}))[0] == 1
+    await store.apply(cidr(2))
+    assert (await store.list("cidr"))[0] == 2
+    await store.apply(Write("cidr", "update", "t", id=a.id, changes={"owner": "q"}))
+    total, page = await store.list("cidr", {"owner": "q"})
+    assert total == 1 and orjson.loads(page[0])["id"] == a.id
+    assert (await store.list("cidr", {"owner": "p"}))[0] == 1
+    await store.apply(Write("cidr", "delete", "t", id=a.id))
+    assert (await store.list("cidr", {"owner": "q"}))[0] == 0
+    assert (await store.list("cidr"))[0] == 1

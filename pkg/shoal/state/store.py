@@ -37,6 +37,7 @@ from shoal.state.errors import StateError, bad_request, conflict, not_found
 log = logging.getLogger("shoal.state")
 
 MAX_ATTEMPTS = 20
+SNAPSHOT_MAX_DOCS = 50_000  # lists of kinds larger than this read the store on every call
 Guard = Callable[[dict | None, dict | None], Awaitable[None]]
 
 
@@ -102,6 +103,22 @@ class IdempotentReplay(Exception):
         self.record = record
 
 
+class _Snapshot:
+    """A kind's stored documents at one store revision (parsed only when a filter needs them)."""
+
+    __slots__ = ("_docs", "raws", "revision")
+
+    def __init__(self, revision: int, raws: list[bytes]) -> None:
+        self.revision = revision
+        self.raws = raws
+        self._docs: list[dict] | None = None
+
+    def docs(self) -> list[dict]:
+        if self._docs is None:
+            self._docs = [orjson.loads(raw) for raw in self.raws]
+        return self._docs
+
+
 class StateStore:
     """Documents of every kind over one KvStore; see the module docstring for the layout."""
 
@@ -109,6 +126,7 @@ class StateStore:
         self.kv = kv
         self.clock = clock
         self.listeners: list[Callable[[Operation], None]] = []
+        self._snapshots: dict[str, _Snapshot] = {}
 
     @classmethod
     async def open(cls, data_dir: str | Path, backend: str = "lmdb", durable: bool = True) -> StateStore:
@@ -147,24 +165,16 @@ class StateStore:
         self, kind: str, filters: dict[str, Any] | None = None, limit: int = 100, offset: int = 0
     ) -> tuple[int, list[bytes]]:
         """(total matching, one page of stored documents), in id (creation) order."""
-        prefix = f"/state/{kind}/"
+        cached = await self._snapshot(kind)
         if not filters:
-            keys = await self.kv.list(prefix)
-            page = keys[offset : offset + limit]
-            if not page:
-                return len(keys), []
-            entries = await self.kv.entries(
-                prefix, start_after=keys[offset - 1] if offset else None, limit=len(page)
-            )
-            return len(keys), [e.value for e in entries]
+            return len(cached.raws), cached.raws[offset : offset + limit]
         spec = SPECS[kind]
         wanted = {
             f: (spec.unique[f](v) if f in spec.unique and isinstance(v, str) else v)
             for f, v in filters.items()
         }
         matched = []
-        for entry in await self.kv.entries(prefix):
-            doc = orjson.loads(entry.value)
+        for raw, doc in zip(cached.raws, cached.docs(), strict=True):
             if all(
                 (
                     spec.unique[f](doc.get(f))
@@ -174,8 +184,24 @@ class StateStore:
                 == v
                 for f, v in wanted.items()
             ):
-                matched.append(entry.value)
+                matched.append(raw)
         return len(matched), matched[offset : offset + limit]
+
+    async def _snapshot(self, kind: str) -> _Snapshot:
+        """Every document of a kind, reused while the store's revision has not moved.
+
+        The revision is read before the documents, so a write racing the read only makes the
+        snapshot look older than it is (rebuilt on the next call), never newer.
+        """
+        revision = await self.kv.revision()
+        cached = self._snapshots.get(kind)
+        if cached is not None and cached.revision == revision:
+            return cached
+        entries = await self.kv.entries(f"/state/{kind}/")
+        snap = _Snapshot(revision, [e.value for e in entries])
+        if len(entries) <= SNAPSHOT_MAX_DOCS:
+            self._snapshots[kind] = snap
+        return snap
 
     async def count(self, kind: str) -> int:
         return len(await self.kv.list(f"/state/{kind}/"))
