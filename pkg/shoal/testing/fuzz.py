@@ -19,6 +19,7 @@ def run_schemathesis(
     headers: Sequence[str] = (),
     phases: str = "examples,coverage,fuzzing",
     seed: int = 1,
+    workers: int = 1,
 ) -> subprocess.CompletedProcess:
     """Run `schemathesis run` against base_url; returncode 0 means no check failed."""
     exe = Path(sys.executable).with_name("schemathesis")
@@ -39,7 +40,7 @@ def run_schemathesis(
         "--request-timeout",
         "10",
         "--workers",
-        "2",
+        str(workers),
         "--no-color",
         "--warnings",
         "off",
