@@ -257,3 +257,12 @@ async def test_openapi_documents_every_route(dev):
         assert {"get", "delete"} <= set(doc["paths"][base + "/{id}"])
     assert {"get", "delete"} <= set(doc["paths"]["/dns/{domain}"])
     assert doc["components"]["securitySchemes"]["bearer"]["scheme"] == "bearer"
+
+
+async def test_long_unicode_idempotency_keys_are_fine(dev):
+    key = "ключ-" * 24  # 216 bytes of UTF-8: percent-encoded it would not fit a kv key
+    h = {"Idempotency-Key": key.encode()}
+    first = await dev.post("/peers/create", json={"name": "x", "public_key": "0x" + "7" * 40}, headers=h)
+    again = await dev.post("/peers/create", json={"name": "x", "public_key": "0x" + "7" * 40}, headers=h)
+    assert first.status_code == again.status_code == 200 and first.json() == again.json()
+    assert_error(await dev.post("/peers/create", json=PEER, headers={"Idempotency-Key": "k" * 256}), 400)

@@ -123,7 +123,8 @@ def entity_routes(api: Api, ctx: StateContext, spec: EntitySpec) -> None:
         if key is not None:
             if not 1 <= len(key) <= 255:
                 raise bad_request("Idempotency-Key is 1 to 255 characters", "INVALID_IDEMPOTENCY_KEY")
-            write.idempotency_key = f"/state-idem/{quote(principal.label, safe='')}/{quote(key, safe='')}"
+            key_hash = hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()
+            write.idempotency_key = f"/state-idem/{quote(principal.label, safe='')}/{key_hash}"
             write.idempotency_record = lambda op: orjson.dumps(
                 {
                     "hash": request_hash,

@@ -6,7 +6,7 @@ Layout in shoal.kv (one kv transaction per write, so a crash leaves all of it or
   /state-meta/<kind>/<id>               last operation: timestamp, author, op id, deleted (tombstone)
   /state-index/<kind>/<field>/<value>   unique secondary index -> id (peer key, CIDR, domain, ...)
   /state-refs/<kind>/<id>               how many documents point at this one (CIDRs from associations)
-  /state-idem/<scope>/<key>             a create's Idempotency-Key record (request hash + first answer)
+  /state-idem/<caller>/<sha256 of key>   a create's Idempotency-Key record (request hash + first answer)
 
 `apply(write)` reads what it needs, builds an `Operation` (kind, id, new document or tombstone,
 author, timestamp, op id) and commits the document, its meta, index and reference keys in one
