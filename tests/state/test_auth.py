@@ -320,3 +320,23 @@ async def test_insecure_dev_says_so(dev):
     status = (await dev.get("/status")).json()
     assert status["auth"] == "disabled" and "INSECURE" in status["warning"]
     assert (await dev.get("/auth/whoami")).json()["kind"] == "dev"
+
+
+async def test_client_signs_as_a_node(service, admin):
+    identity = NodeIdentity.generate()
+    body = {**NODE, "public_key": identity.public_key}
+    node_id = (await service.http.post("/nodes/create", json=body, headers=admin)).json()["node_id"]
+    transport = httpx.ASGITransport(app=service.app)
+    async with StateClient("http://test", node=identity, transport=transport) as state:
+        assert (await state.whoami()).node_id == node_id
+        await state.update_node(node_id, available_memory_mib=1024)
+        assert (await state.get_node(node_id)).available_memory_mib == 1024
+        with pytest.raises(StateApiError) as err:
+            await state.create_peer("p", "0x" + "6" * 40)
+        assert err.value.status == 403
+
+
+def test_node_identity_is_kept_in_the_data_dir(tmp_path):
+    first = NodeIdentity.load_or_create(tmp_path)
+    assert (tmp_path / "node_identity.pem").stat().st_mode & 0o777 == 0o600
+    assert NodeIdentity.load_or_create(tmp_path).public_key == first.public_key
