@@ -58,6 +58,11 @@ def build_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
     status.add_argument("--host", default="127.0.0.1")
     status.add_argument("--port-offset", type=int, default=0)
 
+    upload = sub.add_parser("upload", help="upload a video (through an uploader, or direct)")
+    from shoal.uploader.cli import add_arguments as upload_arguments
+
+    upload_arguments(upload)
+
     doctor = sub.add_parser("doctor", help="which hot paths are native, which components are here")
     doctor.add_argument("--json", action="store_true", help="machine-readable output")
     return parser
@@ -84,6 +89,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         only = [s for s in args.only.split(",") if s]
         return run_up(args.data_root, args.host, only, args.port_offset)
+    if args.command == "upload":
+        from shoal.uploader.cli import run_upload
+
+        return run_upload(args)
     if args.command == "status":
         from shoal.up import run_status
 

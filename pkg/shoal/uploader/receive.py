@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from python_multipart.exceptions import MultipartParseError
-from python_multipart.multipart import MultipartParser, parse_options_header
+from python_multipart.multipart import MultipartParser, MultipartState, parse_options_header
 
 from shoal.web import ApiError
 
@@ -149,6 +149,8 @@ async def receive_upload(
             parser.finalize()
         except MultipartParseError as exc:
             raise ApiError(400, f"malformed multipart body: {exc}") from None
+        if parser.state != MultipartState.END:
+            raise ApiError(400, "the multipart body ended before its closing boundary")
     finally:
         os.close(fd)
     if problems:
