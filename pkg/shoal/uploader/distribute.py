@@ -172,12 +172,17 @@ class Distributor:
             return node
 
     async def store_chunk(
-        self, video_id: str, seq: int, data: bytes, times: tuple[float, float] | None = None
+        self,
+        video_id: str,
+        seq: int,
+        data: bytes,
+        times: tuple[float, float] | None = None,
+        checksum: str | None = None,
     ) -> dict:
         """Store and commit chunk `seq`; returns the commit answer."""
         chunk_id = chunk_id_for(video_id, seq)
         stored = self.stored.setdefault(chunk_id, Stored(chunk_id))
-        checksum = sha256_tag(data)
+        checksum = checksum or sha256_tag(data)
         async with self.limit:
             nodes = self.picker.pick(self.width)
             if len(nodes) < self.width:
@@ -203,8 +208,7 @@ class Distributor:
             else:
                 from shoal.erasure import encode
 
-                frags = await asyncio.to_thread(encode, data)
-                sums = [sha256_tag(f) for f in frags]
+                frags, sums = await asyncio.to_thread(lambda: _encode(encode, data))
                 ids = [fragment_id_for(chunk_id, i) for i in range(len(frags))]
                 placed = await asyncio.gather(
                     *(self._place(stored, n, ids[i], frags[i], sums[i], taken) for i, n in enumerate(nodes))
@@ -242,6 +246,11 @@ class Distributor:
             for piece in (s.orphans() if keep_committed and s.committed else s.pieces)
         ]
         return await delete_pieces(self.http, targets)
+
+
+def _encode(encode: Callable[[bytes], list[bytes]], data: bytes) -> tuple[list[bytes], list[str]]:
+    frags = encode(data)
+    return frags, [sha256_tag(f) for f in frags]
 
 
 async def delete_pieces(http: httpx.AsyncClient, targets: list[tuple[str, str]], concurrency: int = 8) -> int:

@@ -21,7 +21,7 @@ import httpx
 
 from shoal.uploader import media
 from shoal.uploader.chunker import ChunkPlan, plan_chunks
-from shoal.uploader.distribute import DistributionError, Distributor, chunk_id_for
+from shoal.uploader.distribute import DistributionError, Distributor, chunk_id_for, sha256_tag
 from shoal.uploader.fmp4 import Fmp4Error, read_layout
 from shoal.uploader.metaclient import MetadataClient, MetadataError
 from shoal.uploader.sessions import Session, SessionStore, progress_in
@@ -35,6 +35,12 @@ class Settings:
     retries: int = 3
     backoff: float = 0.2
     keep_work_files: bool = False
+
+
+def _read(fd: int, plan: ChunkPlan) -> tuple[bytes, str]:
+    """The chunk's bytes and their sha256, off the event loop."""
+    data = os.pread(fd, plan.size, plan.offset)
+    return data, sha256_tag(data)
 
 
 class Pipeline:
@@ -134,8 +140,9 @@ class Pipeline:
         async def one(plan: ChunkPlan) -> None:
             nonlocal done
             try:
-                data = await asyncio.to_thread(os.pread, fd, plan.size, plan.offset)
-                await d.store_chunk(video_id, plan.sequence_num, data, (plan.start_sec, plan.duration_sec))
+                data, checksum = await asyncio.to_thread(_read, fd, plan)
+                times = (plan.start_sec, plan.duration_sec)
+                await d.store_chunk(video_id, plan.sequence_num, data, times, checksum)
                 done += 1
                 await self.sessions.update(
                     s, progress=progress_in("uploading_chunks", done / len(plans)), chunks_uploaded=done
