@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable
 
 import msgspec
 
-from shoal.kv import KvStore
+from shoal.kv import KvStore, TransactionOp, VersionConflict
 
 from .messages import Accept, Accepted, AcceptorState, InstanceState, Prepare, Promise
 from .placement import Placement, PlacementError, validate
@@ -30,6 +30,48 @@ def instance_key(chunk_id: str, epoch: int) -> str:
     return f"/paxos/{chunk_id}/{epoch:010d}"
 
 
+class GroupCommit:
+    """Writes that arrive while a transaction is being made durable share the next one: one
+    fsync for many instances (each write is still a compare-and-set on its own key)."""
+
+    MAX_BATCH = 60  # two ops per write; shoal.kv allows 128 per transaction
+
+    def __init__(self, kv: KvStore) -> None:
+        self.kv = kv
+        self.pending: list[tuple[str, int, bytes, asyncio.Future[None]]] = []
+        self._task: asyncio.Task | None = None
+        self.transactions = 0
+
+    async def write(self, key: str, version: int, value: bytes) -> None:
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.pending.append((key, version, value, fut))
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._drain())
+        await fut
+
+    async def _drain(self) -> None:
+        while self.pending:
+            batch, self.pending = self.pending[: self.MAX_BATCH], self.pending[self.MAX_BATCH :]
+            ops = []
+            for key, version, value, _ in batch:
+                ops += [TransactionOp.check_version(key, version), TransactionOp.set(key, value)]
+            try:
+                await self.kv.transaction(ops)
+                self.transactions += 1
+                for *_, fut in batch:
+                    fut.set_result(None)
+            except VersionConflict:  # another process wrote one of the keys: settle one by one
+                for key, version, value, fut in batch:
+                    try:
+                        await self.kv.compare_and_set(key, version, value)
+                        fut.set_result(None)
+                    except Exception as exc:
+                        fut.set_exception(exc)
+            except Exception as exc:
+                for *_, fut in batch:
+                    fut.set_exception(exc)
+
+
 class Acceptor:
     """Answers Prepare and Accept for every chunk; one lock per instance serializes its updates."""
 
@@ -37,6 +79,7 @@ class Acceptor:
         self.kv = kv
         self.holds = holds
         self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
+        self.writer = GroupCommit(kv)
 
     def _lock(self, key: str) -> asyncio.Lock:
         lock = self._locks.get(key)
@@ -52,7 +95,7 @@ class Acceptor:
 
     async def _store(self, key: str, state: InstanceState, version: int) -> None:
         # compare-and-set: a second process on the same store can never interleave a write
-        await self.kv.compare_and_set(key, version, _enc.encode(state))
+        await self.writer.write(key, version, _enc.encode(state))
 
     async def prepare(self, chunk_id: str, msg: Prepare) -> Promise:
         """Promise if the ballot is above every ballot promised so far (strictly: a reissued

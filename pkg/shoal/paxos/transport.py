@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Protocol
 
-import httpx
+import aiohttp
 import msgspec
 
 from .acceptor import Acceptor
@@ -31,23 +31,37 @@ _JSON = {"content-type": "application/json"}
 
 
 class HttpTransport:
-    """One pooled httpx client; every failure becomes Unreachable (the acceptor simply did not vote)."""
+    """A pooled aiohttp session (created on first use, in the running loop); every failure
+    becomes Unreachable: the acceptor simply did not vote.
 
-    def __init__(self, client: httpx.AsyncClient | None = None, timeout: float = 2.0) -> None:
-        self.client = client or httpx.AsyncClient(
-            timeout=httpx.Timeout(timeout, connect=min(1.0, timeout)),
-            limits=httpx.Limits(max_connections=256, max_keepalive_connections=64),
-        )
+    aiohttp rather than httpx here: a commit fans out to every acceptor twice, and httpcore's
+    pool scans all its connections per request (measured: ~20 ms CPU per commit at 16 commits
+    in flight, most of the metadata service's time), while aiohttp's pool is O(1).
+    """
+
+    def __init__(self, timeout: float = 2.0) -> None:
+        self.timeout = aiohttp.ClientTimeout(total=timeout, sock_connect=min(1.0, timeout))
+        self._session: aiohttp.ClientSession | None = None
+
+    def _client(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(
+                timeout=self.timeout,
+                connector=aiohttp.TCPConnector(limit=256, limit_per_host=64, keepalive_timeout=30),
+            )
+        return self._session
 
     async def _call(self, method: str, url: str, body: bytes | None, decoder: msgspec.json.Decoder):
         try:
-            r = await self.client.request(method, url, content=body, headers=_JSON if body else None)
-        except httpx.HTTPError as exc:
+            async with self._client().request(method, url, data=body, headers=_JSON if body else None) as r:
+                raw = await r.read()
+                status = r.status
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             raise Unreachable(f"{url}: {type(exc).__name__}: {exc}") from None
-        if r.status_code != 200:
-            raise Unreachable(f"{url}: HTTP {r.status_code}: {r.text[:200]}")
+        if status != 200:
+            raise Unreachable(f"{url}: HTTP {status}: {raw[:200]!r}")
         try:
-            return decoder.decode(r.content)
+            return decoder.decode(raw)
         except msgspec.DecodeError as exc:
             raise Unreachable(f"{url}: bad reply: {exc}") from None
 
@@ -63,7 +77,8 @@ class HttpTransport:
         return await self._call("GET", f"{node_url.rstrip('/')}/paxos/{chunk_id}", None, _state)
 
     async def aclose(self) -> None:
-        await self.client.aclose()
+        if self._session is not None:
+            await self._session.close()
 
 
 class LocalTransport:
