@@ -98,7 +98,7 @@ def test_node_dies_mid_upload(fragile: Cluster, dense: Path, tmp_path: Path) -> 
         before = st["chunks_uploaded"]
         final = wait_upload(up.url, sid)[-1]
         assert final["status"] == "completed", final
-        assert before < final["total_chunks"], "the node died before the upload finished"
+        assert before + 3 < final["total_chunks"], "the node died well before the upload finished"
     m = httpx.get(f"{fragile.meta.url}/manifest/{body['video_id']}", timeout=10).json()
     chunks = sorted(m["chunks"], key=lambda c: c["sequence_num"])
     assert len(chunks) == final["total_chunks"]
@@ -106,7 +106,9 @@ def test_node_dies_mid_upload(fragile: Cluster, dense: Path, tmp_path: Path) -> 
     data = []
     for c in chunks:
         assert len(set(c["replicas"])) == 3
-        if c["sequence_num"] > before:  # stored after the node died: never placed on it
+        # with --concurrency 1 at most 2 chunks are in flight (one sending, one committing):
+        # any chunk after those was stored after the node died and never placed on it
+        if c["sequence_num"] > before + 2:
             assert victim.url not in c["replicas"], c
         copies = {
             httpx.get(f"{u}/chunk/{c['chunk_id']}", timeout=10).content for u in c["replicas"] if u in live

@@ -224,17 +224,18 @@ class Distributor:
                     }
                     for i in range(len(frags))
                 ]
-            try:
-                answer = await self.metadata.commit(chunk_id, body)
-            except MetadataError as exc:
-                raise DistributionError(f"commit of chunk {seq} failed: {exc}") from None
-            if sorted(answer.get("committed_nodes", [])) != sorted(body["node_urls"]):
-                raise DistributionError(
-                    f"chunk {seq} was committed elsewhere ({answer.get('committed_nodes')}): "
-                    f"{answer.get('message')}"
-                )
-            stored.committed = True
-            return answer
+        # the commit runs outside the PUT slot: the next chunk's bytes go out meanwhile
+        try:
+            answer = await self.metadata.commit(chunk_id, body)
+        except MetadataError as exc:
+            raise DistributionError(f"commit of chunk {seq} failed: {exc}") from None
+        if sorted(answer.get("committed_nodes", [])) != sorted(body["node_urls"]):
+            raise DistributionError(
+                f"chunk {seq} was committed elsewhere ({answer.get('committed_nodes')}): "
+                f"{answer.get('message')}"
+            )
+        stored.committed = True
+        return answer
 
     async def cleanup(self, keep_committed: bool) -> int:
         """Delete what this upload stored; with `keep_committed`, all but committed placements.

@@ -133,7 +133,8 @@ class Pipeline:
         await self.sessions.update(s, "uploading_chunks")
         assert s.video_id is not None
         video_id = s.video_id
-        slots = asyncio.Semaphore(self.settings.concurrency)
+        # twice the PUT concurrency: while some chunks wait for their commit, others are sent
+        slots = asyncio.Semaphore(2 * self.settings.concurrency)
         done = 0
         fd = os.open(fmp4, os.O_RDONLY)
 
