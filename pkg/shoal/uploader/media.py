@@ -83,7 +83,7 @@ async def _run(*args: str, timeout: float) -> tuple[int, bytes, bytes]:
 
 
 def _first_line(err: bytes, path: Path) -> str:
-    text = err.decode(errors="replace").replace(str(path), "input").strip()
+    text = err.decode(errors="replace").replace(f"{path}: ", "").replace(str(path), "input").strip()
     lines = [ln.split("] ", 1)[-1].strip() for ln in text.splitlines() if ln.strip()]
     return lines[0] if lines else "unreadable"
 
