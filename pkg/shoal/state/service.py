@@ -2,6 +2,7 @@
 
 shoal serve state --port 3004 --data-dir D [--store lmdb|sqlite] [--admin-address 0x...]
                   [--insecure-dev] [--token-ttl SECONDS] [--no-fsync]
+                  [--peer URL ...] [--trust-node KEY ...] [--node-key-dir DIR]  (docs/crdt.md)
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+from shoal.crdt.node import ReplicationNode, add_replication_arguments, load_signer
 from shoal.state.api import build_api
 from shoal.state.auth.eth import is_address
 from shoal.state.auth.middleware import AuthMiddleware
@@ -46,6 +48,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--no-fsync", action="store_true", help="no fsync per commit (survives a crash, not power loss)"
     )
+    add_replication_arguments(parser)
 
 
 class StateContext:
@@ -62,12 +65,14 @@ class StateContext:
         self.durable = not options.get("no_fsync")
         self.max_body = MAX_BODY
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        self.identity = NodeIdentity.load_or_create(self.data_dir)
+        self.identity = NodeIdentity.load_or_create(options.get("node_key_dir") or self.data_dir)
+        self.replication = ReplicationNode(options, load_signer(options, self.data_dir))
         self.store: StateStore = None  # type: ignore[assignment]  # set at startup
         self.auth: Authenticator = None  # type: ignore[assignment]
 
     async def start(self) -> None:
         self.store = await StateStore.open(self.data_dir, self.backend, self.durable)
+        await self.replication.start(self.store)  # every write becomes a signed op (shoal.crdt)
         self.auth = Authenticator(self.store, admin_address=self.admin_address, token_ttl=self.token_ttl)
         if self.admin_address:
             await self.ensure_admin_account(self.admin_address)
@@ -113,11 +118,12 @@ def create_app(options: dict[str, Any]) -> AuthMiddleware:
             sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await sweeper
+            await ctx.replication.stop()
             await ctx.store.close()
 
     inner = build_app(
         title=TITLE,
-        apis=[build_api(ctx)],
+        apis=[build_api(ctx), ctx.replication.api()],
         envelope=STATE_ENVELOPE,
         max_body=MAX_BODY,
         lifespan=lifespan,

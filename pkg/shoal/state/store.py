@@ -126,6 +126,7 @@ class StateStore:
         self.kv = kv
         self.clock = clock
         self.listeners: list[Callable[[Operation], None]] = []
+        self.journal: Any = None  # shoal.crdt.statedb.StateJournal: writes become replicated ops
         self._snapshots: dict[str, _Snapshot] = {}
 
     @classmethod
@@ -266,6 +267,8 @@ class StateStore:
             await write.guard(current, new)
         await self._plan_indexes(spec, entity_id, current, new, checks, writes)
         await self._plan_refs(spec, entity_id, current, new, checks, writes)
+        if self.journal is not None:  # replicated: a signed op, committed with what it changes
+            return await self.journal.commit(spec.kind, entity_id, write, new, checks)
 
         op = Operation.make(spec.kind, entity_id, new, write.author, timestamp)
         if new is None:

@@ -1,0 +1,413 @@
+"""Replication between State Service nodes: configuration, routes, push and anti-entropy.
+
+Flags (added to `shoal serve state`):
+
+  --peer URL          a node to replicate with (repeat); every write is pushed to it at once,
+                      and anti-entropy runs with it every --sync-interval seconds
+  --trust-node KEY    an Ed25519 node public key (base64 or hex) whose operations are accepted
+                      (repeat); this node's own key is always trusted. Keys are configured, never
+                      learned from the network: a peer URL alone grants nothing.
+  --node-key-dir DIR  where node_identity.pem lives (default: the data dir); keep it outside the
+                      data dir to let a node that lost its data rejoin under the same key
+  --sync-interval S   seconds between anti-entropy rounds (default 1)
+
+Routes (every request and reply signed with the sender's node key, see shoal.crdt.signing):
+
+  POST /replication/push    {ops}                       -> {applied, buffered, duplicate, rejected, missing}
+  POST /replication/fetch   {ids}                       -> {ops}
+  POST /replication/sync    {heads, bloom, since, limit} -> {heads, ops, upto, more, seq}
+  GET  /replication/status  heads, peers, lag, buffered and rejected counts (no signature needed)
+
+A sync round with a peer: send our heads and a Bloom filter of the ops we added since the last
+round with it, plus how far we read its log last time; it answers with the ops of its log after
+that point that our filter lacks, plus every op built on those (so a false positive costs one
+fetch, not a lost op), in pages. Then we fetch by hash whatever its heads or our buffered ops
+still miss, and push it what its heads show it lacks. A new or emptied node bootstraps the same
+way: its read position is 0, so the peer streams its whole log, in causal order, page by page.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import contextlib
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import msgspec
+
+from shoal.crdt.replica import Replica
+from shoal.crdt.signing import (
+    KEY_HEADER,
+    SIG_HEADER,
+    TIME_HEADER,
+    WINDOW,
+    Signer,
+    parse_key,
+    reply_message,
+    request_message,
+    verify,
+)
+from shoal.crdt.statedb import StateJournal, validate_value
+from shoal.web import Api, ApiError, read_raw_body, respond
+
+log = logging.getLogger("shoal.crdt")
+
+MAX_BODY = 16 << 20
+PAGE = 2_000
+FETCH_BATCH = 1_000
+PUSH_BATCH = 500
+MSGPACK = [(b"content-type", b"application/msgpack")]
+
+
+class PushRequest(msgspec.Struct):
+    ops: list[bytes]
+
+
+class PushReply(msgspec.Struct):
+    applied: int
+    buffered: int
+    duplicate: int
+    rejected: int
+    missing: list[bytes]
+
+
+class FetchRequest(msgspec.Struct):
+    ids: list[bytes]
+
+
+class FetchReply(msgspec.Struct):
+    ops: list[bytes]
+
+
+class SyncRequest(msgspec.Struct):
+    heads: list[bytes]
+    bloom: bytes
+    since: int = 0
+    limit: int = PAGE
+
+
+class SyncReply(msgspec.Struct):
+    heads: list[bytes]
+    ops: list[bytes]
+    upto: int
+    more: bool
+    seq: int
+
+
+def add_replication_arguments(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("replication (BFT-CRDT, see docs/crdt.md)")
+    g.add_argument("--peer", action="append", default=[], metavar="URL", help="replicate with this node")
+    g.add_argument(
+        "--trust-node", action="append", default=[], metavar="KEY", help="accept ops signed by this node key"
+    )
+    g.add_argument("--node-key-dir", default=None, help="directory of node_identity.pem (default: data dir)")
+    g.add_argument("--sync-interval", type=float, default=1.0, help="seconds between anti-entropy rounds")
+
+
+@dataclass
+class PeerState:
+    url: str
+    key: str | None = None  # base64 node key, learned from its signed replies (must be trusted)
+    since: int = 0  # its log read up to this seq
+    mark: int = 0  # our seq at the last completed round with it
+    remote_seq: int = 0
+    last_sync: float | None = None
+    last_error: str | None = None
+    rounds: int = 0
+    queue: list[bytes] = field(default_factory=list)
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+class PeerError(Exception):
+    pass
+
+
+class ReplicationNode:
+    """This node's replica, journal, routes and background sync with its peers."""
+
+    def __init__(self, options: dict[str, Any], signer: Signer) -> None:
+        self.signer = signer
+        try:
+            trusted = {parse_key(k) for k in options.get("trust_node") or []}
+        except ValueError as exc:
+            raise SystemExit(f"--trust-node: {exc}") from None
+        self.trusted = trusted | {signer.public}
+        self.peers = [PeerState(url.rstrip("/")) for url in options.get("peer") or []]
+        self.interval = float(options.get("sync_interval") or 1.0)
+        self.replica = Replica(signer, self.trusted, validate_value)
+        self.journal: StateJournal | None = None
+        self.http: httpx.AsyncClient | None = None
+        self.tasks: list[asyncio.Task] = []
+
+    @property
+    def core(self) -> Any:
+        return self.replica.core
+
+    async def start(self, store: Any) -> None:
+        self.journal = await StateJournal.attach(store, self.replica)
+        self.journal.on_local.append(self._queue_push)
+        if self.peers:
+            logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per sync round otherwise
+            self.http = httpx.AsyncClient(timeout=httpx.Timeout(30.0, connect=2.0))
+            for peer in self.peers:
+                self.tasks.append(asyncio.create_task(self._sync_forever(peer)))
+                self.tasks.append(asyncio.create_task(self._push_forever(peer)))
+
+    async def stop(self) -> None:
+        for task in self.tasks:
+            task.cancel()
+        for task in self.tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self.tasks.clear()
+        if self.http is not None:
+            await self.http.aclose()
+
+    # -- outgoing ----------------------------------------------------------------------------
+    def _queue_push(self, frame: bytes) -> None:
+        for peer in self.peers:
+            if len(peer.queue) < 10 * PUSH_BATCH:  # a peer that is down catches up by anti-entropy
+                peer.queue.append(frame)
+            peer.wake.set()
+
+    async def _call(self, peer: PeerState, path: str, message: msgspec.Struct, reply_type: type) -> Any:
+        assert self.http is not None
+        body = msgspec.msgpack.encode(message)
+        now = int(time.time())
+        signature = self.signer.sign(request_message("POST", path, body, now))
+        headers = {
+            KEY_HEADER: self.signer.public_b64,
+            TIME_HEADER: str(now),
+            SIG_HEADER: signature.hex(),
+            "content-type": "application/msgpack",
+        }
+        try:
+            r = await self.http.post(peer.url + path, content=body, headers=headers)
+        except httpx.HTTPError as exc:
+            raise PeerError(f"{type(exc).__name__}: {exc}") from None
+        if r.status_code != 200:
+            raise PeerError(f"{path}: HTTP {r.status_code} {r.text[:200]}")
+        try:
+            key = parse_key(r.headers.get(KEY_HEADER, ""))
+            sig = bytes.fromhex(r.headers.get(SIG_HEADER, ""))
+        except ValueError:
+            raise PeerError(f"{path}: unsigned reply") from None
+        if key not in self.trusted or not verify(key, reply_message(signature, r.content), sig):
+            raise PeerError(f"{path}: reply not signed by a trusted node")
+        peer.key = r.headers[KEY_HEADER]
+        try:
+            return msgspec.msgpack.decode(r.content, type=reply_type)
+        except msgspec.DecodeError as exc:
+            raise PeerError(f"{path}: bad reply: {exc}") from None
+
+    async def _push_forever(self, peer: PeerState) -> None:
+        while True:
+            await peer.wake.wait()
+            peer.wake.clear()
+            while peer.queue:
+                batch, peer.queue = peer.queue[:PUSH_BATCH], peer.queue[PUSH_BATCH:]
+                try:
+                    await self._push(peer, batch)
+                except PeerError as exc:
+                    peer.last_error = str(exc)
+                    peer.queue.clear()  # anti-entropy delivers them when it is back
+                except Exception:
+                    log.exception("push to %s failed", peer.url)
+                    peer.queue.clear()
+
+    async def _push(self, peer: PeerState, frames: list[bytes]) -> None:
+        """Push frames; then whatever of their past the peer says it misses, a few rounds deep."""
+        assert self.journal is not None
+        for _ in range(64):
+            reply = await self._call(peer, "/replication/push", PushRequest(frames), PushReply)
+            wanted = [i for i in reply.missing if i in self.replica.known][:FETCH_BATCH]
+            if not wanted:
+                return
+            frames = await self.journal.frames_by_id(wanted)
+
+    async def _sync_forever(self, peer: PeerState) -> None:
+        while True:
+            try:
+                await self.sync_with(peer)
+                peer.last_error = None
+            except PeerError as exc:
+                if peer.last_error != str(exc):
+                    log.warning("anti-entropy with %s: %s", peer.url, exc)
+                peer.last_error = str(exc)
+            except Exception as exc:
+                log.exception("anti-entropy with %s failed", peer.url)
+                peer.last_error = f"{type(exc).__name__}: {exc}"
+            self.replica.expire_buffer()
+            await asyncio.sleep(self.interval)
+
+    async def sync_with(self, peer: PeerState) -> None:
+        """One anti-entropy round (see the module docstring)."""
+        journal = self.journal
+        assert journal is not None
+        mark = journal.seq
+        bloom = self.core.bloom_build(journal.ids_after(peer.mark))
+        while True:
+            heads = sorted(self.replica.heads)
+            reply = await self._call(
+                peer, "/replication/sync", SyncRequest(heads, bloom, peer.since), SyncReply
+            )
+            if reply.ops:
+                await journal.apply_frames(reply.ops)
+            peer.since, peer.remote_seq = reply.upto, reply.seq
+            if not reply.more:
+                break
+        await self._fetch_missing(peer, reply.heads)
+        theirs = set(reply.heads)
+        if any(h not in theirs for h in self.replica.heads):  # they may lack ours: push our heads
+            ours = [h for h in self.replica.heads if h not in theirs]
+            await self._push(peer, await journal.frames_by_id(ours))
+        peer.mark = mark
+        peer.last_sync = time.time()
+        peer.rounds += 1
+
+    async def _fetch_missing(self, peer: PeerState, heads: list[bytes]) -> None:
+        journal = self.journal
+        assert journal is not None
+        wanted = [h for h in heads if h not in self.replica.known]
+        for _ in range(10_000):
+            wanted = [i for i in dict.fromkeys(wanted + self.replica.missing(FETCH_BATCH))
+                      if i not in self.replica.known and i not in self.replica.buffer][:FETCH_BATCH]  # fmt: skip
+            if not wanted:
+                return
+            reply = await self._call(peer, "/replication/fetch", FetchRequest(wanted), FetchReply)
+            if not reply.ops:
+                return  # it does not have them either
+            admission = await journal.apply_frames(reply.ops)
+            if not admission.applied and not admission.buffered:
+                return
+            wanted = []
+
+    # -- incoming ----------------------------------------------------------------------------
+    async def _read_signed(self, scope: dict, receive: Any, message_type: type) -> tuple[Any, bytes]:
+        body = await read_raw_body(scope, receive, MAX_BODY)
+        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+        try:
+            key = parse_key(headers.get(KEY_HEADER, ""))
+            sig = bytes.fromhex(headers.get(SIG_HEADER, ""))
+            ts = int(headers.get(TIME_HEADER, ""))
+        except ValueError:
+            raise ApiError(401, "replication requests are signed with a node key", "UNSIGNED") from None
+        if key not in self.trusted:
+            raise ApiError(403, "this node key is not trusted (--trust-node)", "UNTRUSTED_NODE")
+        if abs(ts - time.time()) > WINDOW:
+            raise ApiError(401, f"request time is more than {WINDOW} s off", "STALE_REQUEST")
+        if not verify(key, request_message(scope["method"], scope["path"], body, ts), sig):
+            raise ApiError(401, "bad replication request signature", "SIGNATURE_MISMATCH")
+        try:
+            return msgspec.msgpack.decode(body, type=message_type), sig
+        except msgspec.DecodeError as exc:
+            raise ApiError(400, f"bad {message_type.__name__}: {exc}", "BAD_MESSAGE") from None
+
+    async def _reply(self, send: Any, request_sig: bytes, message: msgspec.Struct) -> None:
+        body = msgspec.msgpack.encode(message)
+        sig = self.signer.sign(reply_message(request_sig, body))
+        headers = [
+            *MSGPACK,
+            (KEY_HEADER.encode(), self.signer.public_b64.encode()),
+            (SIG_HEADER.encode(), sig.hex().encode()),
+        ]
+        await respond(send, 200, body, headers)
+
+    def api(self) -> Api:
+        api = Api(tags=["replication"])
+        node = self
+
+        def journal() -> StateJournal:
+            if node.journal is None:
+                raise ApiError(503, "replication is starting", "STARTING")
+            return node.journal
+
+        @api.raw("POST", "/replication/push", summary="Receive operations (signed by a trusted node)")
+        async def push(scope: dict, receive: Any, send: Any) -> None:
+            msg, sig = await node._read_signed(scope, receive, PushRequest)
+            if len(msg.ops) > 10 * PUSH_BATCH:
+                raise ApiError(413, f"at most {10 * PUSH_BATCH} ops per push", "TOO_MANY")
+            a = await journal().apply_frames(msg.ops)
+            missing = node.replica.missing(FETCH_BATCH)
+            await node._reply(
+                send, sig, PushReply(len(a.applied), a.buffered, a.duplicate, len(a.rejected), missing)
+            )
+
+        @api.raw("POST", "/replication/fetch", summary="Operations by id")
+        async def fetch(scope: dict, receive: Any, send: Any) -> None:
+            msg, sig = await node._read_signed(scope, receive, FetchRequest)
+            ids = [i for i in msg.ids[:FETCH_BATCH] if len(i) == 32]
+            await node._reply(send, sig, FetchReply(await journal().frames_by_id(ids)))
+
+        @api.raw(
+            "POST", "/replication/sync", summary="Anti-entropy: heads + Bloom filter in, missing ops out"
+        )
+        async def sync(scope: dict, receive: Any, send: Any) -> None:
+            msg, sig = await node._read_signed(scope, receive, SyncRequest)
+            j = journal()
+            limit = max(1, min(msg.limit, PAGE))
+            since = max(0, msg.since)
+            frames, upto = await j.frames_after(since, limit)
+            ops, _ = node.core.parse_frames(frames)
+            try:
+                absent = set(node.core.bloom_missing(msg.bloom, [op.id for op in ops])) if msg.bloom else None
+            except ValueError:
+                raise ApiError(400, "bad Bloom filter", "BAD_MESSAGE") from None
+            out, sent = [], set()
+            for i, op in enumerate(ops):
+                if absent is None or i in absent or any(d in sent for d in op.deps):
+                    out.append(frames[i])
+                    sent.add(op.id)
+            reply = SyncReply(sorted(node.replica.heads), out, upto, len(frames) >= limit, j.seq)
+            await node._reply(send, sig, reply)
+
+        @api.get("/replication/status", summary="Replication state: heads, peers, lag, buffered, rejected")
+        async def status(request: Any) -> dict:
+            return node.status()
+
+        return api
+
+    def status(self) -> dict:
+        r = self.replica
+        seq = self.journal.seq if self.journal else 0
+        return {
+            "node_key": self.signer.public_b64,
+            "ops": len(r.known),
+            "seq": seq,
+            "heads": sorted(h.hex() for h in r.heads)[:64],
+            "head_count": len(r.heads),
+            "registers": len(r.registers),
+            "buffered": len(r.buffer),
+            "missing": len(r.missing(10_000)),
+            "dropped": r.dropped,
+            "rejected": sum(r.rejected.values()),
+            "rejected_by_reason": dict(r.rejected),
+            "trusted_nodes": sorted(base64.b64encode(k).decode() for k in self.trusted),
+            "peers": [
+                {
+                    "url": p.url,
+                    "node_key": p.key,
+                    "lag": max(0, p.remote_seq - p.since),
+                    "last_sync": p.last_sync,
+                    "last_sync_age": None if p.last_sync is None else round(time.time() - p.last_sync, 3),
+                    "rounds": p.rounds,
+                    "last_error": p.last_error,
+                    "queued": len(p.queue),
+                }
+                for p in self.peers
+            ],
+        }
+
+
+def load_signer(options: dict[str, Any], data_dir: Path) -> Signer:
+    """The node key shoal.state's NodeIdentity keeps in node_identity.pem (created if absent)."""
+    from shoal.state.auth.node_identity import NodeIdentity
+
+    identity = NodeIdentity.load_or_create(options.get("node_key_dir") or data_dir)
+    return Signer.from_pem(identity.private_pem())

@@ -1,0 +1,216 @@
+"""One replica's operation DAG in memory: which ops it has, its heads, its registers, its buffer.
+
+A Replica decides, for each incoming frame, to apply, buffer (a dependency is missing), drop
+(duplicate, or buffer full) or reject it. Rejection depends only on the operation and its
+causal past (author not trusted, bad signature, malformed, clock not after a dependency, a
+rejected dependency, a value the application refuses), so every honest replica rejects the
+same ones. The one exception is the clock check against this replica's own wall clock: an op
+too far in the future is refused *for now* (not remembered as bad); it is accepted when offered
+again once the clock has caught up.
+
+Persistence is the caller's (shoal.crdt.statedb); the Replica is the pure decision logic, so the
+property tests run many of them in one process.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter, OrderedDict
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from shoal import _native
+from shoal.crdt.clock import SHIFT, HybridClock
+from shoal.crdt.signing import Signer, verify_op
+
+MAX_BUFFER = 20_000  # ops waiting for a dependency, all authors
+MAX_SKEW_MS = 60_000  # how far ahead of our wall clock an op's timestamp may be
+BUFFER_TTL = 600.0  # seconds a buffered op waits before it is dropped (anti-entropy re-offers it)
+REMEMBER_REJECTED = 100_000
+
+
+@dataclass
+class Admission:
+    """What one batch did: applied ops in causal order (and which won their register)."""
+
+    applied: list[Any] = field(default_factory=list)
+    won: list[bool] = field(default_factory=list)
+    buffered: int = 0
+    duplicate: int = 0
+    rejected: list[tuple[bytes, str]] = field(default_factory=list)
+    dropped: int = 0
+    missing: set[bytes] = field(default_factory=set)
+
+
+class Replica:
+    """The op DAG and last-writer-wins registers of one node."""
+
+    def __init__(
+        self,
+        signer: Signer,
+        trusted: Iterable[bytes] = (),
+        validate: Callable[[Any], str | None] | None = None,
+        *,
+        core: Any = None,
+        clock: HybridClock | None = None,
+        verify: bool = True,
+        max_buffer: int = MAX_BUFFER,
+        max_skew_ms: int = MAX_SKEW_MS,
+    ) -> None:
+        self.core = core or _native.load("crdt")
+        self.signer = signer
+        self.trusted = {signer.public, *trusted}
+        self.validate = validate
+        self.clock = clock or HybridClock()
+        self.verify = verify
+        self.max_buffer = max_buffer
+        self.max_skew_ms = max_skew_ms
+        self.known: dict[bytes, int] = {}  # applied op id -> hlc
+        self.heads: set[bytes] = set()
+        self.registers: dict[tuple[str, str], tuple[int, bytes]] = {}
+        self.buffer: dict[bytes, tuple[Any, float]] = {}  # op id -> (op, buffered at)
+        self.waiting_on: dict[bytes, set[bytes]] = {}  # missing dep -> buffered op ids
+        self.rejected_ids: OrderedDict[bytes, str] = OrderedDict()
+        self.rejected = Counter()  # reason -> count
+        self.dropped = 0
+
+    # -- local writes ---------------------------------------------------------------------
+    def create(self, kind: str, key: str, actor: str, value: bytes | None) -> Any:
+        """A new signed local op over the current heads (not applied yet: pass it to admit)."""
+        blob = self.core.encode(
+            self.signer.public, self.clock.tick(), sorted(self.heads), kind, key, actor, value
+        )
+        op_id = self.core.digest(blob)
+        return self.core.decode(blob, self.signer.sign_op(op_id), op_id)
+
+    # -- admission ------------------------------------------------------------------------
+    def admit_frames(self, frames: Sequence[bytes]) -> Admission:
+        ops, malformed = self.core.parse_frames(frames)
+        result = Admission()
+        for _, reason in malformed:
+            self.rejected["malformed: " + reason] += 1
+            result.rejected.append((b"", "malformed: " + reason))
+        return self.admit(ops, result)
+
+    def admit(
+        self, ops: Sequence[Any], result: Admission | None = None, trusted_source: bool = False
+    ) -> Admission:
+        """Check and apply what can be applied; buffer what waits for a dependency."""
+        result = result or Admission()
+        fresh = []
+        now_ms = self.clock.wall_ms()
+        for op in ops:
+            if op.id in self.known or op.id in self.buffer:
+                result.duplicate += 1
+                continue
+            if op.id in self.rejected_ids:
+                result.duplicate += 1
+                continue
+            reason = None if trusted_source else self._check(op, now_ms)
+            if reason is None:
+                fresh.append(op)
+            elif reason == "clock too far ahead":  # refused for now, not remembered
+                self.rejected[reason] += 1
+                result.rejected.append((op.id, reason))
+            else:
+                self._reject(op.id, reason, result)
+        candidates = fresh
+        while candidates:
+            ready, waiting, bad = self.core.order(candidates, self.known, self.rejected_ids)
+            for op, reason in bad:
+                self._unbuffer(op.id)
+                self._reject(op.id, reason, result)
+            won = self.core.merge(self.registers, ready)
+            woken: dict[bytes, Any] = {}
+            for op in ready:
+                self.known[op.id] = op.hlc
+                self.heads.difference_update(op.deps)
+                self.heads.add(op.id)
+                self.clock.observe(op.hlc)
+                self._unbuffer(op.id)
+                for waiter in self.waiting_on.pop(op.id, ()):
+                    entry = self.buffer.get(waiter)
+                    if entry is not None:
+                        woken[waiter] = entry[0]
+            result.applied += ready
+            result.won += won
+            for op in waiting:
+                self._buffer(op, result)
+            for wid in woken:
+                self._unbuffer(wid)
+            candidates = list(woken.values())
+        result.missing = {d for d in self.waiting_on if d not in self.known}
+        return result
+
+    def _check(self, op: Any, now_ms: int) -> str | None:
+        if op.author not in self.trusted:
+            return "unknown author"
+        if self.verify and not verify_op(op.author, op.id, op.sig):
+            return "bad signature"
+        if (op.hlc >> SHIFT) > now_ms + self.max_skew_ms:
+            return "clock too far ahead"
+        if self.validate is not None:
+            return self.validate(op)
+        return None
+
+    def _reject(self, op_id: bytes, reason: str, result: Admission) -> None:
+        self.rejected[reason] += 1
+        result.rejected.append((op_id, reason))
+        if op_id:
+            self.rejected_ids[op_id] = reason
+            if len(self.rejected_ids) > REMEMBER_REJECTED:
+                self.rejected_ids.popitem(last=False)
+
+    def _buffer(self, op: Any, result: Admission) -> None:
+        if op.id in self.buffer:
+            return
+        same_author = sum(1 for o, _ in self.buffer.values() if o.author == op.author) if (
+            len(self.buffer) > self.max_buffer // 2
+        ) else 0  # fmt: skip
+        if len(self.buffer) >= self.max_buffer or same_author >= self.max_buffer // 2:
+            self.dropped += 1
+            result.dropped += 1
+            return
+        self.buffer[op.id] = (op, time.monotonic())
+        result.buffered += 1
+        for dep in op.deps:
+            if dep not in self.known:
+                self.waiting_on.setdefault(dep, set()).add(op.id)
+
+    def _unbuffer(self, op_id: bytes) -> None:
+        entry = self.buffer.pop(op_id, None)
+        if entry is None:
+            return
+        for dep in entry[0].deps:
+            waiters = self.waiting_on.get(dep)
+            if waiters is not None:
+                waiters.discard(op_id)
+                if not waiters:
+                    del self.waiting_on[dep]
+
+    def expire_buffer(self, ttl: float = BUFFER_TTL) -> int:
+        """Drop buffered ops older than `ttl` seconds (a flood of ops that never resolve)."""
+        cutoff = time.monotonic() - ttl
+        old = [op_id for op_id, (_, at) in self.buffer.items() if at < cutoff]
+        for op_id in old:
+            self._unbuffer(op_id)
+        self.dropped += len(old)
+        return len(old)
+
+    def missing(self, limit: int = 1000) -> list[bytes]:
+        """Dependencies buffered ops wait for (to fetch by hash)."""
+        out = []
+        for dep in self.waiting_on:
+            if dep not in self.known:
+                out.append(dep)
+                if len(out) >= limit:
+                    break
+        return out
+
+    def restore(self, ops: Iterable[Any]) -> None:
+        """Rebuild from a persisted op log in causal order (already checked when first applied)."""
+        result = self.admit(list(ops), trusted_source=True)
+        if self.buffer:
+            raise RuntimeError(f"persisted op log misses dependencies of {len(self.buffer)} ops")
+        del result

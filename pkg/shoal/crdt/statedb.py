@@ -1,0 +1,302 @@
+"""The State Service's documents as CRDT registers: the journal behind StateStore's write path.
+
+Every local write (StateStore.apply) becomes a signed operation committed in the same kv
+transaction as the documents it changes; every remote operation is applied through the same
+`_materialize`, so a replica's documents are a function of the set of operations it holds.
+
+Layout in the State Service's kv store, beside shoal.state's keys:
+
+  /crdt/log/<seq, 16 hex>                   frame (signature + canonical op) in arrival order
+  /crdt/id/<op id hex>                      its seq (fetch by hash)
+  /crdt/shadow/<kind>/<id>                  a live document hidden by a unique-field conflict
+  /crdt/claim/<kind>/<field>/<value>/<id>   every live document holding a unique value
+
+Unique fields across replicas (two nodes create peers with one public key concurrently): every
+live document keeps its register, but only the one with the smallest id holds the value: it is
+the visible document and the index entry; the others are *shadowed* (hidden from GET and lists)
+until the holder is deleted or changes the value, when the next smallest id becomes visible.
+References are counted over live documents; a CIDR deleted on one node while an association to
+it is created on another stays deleted, and the association keeps a dangling reference.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import quote
+
+import msgspec
+import orjson
+
+from shoal.crdt.clock import to_seconds
+from shoal.crdt.replica import Admission, Replica
+from shoal.kv import KvStore, TransactionOp
+from shoal.state.entities import SPECS
+from shoal.state.store import Operation, StateStore, doc_key, index_key, meta_key, refs_key, valid_id
+
+log = logging.getLogger("shoal.crdt")
+
+LOG = "/crdt/log/"
+IDS = "/crdt/id/"
+SHADOW = "/crdt/shadow/"
+CLAIM = "/crdt/claim/"
+MAX_TXN_OPS = 65_535
+BATCH = 2_000  # ops per kv transaction when applying remote operations
+
+
+def log_key(seq: int) -> str:
+    return f"{LOG}{seq:016x}"
+
+
+def shadow_key(kind: str, entity_id: str) -> str:
+    return f"{SHADOW}{kind}/{entity_id}"
+
+
+def claim_prefix(kind: str, field: str, value: str) -> str:
+    return f"{CLAIM}{kind}/{field}/{quote(value, safe='')}/"
+
+
+def validate_value(op: Any) -> str | None:
+    """Why a remote op's value is not a document the State Service could have written, or None."""
+    spec = SPECS.get(op.kind)
+    if spec is None:
+        return "unknown kind"
+    if not valid_id(op.key):
+        return "bad entity id"
+    if op.value is None:
+        return None
+    try:
+        doc = orjson.loads(op.value)
+        if not isinstance(doc, dict) or doc.get("id") != op.key:
+            return "malformed value"
+        normal = msgspec.to_builtins(msgspec.convert(spec.check(dict(doc)), spec.entity))
+    except Exception:
+        return "malformed value"
+    if orjson.dumps(normal) != op.value:  # one encoding per document, exactly as GET serves it
+        return "malformed value"
+    return None
+
+
+class _Overlay:
+    """Pending writes of one kv transaction, read back by later operations of the same batch."""
+
+    def __init__(self, kv: KvStore) -> None:
+        self.kv = kv
+        self.writes: dict[str, bytes | None] = {}
+
+    async def get(self, key: str) -> bytes | None:
+        if key in self.writes:
+            return self.writes[key]
+        entry = await self.kv.get(key)
+        return None if entry is None else entry.value
+
+    def put(self, key: str, value: bytes | None) -> None:
+        self.writes[key] = value
+
+    async def keys(self, prefix: str) -> set[str]:
+        found = set(await self.kv.list(prefix))
+        for key, value in self.writes.items():
+            if key.startswith(prefix):
+                if value is None:
+                    found.discard(key)
+                else:
+                    found.add(key)
+        return found
+
+    def ops(self) -> list[TransactionOp]:
+        return [
+            TransactionOp.delete(k) if v is None else TransactionOp.set(k, v) for k, v in self.writes.items()
+        ]
+
+
+class StateJournal:
+    """Owns the Replica of a StateStore: commits local writes as ops, applies remote ones."""
+
+    def __init__(self, store: StateStore, replica: Replica) -> None:
+        self.store = store
+        self.kv = store.kv
+        self.replica = replica
+        self.core = replica.core
+        self.lock = asyncio.Lock()
+        self.seq = 0
+        self.log_ids: list[bytes] = []  # op id of seq i + 1
+        self.on_local: list[Callable[[bytes], None]] = []  # frames of new local ops (push to peers)
+        kv = self.kv
+        if kv.limits.max_txn_ops < MAX_TXN_OPS:  # a batch of remote ops commits in one transaction
+            kv.limits = dataclasses.replace(kv.limits, max_txn_ops=MAX_TXN_OPS)
+
+    @classmethod
+    async def attach(cls, store: StateStore, replica: Replica) -> StateJournal:
+        journal = cls(store, replica)
+        await journal.load()
+        store.journal = journal
+        return journal
+
+    async def load(self) -> None:
+        """Rebuild the replica (known ops, heads, registers) from the persisted log."""
+        entries = await self.kv.entries(LOG)
+        ops, errors = self.core.parse_frames([e.value for e in entries])
+        if errors:
+            raise RuntimeError(f"damaged operation log entries: {errors[:3]}")
+        fresh = Replica(
+            self.replica.signer, self.replica.trusted, self.replica.validate,
+            core=self.core, clock=self.replica.clock, verify=self.replica.verify,
+            max_buffer=self.replica.max_buffer, max_skew_ms=self.replica.max_skew_ms,
+        )  # fmt: skip
+        fresh.restore(ops)
+        r = self.replica
+        r.known, r.heads, r.registers = fresh.known, fresh.heads, fresh.registers
+        self.log_ids = [op.id for op in ops]
+        self.seq = int(entries[-1].key[len(LOG) :], 16) if entries else 0
+        if self.seq != len(entries):
+            raise RuntimeError(f"operation log has gaps: {len(entries)} entries up to seq {self.seq}")
+
+    # -- local writes (called by StateStore._attempt) ------------------------------------------
+    async def commit(
+        self, kind: str, entity_id: str, write: Any, new: dict | None, checks: list[TransactionOp]
+    ) -> Operation:
+        """Commit a checked local write (a shoal.state.store.Write) as a signed op, with the documents
+        it changes and its idempotency record, in one transaction."""
+        actor = write.author.encode()[:255].decode(errors="ignore")
+        async with self.lock:
+            value = None if new is None else orjson.dumps(new)
+            op = self.replica.create(kind, entity_id, actor, value)
+            state_op = Operation(kind, entity_id, new, write.author, to_seconds(op.hlc), op.id.hex())
+            overlay = _Overlay(self.kv)
+            await self._materialize(overlay, op)
+            self._append(overlay, op, self.seq + 1)
+            extra = []
+            if write.idempotency_key is not None and write.idempotency_record is not None:
+                extra.append(TransactionOp.set(write.idempotency_key, write.idempotency_record(state_op)))
+            await self.kv.transaction(checks + overlay.ops() + extra)
+            self.seq += 1
+            self.log_ids.append(op.id)
+            self.replica.admit([op], trusted_source=True)
+            frame = op.sig + op.blob
+        for listener in self.on_local:
+            listener(frame)
+        return state_op
+
+    # -- remote operations ---------------------------------------------------------------------
+    async def apply_frames(self, frames: list[bytes]) -> Admission:
+        """Check, order and apply operations from a peer; persist what was applied."""
+        async with self.lock:
+            admission = self.replica.admit_frames(frames)
+            try:
+                await self._persist(admission)
+            except Exception:
+                log.exception("persisting replicated operations failed; reloading the log")
+                await self.load()
+                raise
+        return admission
+
+    async def _persist(self, admission: Admission) -> None:
+        applied, won = admission.applied, admission.won
+        for start in range(0, len(applied), BATCH):
+            overlay = _Overlay(self.kv)
+            seq = self.seq
+            for op, wins in zip(applied[start : start + BATCH], won[start : start + BATCH], strict=True):
+                if wins:
+                    await self._materialize(overlay, op)
+                seq += 1
+                self._append(overlay, op, seq)
+            await self.kv.transaction(overlay.ops())
+            self.log_ids += [op.id for op in applied[start : start + BATCH]]
+            self.seq = seq
+
+    def _append(self, overlay: _Overlay, op: Any, seq: int) -> None:
+        overlay.put(log_key(seq), op.sig + op.blob)
+        overlay.put(IDS + op.id.hex(), str(seq).encode())
+
+    async def _materialize(self, ov: _Overlay, op: Any) -> None:
+        """Make the documents reflect `op`, which just won its register."""
+        kind, entity_id = op.kind, op.key
+        spec = SPECS[kind]
+        raw_old = await ov.get(doc_key(kind, entity_id)) or await ov.get(shadow_key(kind, entity_id))
+        old = None if raw_old is None else orjson.loads(raw_old)
+        new = None if op.value is None else orjson.loads(op.value)
+        visible = new is not None
+        for field, norm in spec.unique.items():
+            ov_val = norm(old[field]) if old else None
+            nv_val = norm(new[field]) if new else None
+            if ov_val is not None and ov_val != nv_val:
+                ov.put(claim_prefix(kind, field, ov_val) + entity_id, None)
+                rest = await self._claimants(ov, kind, field, ov_val)
+                if rest:
+                    await self._move(ov, kind, min(rest), visible=True)
+                    ov.put(index_key(kind, field, ov_val), min(rest).encode())
+                else:
+                    ov.put(index_key(kind, field, ov_val), None)
+            if nv_val is not None:
+                ov.put(claim_prefix(kind, field, nv_val) + entity_id, b"")
+                holder = min(await self._claimants(ov, kind, field, nv_val))
+                current = await ov.get(index_key(kind, field, nv_val))
+                if current is not None and current.decode() not in (holder, entity_id):
+                    await self._move(ov, kind, current.decode(), visible=False)
+                ov.put(index_key(kind, field, nv_val), holder.encode())
+                visible = visible and holder == entity_id
+        if new is None:
+            ov.put(doc_key(kind, entity_id), None)
+            ov.put(shadow_key(kind, entity_id), None)
+        elif visible:
+            ov.put(doc_key(kind, entity_id), op.value)
+            ov.put(shadow_key(kind, entity_id), None)
+        else:
+            ov.put(doc_key(kind, entity_id), None)
+            ov.put(shadow_key(kind, entity_id), op.value)
+        for field, target in spec.refs.items():
+            old_ref = old.get(field) if old else None
+            new_ref = new.get(field) if new else None
+            if old_ref != new_ref:
+                for ref, delta in ((old_ref, -1), (new_ref, 1)):
+                    if ref is not None and valid_id(ref):
+                        key = refs_key(target, ref)
+                        count = int(await ov.get(key) or 0) + delta
+                        ov.put(key, str(count).encode() if count > 0 else None)
+        meta = {
+            "ts": to_seconds(op.hlc),
+            "author": op.actor,
+            "op": op.id.hex(),
+            "deleted": new is None,
+            "hlc": op.hlc,
+        }
+        ov.put(meta_key(kind, entity_id), orjson.dumps(meta))
+
+    async def _claimants(self, ov: _Overlay, kind: str, field: str, value: str) -> list[str]:
+        prefix = claim_prefix(kind, field, value)
+        return [k[len(prefix) :] for k in await ov.keys(prefix)]
+
+    async def _move(self, ov: _Overlay, kind: str, entity_id: str, visible: bool) -> None:
+        """Show a shadowed document, or shadow a visible one."""
+        src, dst = (
+            (shadow_key(kind, entity_id), doc_key(kind, entity_id))
+            if visible
+            else (doc_key(kind, entity_id), shadow_key(kind, entity_id))
+        )
+        doc = await ov.get(src)
+        if doc is not None:
+            ov.put(dst, doc)
+            ov.put(src, None)
+
+    # -- reads for sync --------------------------------------------------------------------------
+    async def frames_after(self, since: int, limit: int) -> tuple[list[bytes], int]:
+        """Up to `limit` log frames after seq `since`, and the seq of the last one."""
+        entries = await self.kv.entries(LOG, start_after=log_key(since) if since > 0 else None, limit=limit)
+        upto = int(entries[-1].key[len(LOG) :], 16) if entries else since
+        return [e.value for e in entries], upto
+
+    async def frames_by_id(self, ids: list[bytes]) -> list[bytes]:
+        out = []
+        for op_id in ids:
+            entry = await self.kv.get(IDS + op_id.hex()) if op_id in self.replica.known else None
+            if entry is not None:
+                frame = await self.kv.get(log_key(int(entry.value)))
+                if frame is not None:
+                    out.append(frame.value)
+        return out
+
+    def ids_after(self, mark: int) -> list[bytes]:
+        return self.log_ids[mark:]
