@@ -18,3 +18,16 @@ def test_schemathesis_finds_no_server_error(tmp_path):
         assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
         assert "No issues found" in result.stdout
         assert len(c.wait_registered(3)) == 3
+
+
+def test_schemathesis_acceptor_routes_on_a_storage_node(tmp_path):
+    """The ChunkPaxos acceptor routes a storage node serves: fuzzed ballots and placements get
+    a 4xx or a refusal, never a 5xx."""
+    from shoal.testing.storage import storage_node
+
+    with storage_node(tmp_path / "node") as node:
+        result = run_schemathesis(
+            node.url, max_examples=20, max_time=20, exclude_path_regex="^/(chunk|ping|health)"
+        )
+        assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+        assert "No issues found" in result.stdout
