@@ -62,3 +62,7 @@ class StoreClosed(KvError):
 
 class StoreBusy(KvError):
     """Another process held the write lock for longer than the busy timeout."""
+
+
+class StoreUnavailable(StoreBusy):
+    """A networked store (etcd) could not be reached within its timeout; safe to retry later."""

@@ -4,6 +4,7 @@ Keys travel in the URL path (`/v1/kv/a/b` is key "/a/b"); values travel as UTF-8
 (`encoding`). Errors use the {"detail": ...} envelope: 400 bad key or input, 404 no such key,
 409 version conflict (with expected/found), 410 watch history compacted, 413 value too large.
 Several workers may share one SQLite/LMDB file; each worker's watchers see every worker's writes.
+With `--store etcd --etcd URL`, services on several machines share one store the same way.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from starlette.responses import StreamingResponse
 from shoal.web import DETAIL_ENVELOPE, Api, ApiError
 from shoal.web import create_app as build
 
+from . import factory
 from .base import KvStore
 from .errors import (
     Compacted,
@@ -36,10 +38,8 @@ from .errors import (
     StoreBusy,
     VersionConflict,
 )
-from .lmdb_store import LmdbStore
-from .memory import MemoryStore
+from .factory import add_store_arguments
 from .model import Entry, Limits, TransactionOp
-from .sqlite_store import SqliteStore
 
 TITLE = "KV store"
 DEFAULTS = Limits()
@@ -327,9 +327,7 @@ async def sse(w, max_events: int | None, timeout: float | None) -> AsyncIterator
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument(
-        "--store", choices=["memory", "sqlite", "lmdb"], default="lmdb", help="backend (default lmdb)"
-    )
+    add_store_arguments(parser, default="lmdb", kinds=["memory", "sqlite", "lmdb", "etcd"])
     parser.add_argument(
         "--durable",
         action=argparse.BooleanOptionalAction,
@@ -349,20 +347,23 @@ async def open_store(options: dict[str, Any]) -> KvStore:
         max_txn_ops=int(options.get("max_txn_ops") or DEFAULTS.max_txn_ops),
         history=int(options.get("history") or DEFAULTS.history),
     )
-    kind = options.get("store") or "lmdb"
-    durable = bool(options.get("durable", True))
-    data_dir = Path(options.get("data_dir") or "./shoal-data/kv")
-    if kind == "memory":
-        return MemoryStore(limits)
-    if kind == "sqlite":
-        return await SqliteStore.open(data_dir / "kv.db", durable=durable, limits=limits)
-    return await LmdbStore.open(data_dir / "kv.lmdb", durable=durable, limits=limits)
+    return await factory.open_store(
+        options.get("store") or "lmdb",
+        Path(options.get("data_dir") or "./shoal-data/kv"),
+        options.get("etcd"),
+        name="kv",
+        namespace=options.get("etcd_namespace"),
+        durable=bool(options.get("durable", True)),
+        limits=limits,
+    )
 
 
 def create_app(options: dict[str, Any]):
     if options.get("store") == "memory" and int(options.get("workers") or 1) > 1:
         raise SystemExit("--store memory cannot be shared by several workers; use sqlite or lmdb")
-    if options.get("store") != "memory":
+    if options.get("store") == "etcd" and not options.get("etcd"):
+        raise SystemExit("--store etcd needs --etcd http://host:2379[,http://host2:2379...]")
+    if options.get("store") not in ("memory", "etcd"):
         Path(options.get("data_dir") or "./shoal-data/kv").mkdir(parents=True, exist_ok=True)
     holder: dict[str, KvStore] = {}
 

@@ -40,12 +40,19 @@ class ChangeSource(Protocol):
 
 
 def read_changes(source: ChangeSource, after: int, upto: int) -> list[Event]:
-    """Events of revisions after < r <= upto, or Compacted if the log no longer holds all of them."""
+    """Events of revisions after < r <= upto, or Compacted if the log no longer holds all of them.
+
+    A dense log (every revision has events) proves completeness by its first event; a log with gaps
+    (EtcdStore: other namespaces share etcd's revisions) says where it is complete from instead,
+    with `_complete_from()`.
+    """
     if upto <= after:
         return []
     events = source._changes(after, upto)
     if not events or events[0].revision != after + 1:
-        raise Compacted(after + 1, source._oldest_revision())
+        complete_from = getattr(source, "_complete_from", None)
+        if complete_from is None or after + 1 < complete_from():
+            raise Compacted(after + 1, source._oldest_revision())
     return events
 
 
