@@ -71,6 +71,7 @@ class Replica:
         self.registers: dict[tuple[str, str], tuple[int, bytes]] = {}
         self.buffer: dict[bytes, tuple[Any, float]] = {}  # op id -> (op, buffered at)
         self.waiting_on: dict[bytes, set[bytes]] = {}  # missing dep -> buffered op ids
+        self.buffered_by: Counter[bytes] = Counter()  # author -> ops in the buffer (half each at most)
         self.rejected_ids: OrderedDict[bytes, str] = OrderedDict()
         self.rejected = Counter()  # reason -> count
         self.dropped = 0
@@ -165,14 +166,12 @@ class Replica:
     def _buffer(self, op: Any, result: Admission) -> None:
         if op.id in self.buffer:
             return
-        same_author = sum(1 for o, _ in self.buffer.values() if o.author == op.author) if (
-            len(self.buffer) > self.max_buffer // 2
-        ) else 0  # fmt: skip
-        if len(self.buffer) >= self.max_buffer or same_author >= self.max_buffer // 2:
+        if len(self.buffer) >= self.max_buffer or self.buffered_by[op.author] >= self.max_buffer // 2:
             self.dropped += 1
             result.dropped += 1
             return
         self.buffer[op.id] = (op, time.monotonic())
+        self.buffered_by[op.author] += 1
         result.buffered += 1
         for dep in op.deps:
             if dep not in self.known:
@@ -182,6 +181,7 @@ class Replica:
         entry = self.buffer.pop(op_id, None)
         if entry is None:
             return
+        self.buffered_by[entry[0].author] -= 1
         for dep in entry[0].deps:
             waiters = self.waiting_on.get(dep)
             if waiters is not None:

@@ -1,0 +1,124 @@
+"""Three real `shoal serve state` processes on loopback replicating with each other."""
+
+from __future__ import annotations
+
+import shutil
+import threading
+
+import httpx
+import pytest
+
+from shoal.testing.crdt import StateCluster, listing, wait_converged
+
+pytestmark = pytest.mark.slow
+
+
+def create_cidrs(url: str, prefix: int, n: int, start: int = 0) -> list[str]:
+    ids = []
+    with httpx.Client(base_url=url, timeout=10) as http:
+        for j in range(start, start + n):
+            r = http.post(
+                "/cidrs/create", json={"cidr": f"10.{prefix}.{j}.0/24", "name": f"c{j}", "owner": "o"}
+            )
+            assert r.status_code == 200, r.text
+            ids.append(r.json()["cidr_id"])
+    return ids
+
+
+@pytest.fixture
+def trio(tmp_path):
+    c = StateCluster(tmp_path, 3, sync_interval=0.3)
+    c.start()
+    yield c
+    c.stop()
+
+
+def test_concurrent_writes_partition_and_restart_converge(trio):
+    urls = trio.urls()
+    threads = [threading.Thread(target=create_cidrs, args=(u, i, 15)) for i, u in enumerate(urls)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    state = wait_converged(urls, timeout=15, min_items=45)
+    assert len(state["cidrs"]) == 45
+
+    # concurrent updates of the same document on every node: one winner, everywhere
+    target = state["cidrs"][0]["id"]
+    for i, u in enumerate(urls):
+        r = httpx.post(u + "/cidrs/update", json={"id": target, "name": f"from-node-{i}"})
+        assert r.status_code == 200, r.text
+    state = wait_converged(urls, timeout=15)
+    names = {c["name"] for c in state["cidrs"] if c["id"] == target}
+    assert len(names) == 1 and names.pop().startswith("from-node-")
+
+    # partition: node 2 is down while the others keep writing, and deletes happen
+    trio.nodes[2].stop()
+    create_cidrs(urls[0], 50, 10)
+    create_cidrs(urls[1], 51, 10)
+    r = httpx.delete(f"{urls[0]}/cidrs/{target}")
+    assert r.status_code == 200, r.text
+    wait_converged(urls[:2], timeout=15, min_items=64)
+    trio.nodes[2].start()
+    create_cidrs(urls[2], 52, 3)  # written on the returning node before it caught up
+    state = wait_converged(urls, timeout=20, min_items=67)
+    assert len(state["cidrs"]) == 67 and all(c["id"] != target for c in state["cidrs"])
+    statuses = [httpx.get(u + "/replication/status").json() for u in urls]
+    assert len({s["ops"] for s in statuses}) == 1 and all(s["rejected"] == 0 for s in statuses)
+    assert all(s["buffered"] == 0 for s in statuses)
+
+
+def test_node_that_lost_its_data_resyncs(trio):
+    urls = trio.urls()
+    for i, u in enumerate(urls):
+        create_cidrs(u, i, 20)
+    before = wait_converged(urls, timeout=15, min_items=60)
+    trio.nodes[1].kill()
+    shutil.rmtree(trio.nodes[1].data_dir)
+    trio.nodes[1].start()  # same key (kept outside the data dir), empty store
+    after = wait_converged(urls, timeout=20, min_items=60)
+    assert after == before
+    # and it takes writes again, which reach the others
+    create_cidrs(urls[1], 9, 2)
+    assert len(wait_converged(urls, timeout=15, min_items=62)["cidrs"]) == 62
+
+
+def test_acknowledged_write_survives_kill_and_still_replicates(trio):
+    urls = trio.urls()
+    trio.nodes[1].stop()
+    trio.nodes[2].stop()
+    ids = create_cidrs(urls[0], 7, 5)  # acknowledged only by node 0, which then dies
+    trio.nodes[0].kill()
+    trio.nodes[0].start()
+    assert {c["id"] for c in listing(urls[0])["cidrs"]} == set(ids)
+    trio.nodes[1].start()
+    trio.nodes[2].start()
+    state = wait_converged(urls, timeout=20, min_items=5)
+    assert {c["id"] for c in state["cidrs"]} == set(ids)
+
+
+def test_unique_conflict_resolves_the_same_way_everywhere(trio):
+    urls = trio.urls()
+    trio.nodes[1].stop()  # two sides create a peer with the same public key without seeing each other
+    trio.nodes[2].stop()
+    key = "0x" + "ab" * 20
+    a = httpx.post(urls[0] + "/peers/create", json={"name": "A", "public_key": key, "peer_type": "user"})
+    assert a.status_code == 200, a.text
+    trio.nodes[0].stop()
+    trio.nodes[1].start()
+    b = httpx.post(urls[1] + "/peers/create", json={"name": "B", "public_key": key, "peer_type": "user"})
+    assert b.status_code == 200, b.text
+    trio.nodes[0].start()
+    trio.nodes[2].start()
+    state = wait_converged(urls, timeout=20, min_items=1)
+    winner = min(a.json()["peer_id"], b.json()["peer_id"])
+    assert [p["id"] for p in state["peers"]] == [winner]
+    # a new create with that key is refused on every node: the value is taken
+    for u in urls:
+        r = httpx.post(u + "/peers/create", json={"name": "C", "public_key": key, "peer_type": "user"})
+        assert r.status_code == 409
+    # deleting the visible one brings the other back, on every node
+    assert httpx.delete(f"{urls[2]}/peers/{winner}").status_code == 200
+    loser = max(a.json()["peer_id"], b.json()["peer_id"])
+    state = wait_converged(urls, timeout=20, min_items=1)
+    assert [p["id"] for p in state["peers"]] == [loser]
