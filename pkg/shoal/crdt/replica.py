@@ -28,6 +28,9 @@ MAX_BUFFER = 20_000  # ops waiting for a dependency, all authors
 MAX_SKEW_MS = 60_000  # how far ahead of our wall clock an op's timestamp may be
 BUFFER_TTL = 600.0  # seconds a buffered op waits before it is dropped (anti-entropy re-offers it)
 REMEMBER_REJECTED = 100_000
+# Reasons that say nothing about the op id: the signature is outside the signed bytes (anyone can
+# send a genuine op with a broken signature first), and the future check depends on our clock.
+TRANSIENT = frozenset({"bad signature", "clock too far ahead"})
 
 
 @dataclass
@@ -111,7 +114,7 @@ class Replica:
             reason = None if trusted_source else self._check(op, now_ms)
             if reason is None:
                 fresh.append(op)
-            elif reason == "clock too far ahead":  # refused for now, not remembered
+            elif reason in TRANSIENT:  # not a property of the op id: refused, not remembered
                 self.rejected[reason] += 1
                 result.rejected.append((op.id, reason))
             else:

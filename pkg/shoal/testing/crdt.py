@@ -95,3 +95,20 @@ def cluster(root: Path, n: int = 3, **kwargs: Any) -> Iterator[StateCluster]:
         yield c.start()
     finally:
         c.stop()
+
+
+def signed_post(url: str, path: str, message: Any, signer: Any, timeout: float = 30.0) -> httpx.Response:
+    """A replication request signed with `signer` (a shoal.crdt.signing.Signer), as a node sends it."""
+    import msgspec
+
+    from shoal.crdt.signing import KEY_HEADER, SIG_HEADER, TIME_HEADER, request_message
+
+    body = message if isinstance(message, bytes) else msgspec.msgpack.encode(message)
+    now = int(time.time())
+    headers = {
+        KEY_HEADER: signer.public_b64,
+        TIME_HEADER: str(now),
+        SIG_HEADER: signer.sign(request_message("POST", path, body, now)).hex(),
+        "content-type": "application/msgpack",
+    }
+    return httpx.post(url + path, content=body, headers=headers, timeout=timeout)
