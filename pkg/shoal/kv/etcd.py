@@ -81,6 +81,7 @@ class EtcdStore(KvStore):
         self._known = 0  # the newest store revision any etcd answer has shown us
         self._compacted = 0
         self._compact_task: asyncio.Task[None] | None = None
+        self.ambiguous_writes = 0  # writes whose answer was lost and that were looked up by id
 
     @classmethod
     async def open(
@@ -136,7 +137,9 @@ class EtcdStore(KvStore):
         floor = max(1, closed_floor(current, self.limits.history))
         self._compacted = floor
         self._mirror = ChangeMirror(self.limits.history, floor, self._hold)
-        self._follower = Follower(self._client, head, self.base, self._mirror, self._notify, self._key_seen)
+        self._follower = Follower(
+            self._client, head, self.base, self._mirror, self._notify, self._key_seen, self._restarted
+        )
         self._follower.start()
 
     # -- plumbing ------------------------------------------------------------------------------
@@ -309,6 +312,7 @@ class EtcdStore(KvStore):
                     resp = await client.call("Txn", req, write=True)
                 except Ambiguous as err:
                     sent = True
+                    self.ambiguous_writes += 1
                     rev = await self._resolve(txn_id, err)
                     if rev is not None:
                         return self._committed(rev, finals, versions, deleted)
@@ -448,6 +452,12 @@ class EtcdStore(KvStore):
             raise StoreUnavailable("etcd: the watch stream did not catch up")
         if self._hub is not None:
             self._hub.poll()
+
+    def _restarted(self, floor: int) -> None:
+        """etcd compacted revisions the follower had not read: watchers that needed them fail."""
+        if self._hub is not None:
+            self._hub.skip_to(floor - 1, self._oldest_revision())
+        self._notify()
 
     def _hold(self) -> int:
         """The oldest revision the watch hub still has to read from the mirror."""

@@ -136,6 +136,7 @@ class Follower:
         mirror: ChangeMirror,
         on_change: Callable[[], None],
         on_key: KeySeen,
+        on_restart: Callable[[int], None],
     ) -> None:
         self.client = client
         self.prefix = prefix
@@ -143,6 +144,7 @@ class Follower:
         self.mirror = mirror
         self.on_change = on_change
         self.on_key = on_key
+        self.on_restart = on_restart
         self.connected = False
         self.restarts = 0
         self._task: asyncio.Task[None] | None = None
@@ -201,8 +203,9 @@ class Follower:
                     return got
                 if resp.compact_revision:
                     log.warning("etcd compacted past this store's watch position; restarting after it")
-                    mirror.restart_at(resp.compact_revision - self.base + 1)
-                    self.on_change()
+                    floor = resp.compact_revision - self.base + 1
+                    mirror.restart_at(floor)
+                    self.on_restart(floor)
                     return True
                 if resp.canceled:
                     log.info("etcd canceled the watch: %s", resp.cancel_reason)

@@ -266,6 +266,17 @@ class WatchHub:
         w._buf.extend(ev for ev in events if w.matches(ev.key))
         w._last_rev = self.last_seen
 
+    def skip_to(self, revision: int, oldest: int) -> None:
+        """The log lost every revision up to `revision` unread (etcd compacted them): go on after it.
+
+        Watchers that still needed one of those fail with Compacted; the others are unaffected.
+        """
+        for w in list(self.watchers):
+            if w._last_rev < revision:
+                w._fail(Compacted(w._last_rev + 1, oldest))
+                self.watchers.discard(w)
+        self.last_seen = max(self.last_seen, revision)
+
     def fail_all(self, err: BaseException) -> None:
         for w in list(self.watchers):
             w._fail(err)
