@@ -86,6 +86,7 @@ class _Overlay:
     def __init__(self, kv: KvStore) -> None:
         self.kv = kv
         self.writes: dict[str, bytes | None] = {}
+        self.claims: dict[str, dict[str, bool]] = {}  # claim prefix -> {key: present}
 
     async def get(self, key: str) -> bytes | None:
         if key in self.writes:
@@ -95,15 +96,17 @@ class _Overlay:
 
     def put(self, key: str, value: bytes | None) -> None:
         self.writes[key] = value
+        if key.startswith(CLAIM):
+            self.claims.setdefault(key[: key.rindex("/") + 1], {})[key] = value is not None
 
     async def keys(self, prefix: str) -> set[str]:
+        """Claim keys under `prefix` (a claim_prefix), pending writes included."""
         found = set(await self.kv.list(prefix))
-        for key, value in self.writes.items():
-            if key.startswith(prefix):
-                if value is None:
-                    found.discard(key)
-                else:
-                    found.add(key)
+        for key, present in self.claims.get(prefix, {}).items():
+            if present:
+                found.add(key)
+            else:
+                found.discard(key)
         return found
 
     def ops(self) -> list[TransactionOp]:
