@@ -142,3 +142,13 @@ def test_buffer_is_bounded_per_author(crdt):
     assert got.buffered == 50 and got.dropped == 150 and len(honest.buffer) == 50
     mine = honest.create("peer", "j", "", b"1")  # the honest node's own ops still apply
     assert honest.admit([mine]).applied
+
+
+def test_node_key_command_creates_once_and_prints_the_same_key(tmp_path):
+    import subprocess
+    import sys
+
+    run = [sys.executable, "-m", "shoal.crdt", "node-key", "--dir", str(tmp_path / "k")]
+    first = subprocess.run(run, capture_output=True, text=True, check=True).stdout.strip()
+    second = subprocess.run(run, capture_output=True, text=True, check=True).stdout.strip()
+    assert first == second and len(first) == 44 and (tmp_path / "k" / "node_identity.pem").exists()
