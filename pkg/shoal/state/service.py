@@ -30,6 +30,7 @@ from shoal.web import STATE_ENVELOPE
 from shoal.web import create_app as build_app
 
 TITLE = "State Service"
+MAX_WORKERS = 1  # the CRDT replica (op log sequence, heads, registers) lives in this process
 SWEEP_SECONDS = 60.0
 MAX_BODY = 1 << 20
 
