@@ -63,6 +63,11 @@ def build_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
 
     upload_arguments(upload)
 
+    play = sub.add_parser("play", help="play a video with the smart client (optionally with its dashboard)")
+    from shoal.client.cli import add_arguments as play_arguments
+
+    play_arguments(play)
+
     doctor = sub.add_parser("doctor", help="which hot paths are native, which components are here")
     doctor.add_argument("--json", action="store_true", help="machine-readable output")
     return parser
@@ -93,6 +98,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from shoal.uploader.cli import run_upload
 
         return run_upload(args)
+    if args.command == "play":
+        from shoal.client.cli import run_play
+
+        return run_play(args)
     if args.command == "status":
         from shoal.up import run_status
 

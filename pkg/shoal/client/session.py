@@ -1,0 +1,400 @@
+"""One playback: manifest, network monitor, scheduler, buffer and output, and what they report.
+
+    player = Player(video_id, metadata_url="http://127.0.0.1:8080", output="out.mp4")
+    summary = await player.play()        # returns when the video has played to its end
+
+The downloader keeps up to `parallel` chunks in flight, in sequence order, inside the buffer's
+window (refill below 15 s, up to 30 s ahead); verified chunks go to the buffer, to the output
+in order, and to the dashboard's segment store. status()/stats()/metrics()/performance() are
+the dashboard's documented shapes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from typing import Any
+
+import aiohttp
+
+from shoal.client.buffer import Buffer
+from shoal.client.fetch import Timeouts
+from shoal.client.manifest import ChunkRef, Manifest, ManifestError, parse_manifest
+from shoal.client.monitor import NetworkMonitor, new_scores
+from shoal.client.mse import mse_type
+from shoal.client.scheduler import SMART, Hedging, Scheduler
+from shoal.client.sink import OrderedWriter
+
+log = logging.getLogger("shoal.client")
+
+HISTORY = 1200  # points kept per chart series
+
+
+class PlayerError(Exception):
+    """The video cannot be played at all (no such video, metadata service unreachable)."""
+
+
+class Player:
+    def __init__(
+        self,
+        video_id: str | None,
+        metadata_url: str | None = None,
+        *,
+        manifest: Manifest | dict | None = None,
+        strategy: str = SMART,
+        parallel: int = 4,
+        speed: float = 1.0,
+        output: str | None = None,
+        timeouts: Timeouts | None = None,
+        hedging: Hedging | None = None,
+        start_sec: float = 10.0,
+        refill_sec: float = 15.0,
+        target_sec: float = 30.0,
+        ping_interval: float = 3.0,
+        sample_every: float = 0.5,
+        keep_segments: int = 256,
+        record_view: bool = True,
+    ) -> None:
+        if parallel < 1:
+            raise ValueError("parallel must be at least 1")
+        self.video_id = video_id
+        self.metadata_url = metadata_url.rstrip("/") if metadata_url else None
+        self.manifest = parse_manifest(manifest) if isinstance(manifest, dict) else manifest
+        self.strategy = strategy
+        self.parallel = parallel
+        self.speed = speed
+        self.timeouts = timeouts or Timeouts()
+        self.hedging = hedging or Hedging()
+        self.buffer_args = {"start_sec": start_sec, "refill_sec": refill_sec, "target_sec": target_sec}
+        self.ping_interval = ping_interval
+        self.sample_every = sample_every
+        self.keep_segments = keep_segments
+        self.record_view = record_view
+        self.writer = OrderedWriter(output) if output else None
+        self.scores = new_scores()
+        self.monitor: NetworkMonitor | None = None
+        self.scheduler: Scheduler | None = None
+        self.buffer: Buffer | None = None
+        self.segments: dict[int, bytes] = {}
+        self.mime: str | None = None
+        self.started_at = time.monotonic()  # reset by play()
+        self.started_wall = time.time()
+        self.finished_at: float | None = None
+        self.error: str | None = None
+        self.view_recorded = False
+        self.arrivals: list[dict] = []  # per chunk: seq, at (monotonic), nodes, seconds
+        self.buffer_history: deque = deque(maxlen=HISTORY)
+        self.throughput_history: deque = deque(maxlen=HISTORY)
+        self.score_history: dict[str, deque] = {}
+        self._chunk_rates: list[float] = []
+        self._task: asyncio.Task | None = None
+
+    @classmethod
+    def idle(cls) -> Player:
+        """A placeholder with nothing to play: its reports are the documented shapes, all zero."""
+        return cls(None, record_view=False)
+
+    async def prepare(self) -> Manifest:
+        """Fetch the manifest now (PlayerError if the video cannot be played), before play()."""
+        if self.manifest is None:
+            async with aiohttp.ClientSession() as http:
+                self.manifest = await self._fetch_manifest(http)
+        return self.manifest
+
+    # -- lifecycle ----------------------------------------------------------------------------
+    def start(self) -> asyncio.Task:
+        """Play in the background (the dashboard does this); returns the task."""
+        if self._task is None:
+            self._task = asyncio.create_task(self.play())
+        return self._task
+
+    async def stop(self) -> None:
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
+
+    @property
+    def done(self) -> bool:
+        return self.buffer is not None and self.buffer.finished
+
+    async def play(self) -> dict:
+        """Play the video to its end; returns performance()."""
+        self.started_at = time.monotonic()
+        self.started_wall = time.time()
+        connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=30)
+        async with aiohttp.ClientSession(connector=connector) as http:
+            try:
+                if self.manifest is None:
+                    self.manifest = await self._fetch_manifest(http)
+                await self._run(http, self.manifest)
+            except Exception as exc:
+                self.error = str(exc)
+                raise
+            finally:
+                if self.monitor is not None:
+                    await self.monitor.stop()
+                if self.writer is not None:
+                    await self.writer.close()
+        return self.performance()
+
+    async def _fetch_manifest(self, http: aiohttp.ClientSession) -> Manifest:
+        if self.metadata_url is None or self.video_id is None:
+            raise PlayerError("nothing to play: need a video id and a metadata URL (or a manifest)")
+        url = f"{self.metadata_url}/manifest/{self.video_id}"
+        for attempt in range(4):
+            try:
+                async with http.get(url, timeout=aiohttp.ClientTimeout(total=10, connect=2)) as r:
+                    if r.status == 404:
+                        raise PlayerError(f"video {self.video_id} not found at {self.metadata_url}")
+                    if r.status != 200:
+                        raise PlayerError(f"metadata service answered {r.status}: {(await r.text())[:200]}")
+                    return parse_manifest(await r.json())
+            except ManifestError as exc:
+                raise PlayerError(f"video {self.video_id}: {exc}") from None
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                if attempt == 3:
+                    raise PlayerError(f"metadata service {self.metadata_url} unreachable: {exc}") from None
+                await asyncio.sleep(0.2 * 2**attempt)
+        raise AssertionError("unreachable")
+
+    async def _refresh(self, http: aiohttp.ClientSession, chunk: ChunkRef) -> ChunkRef | None:
+        """The chunk's current placement (repair or migration may have moved it)."""
+        if self.metadata_url is None:
+            return None
+        try:
+            fresh = await self._fetch_manifest(http)
+        except (PlayerError, ManifestError):
+            return None
+        for c in fresh.chunks:
+            if c.sequence_num == chunk.sequence_num:
+                c.start_sec, c.duration_sec = chunk.start_sec, chunk.duration_sec
+                for n in c.nodes:
+                    if self.monitor is not None:
+                        self.monitor.add(n)
+                return c
+        return None
+
+    async def _record_view(self, http: aiohttp.ClientSession) -> None:
+        if not (self.record_view and self.metadata_url):
+            return
+        try:
+            async with http.post(
+                f"{self.metadata_url}/video/{self.video_id}/view", timeout=aiohttp.ClientTimeout(total=5)
+            ) as r:
+                self.view_recorded = r.status == 200
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            log.warning("could not record the view: %s", exc)
+
+    async def _run(self, http: aiohttp.ClientSession, m: Manifest) -> None:
+        self.monitor = NetworkMonitor(self.scores, m.nodes, self.ping_interval, self.timeouts)
+        self.scheduler = Scheduler(
+            http,
+            self.scores,
+            self.strategy,
+            self.timeouts,
+            self.hedging,
+            refresh=lambda c: self._refresh(http, c),
+            is_down=self.monitor.down,
+        )
+        self.buffer = Buffer(
+            [(c.start_sec, c.end_sec) for c in m.chunks], speed=self.speed, **self.buffer_args
+        )
+        self.buffer.created = self.started_at  # startup latency counts from play(), manifest included
+        await self.monitor.start()
+        view = asyncio.create_task(self._record_view(http))
+        tasks: dict[asyncio.Task, int] = {}
+        next_seq = 0
+        refilling = True
+        next_sample = time.monotonic()
+        last_bytes = 0
+        try:
+            while not self.buffer.finished:
+                self.buffer.tick()
+                refilling = self.buffer.refilling(refilling)
+                while len(tasks) < self.parallel and self.buffer.wants(next_seq, refilling):
+                    tasks[asyncio.create_task(self.scheduler.get(m.chunks[next_seq]))] = next_seq
+                    next_seq += 1
+                if tasks:
+                    done, _ = await asyncio.wait(tasks, timeout=0.05, return_when=asyncio.FIRST_COMPLETED)
+                else:
+                    await asyncio.sleep(0.05)
+                    done = set()
+                for task in done:
+                    seq = tasks.pop(task)
+                    await self._landed(m.chunks[seq], task.result())
+                now = time.monotonic()
+                if now >= next_sample:
+                    interval = self.sample_every + (now - next_sample)
+                    last_bytes = self._sample(interval, last_bytes)
+                    next_sample = now + self.sample_every
+            self.finished_at = time.monotonic()
+            self._sample(self.sample_every, last_bytes)
+        finally:
+            for task in tasks:
+                task.cancel()
+            if tasks:
+                await asyncio.gather(*tasks, return_exceptions=True)
+            with contextlib.suppress(Exception):
+                await view
+
+    async def _landed(self, chunk: ChunkRef, served: Any) -> None:
+        assert self.buffer is not None
+        seq = chunk.sequence_num
+        now = time.monotonic()
+        self.arrivals.append({"seq": seq, "at": now, "nodes": served.nodes, "seconds": served.seconds})
+        if served.seconds > 0:
+            self._chunk_rates.append(len(served.data) * 8 / served.seconds / 1e6)
+        if seq == 0:
+            self.mime = mse_type(served.data)
+        self.segments[seq] = served.data
+        for old in [s for s in self.segments if s < seq - self.keep_segments]:
+            del self.segments[old]
+        self.buffer.chunk_ready(seq)
+        if self.writer is not None:
+            await self.writer.put(seq, served.data)
+
+    def _sample(self, interval: float, last_bytes: int) -> int:
+        assert self.buffer is not None and self.scheduler is not None
+        ts = round(time.time(), 3)
+        self.buffer_history.append({"timestamp": ts, "level": round(self.buffer.level, 3)})
+        total = self.scheduler.bytes
+        mbps = (total - last_bytes) * 8 / max(interval, 1e-3) / 1e6
+        self.throughput_history.append({"timestamp": ts, "mbps": round(mbps, 3)})
+        for node in self.scores.nodes:
+            self.score_history.setdefault(node, deque(maxlen=HISTORY)).append(
+                {"timestamp": ts, "score": round(self.scores.score(node), 3)}
+            )
+        return total
+
+    # -- reports (the dashboard's documented shapes) ------------------------------------------
+    def _node_stats(self) -> dict[str, dict]:
+        out = {}
+        for node in self.scores.nodes:
+            s = self.scores.stats(node)
+            last = self.monitor.last.get(node) if self.monitor else None
+            out[node] = {
+                "latency_ms": round(s["latency_ms"], 3),
+                "bandwidth_mbps": round(s["bandwidth_mbps"], 3),
+                "success_rate": round(s["success_rate"], 4),
+                "inflight": int(s["inflight"]),
+                "reachable": None if last is None else last["ok"],
+                "last_ping_ms": None if last is None else last["ms"],
+            }
+        return out
+
+    def _scores(self) -> dict[str, float]:
+        return {n: round(self.scores.score(n), 3) for n in self.scores.nodes}
+
+    def _startup(self) -> float | None:
+        b = self.buffer
+        return None if b is None or b.startup_latency is None else round(b.startup_latency, 4)
+
+    def status(self) -> dict:
+        b, sch = self.buffer, self.scheduler
+        return {
+            "video_id": self.video_id,
+            "playing": bool(b and b.playing),
+            "state": "error" if self.error else (b.state if b else "loading"),
+            "strategy": self.strategy,
+            "startup_latency": self._startup(),
+            "playback_duration": round(b.playback_duration(), 3) if b else 0.0,
+            "buffer": {
+                "state": b.state if b else "loading",
+                "buffer_level_sec": round(b.level, 3) if b else 0.0,
+                "target_buffer_sec": self.buffer_args["target_sec"],
+                "buffer_health_percent": b.health_percent if b else 0.0,
+                "current_position": b.current_chunk if b else 0,
+                "position_sec": round(b.position, 3) if b else 0.0,
+                "duration_sec": round(b.duration, 3) if b else 0.0,
+            },
+            "buffer_stats": {
+                "total_chunks_played": b.chunks_played if b else 0,
+                "rebuffering_events": b.rebuffer_events if b else 0,
+                "total_stall_sec": round(b.stall_time(), 3) if b else 0.0,
+                "average_buffer_level": round(b.average_level, 3) if b else 0.0,
+            },
+            "scheduler_stats": sch.stats() if sch else Scheduler.empty_stats(self.strategy),
+            "network_stats": self._node_stats(),
+            "node_scores": self._scores(),
+            "error": self.error,
+        }
+
+    def stats(self) -> dict:
+        b, sch = self.buffer, self.scheduler
+        st = sch.stats() if sch else Scheduler.empty_stats(self.strategy)
+        nodes = {}
+        for node, ns in self._node_stats().items():
+            c = sch.nodes.get(node) if sch else None
+            nodes[node] = {
+                "score": round(self.scores.score(node), 3),
+                "downloads": c.served if c else 0,
+                "failures": c.failures if c else 0,
+                **ns,
+            }
+        return {
+            "session": {
+                "video_id": self.video_id,
+                "strategy": self.strategy,
+                "startup_latency": self._startup(),
+                "playback_duration": round(b.playback_duration(), 3) if b else 0.0,
+                "total_chunks_played": b.chunks_played if b else 0,
+                "total_chunks": len(b.bounds) if b else 0,
+            },
+            "buffer": {
+                "current_level_sec": round(b.level, 3) if b else 0.0,
+                "target_sec": self.buffer_args["target_sec"],
+                "health_percent": b.health_percent if b else 0.0,
+                "rebuffering_events": b.rebuffer_events if b else 0,
+                "total_stall_sec": round(b.stall_time(), 3) if b else 0.0,
+            },
+            "downloads": {
+                "total": st["total_downloads"],
+                "successful": st["successful"],
+                "failed": st["failed"],
+                "success_rate": st["success_rate"],
+                "failovers": st["failover_count"],
+                "hedged_requests": st["hedged_requests"],
+            },
+            "nodes": nodes,
+            "failovers": [f.as_dict() for f in sch.failovers[-50:]] if sch else [],
+        }
+
+    def metrics(self) -> dict:
+        return {
+            "buffer_history": list(self.buffer_history),
+            "throughput_history": list(self.throughput_history),
+            "node_score_history": {n: list(h) for n, h in self.score_history.items()},
+        }
+
+    def stream(self) -> dict:
+        b = self.buffer
+        return {
+            "video_id": self.video_id,
+            "mime": self.mime,
+            "total_chunks": len(b.bounds) if b else 0,
+            "available": b.contiguous if b else 0,
+            "first_kept": min(self.segments) if self.segments else 0,
+            "duration_sec": round(b.duration, 3) if b else 0.0,
+            "finished": bool(b and b.finished),
+        }
+
+    def performance(self) -> dict:
+        b, sch = self.buffer, self.scheduler
+        st = sch.stats() if sch else Scheduler.empty_stats(self.strategy)
+        rates = self._chunk_rates
+        return {
+            "startup_latency_sec": self._startup(),
+            "average_throughput_mbps": round(sum(rates) / len(rates), 3) if rates else 0.0,
+            "rebuffering_events": b.rebuffer_events if b else 0,
+            "total_stall_sec": round(b.stall_time(), 3) if b else 0.0,
+            "average_buffer_level_sec": round(b.average_level, 3) if b else 0.0,
+            "playback_duration_sec": round(b.playback_duration(), 3) if b else 0.0,
+            "chunks_played": b.chunks_played if b else 0,
+            "download_success_rate": st["success_rate"],
+            "failover_count": st["failover_count"],
+            "strategy": self.strategy,
+        }
