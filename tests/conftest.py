@@ -26,3 +26,20 @@ def both(name: str):
 def native_required() -> bool:
     """On CI the native build must be there: a silent fallback would hide a broken build."""
     return os.environ.get("CI") == "true" or os.environ.get("SHOAL_REQUIRE_NATIVE") == "1"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """On CI a skip is a failure unless its reason starts with 'by design:'.
+
+    Tests skip when a component (dockerd, FUSE, FFmpeg, a native build) is missing; CI installs
+    all of them, so a skip there means an install step is broken, not that the test may be ignored.
+    """
+    outcome = yield
+    report = outcome.get_result()
+    if not native_required() or not report.skipped or hasattr(report, "wasxfail"):
+        return
+    reason = str(report.longrepr[-1]) if isinstance(report.longrepr, tuple) else str(report.longrepr)
+    if "by design:" not in reason:
+        report.outcome = "failed"
+        report.longrepr = f"skipped on CI, which must provide every component: {reason}"

@@ -29,7 +29,7 @@ subsets = st.sets(st.integers(0, N - 1), min_size=0, max_size=N)
 
 def test_native_build_is_in_force():
     if os.environ.get("SHOAL_PURE_PYTHON"):
-        pytest.skip("SHOAL_PURE_PYTHON forces the twin in this run")
+        pytest.skip("by design: SHOAL_PURE_PYTHON forces the twin in this run")
     if native_required():
         assert NATIVE is not None, "ext/erasure.pyx was not compiled"
     if NATIVE is not None:

@@ -365,7 +365,7 @@ async def test_close_ends_watches_and_operations(kind, tmp_path):
 
 async def test_reopen_keeps_data_and_revision(kind, tmp_path):
     if kind == "memory":
-        pytest.skip("memory has nothing to reopen")
+        pytest.skip("by design: memory has nothing to reopen")
     async with await open_store(kind, tmp_path) as store:
         await store.set("/p", b"persist")
         await store.set("/p", b"persist2")

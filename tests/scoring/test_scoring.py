@@ -19,7 +19,7 @@ impl = both("scoring")
 
 def test_native_build_is_in_force():
     if os.environ.get("SHOAL_PURE_PYTHON"):
-        pytest.skip("SHOAL_PURE_PYTHON forces the twin in this run")
+        pytest.skip("by design: SHOAL_PURE_PYTHON forces the twin in this run")
     if native_required():
         assert _native.native("scoring") is not None, "ext/scoring.pyx was not compiled"
     if _native.native("scoring") is not None:
