@@ -17,6 +17,21 @@ from typing import Any
 import httpx
 
 
+def stop_group(proc: subprocess.Popen, timeout: float = 10.0, kill_wait: float = 10.0) -> int | None:
+    """SIGTERM the process group of `proc` (started with start_new_session=True), SIGKILL it
+    after `timeout`; returns the exit code. Safe to call on a process that already exited."""
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(kill_wait)
+    return proc.returncode
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that was free a moment ago."""
     with socket.socket() as s:
@@ -116,13 +131,7 @@ class ServiceProcess:
         """SIGTERM, then SIGKILL after `timeout`; returns the exit code."""
         if not self.proc:
             return None
-        if self.proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.kill()
+        stop_group(self.proc, timeout)
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.proc.pid, signal.SIGKILL)  # stray workers
         return self.proc.returncode

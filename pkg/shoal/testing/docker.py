@@ -26,6 +26,8 @@ from typing import Any
 
 import httpx
 
+from shoal.testing import stop_group
+
 BUSYBOX_PATHS = ("/bin/busybox", "/usr/bin/busybox")
 
 
@@ -235,14 +237,7 @@ class DockerDaemon:
             self.resume_daemon()
             if remove_containers:
                 self.remove_all_containers()
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(10)
+            stop_group(self.proc, timeout)
         self.proc = None
         unmount_under(self.root)
         unmount_under(self.run_dir)

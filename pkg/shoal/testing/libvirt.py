@@ -29,6 +29,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from shoal.testing import stop_group
 from shoal.testing.docker import busybox_static
 
 BOOT_MARKER = "shoal-guest: booted"
@@ -330,14 +331,7 @@ class LibvirtDaemon:
             if not keep_domains:
                 self.destroy_all()
             leftover = self.qemu_pids()
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(10)
+            stop_group(self.proc, timeout)
             for pid in [] if keep_domains else leftover:  # QEMUs it started and could not destroy
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)

@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -28,7 +27,7 @@ from typing import Any
 
 import httpx
 
-from shoal.testing import free_port
+from shoal.testing import free_port, stop_group
 
 
 class S3Server:
@@ -108,16 +107,8 @@ class S3Server:
         }
 
     def stop(self, timeout: float = 10.0) -> None:
-        if not self.proc or self.proc.poll() is not None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, signal.SIGTERM)
-        try:
-            self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(5)
+        if self.proc:
+            stop_group(self.proc, timeout, kill_wait=5)
 
     def __enter__(self) -> S3Server:
         return self
