@@ -14,6 +14,7 @@ from collections.abc import Sequence
 
 from shoal import __version__
 from shoal.services import SERVICES, load_service
+from shoal.web.proxy import add_arguments as proxy_arguments
 
 
 def _serve_parser(sub: argparse._SubParsersAction, selected: str | None) -> None:
@@ -29,6 +30,7 @@ def _serve_parser(sub: argparse._SubParsersAction, selected: str | None) -> None
         p.add_argument(
             "--shutdown-timeout", type=int, default=30, help="seconds in-flight work may take on SIGTERM"
         )
+        proxy_arguments(p)  # --forwarded-allow-ips, --root-path (behind a reverse proxy)
         if info.name == selected:
             try:
                 module = load_service(info.name)

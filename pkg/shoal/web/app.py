@@ -21,6 +21,7 @@ from shoal.web.fastpath import RawRouter, respond_error
 from shoal.web.jsonio import JSONResponse
 from shoal.web.metrics import HttpMetrics
 from shoal.web.openapi import build_openapi
+from shoal.web.proxy import ROOT_PATH
 
 log = logging.getLogger("shoal.web")
 access = logging.getLogger("shoal.access")
@@ -136,7 +137,8 @@ def create_app(
 
     async def openapi_route(request: Request) -> Response:
         request.scope["shoal.route"] = "/openapi.json"
-        return JSONResponse(openapi)
+        prefix = request.scope.get(ROOT_PATH)  # behind a reverse proxy (shoal.web.proxy)
+        return JSONResponse({**openapi, "servers": [{"url": prefix}]} if prefix else openapi)
 
     async def metrics_route(request: Request) -> Response:
         request.scope["shoal.route"] = "/metrics"

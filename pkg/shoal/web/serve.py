@@ -14,6 +14,7 @@ from typing import Any
 import orjson
 
 from shoal.services import load_service
+from shoal.web import proxy
 from shoal.web.logs import setup_logging
 
 ENV = "SHOAL_SERVE"
@@ -23,7 +24,8 @@ def app_factory() -> Any:
     """Build the app named in SHOAL_SERVE (called once in each worker)."""
     spec = orjson.loads(os.environ[ENV])
     setup_logging(spec["options"].get("log_level"))
-    return load_service(spec["service"]).create_app(spec["options"])
+    app = load_service(spec["service"]).create_app(spec["options"])
+    return proxy.wrap(app, spec["options"])  # X-Forwarded-* from trusted proxies, --root-path
 
 
 def serve(service: str, options: dict[str, Any]) -> None:
@@ -32,6 +34,10 @@ def serve(service: str, options: dict[str, Any]) -> None:
     from granian.constants import Interfaces, Loops
 
     module = load_service(service)
+    try:
+        proxy.check(options)
+    except ValueError as exc:
+        raise SystemExit(f"shoal serve {service}: {exc}") from None
     workers = int(options.get("workers") or 1)
     workers = min(workers, getattr(module, "MAX_WORKERS", workers))
     os.environ[ENV] = orjson.dumps({"service": service, "options": options}).decode()
