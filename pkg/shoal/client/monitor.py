@@ -49,7 +49,7 @@ class NetworkMonitor:
         last = self.last.get(node)
         return bool(last and not last["ok"])
 
-    async def start(self, first_round_wait: float = 0.25) -> None:
+    async def start(self, first_round_wait: float = 0.1) -> None:
         """Start pinging; wait up to `first_round_wait` s for a first answer from every node.
 
         A node still silent after that gets its wait as a (lower-bound) latency sample, so the

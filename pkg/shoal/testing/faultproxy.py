@@ -128,8 +128,8 @@ class FaultProxy:
             finally:
                 self._writers.discard(up_w)
                 up_w.close()
-        except (OSError, asyncio.IncompleteReadError):
-            pass
+        except (OSError, asyncio.IncompleteReadError, asyncio.CancelledError):
+            pass  # a reset, or the proxy stopping
         finally:
             self._writers.discard(client_w)
             with contextlib.suppress(Exception):
