@@ -1,9 +1,9 @@
 """A video's manifest as the client uses it: chunks in order, where each one lives, how long it plays.
 
 The metadata service's `GET /manifest/{id}` gives each chunk's replicas (or, erasure coded, its
-5 fragments) and SHA-256. It does not (yet) carry per-chunk time ranges, so a chunk's play time
-is its share of the video's bytes times the video's duration (exact for constant-bitrate
-content); a manifest that has `start_sec`/`duration_sec` per chunk is used as is.
+5 fragments) and SHA-256, and the `start_sec`/`duration_sec` the uploader committed it with,
+which are used as they are. Chunks committed without them (null) get their share of the
+video's bytes times the video's duration (exact for constant-bitrate content).
 """
 
 from __future__ import annotations
@@ -73,7 +73,7 @@ class Manifest:
 
 
 def _fragment(raw: dict, chunk_id: str) -> FragmentRef:
-    index = int(raw.get("index", raw.get("fragment_index", -1)))
+    index = int(raw.get("fragment_index", raw.get("index", -1)))
     return FragmentRef(
         index=index,
         node_url=str(raw["node_url"]).rstrip("/"),
