@@ -1,15 +1,21 @@
-"""`shoal up`: starts services, restarts one that crashes, stops all on SIGTERM."""
+"""`shoal up`: starts services, restarts one that crashes, stops all on SIGTERM; its layout,
+config files, refusals, `shoal status` and the nginx config it writes."""
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
 
 import httpx
+import pytest
 
+from shoal.layout import IDLE_COMMAND, ConfigError, layout, load_config, settings_from
 from shoal.testing import free_port, wait_http
 
 
@@ -57,3 +63,184 @@ def test_up_supervises_and_stops(tmp_path):
     assert "example" in out and url in out
     assert "restarting" in out
     assert (tmp_path / "example" / "stopped").exists()  # graceful shutdown ran
+
+
+# -- the layout: ports, URLs handed between services, config files ----------------------------------
+
+
+def by_name(children):
+    return {c.name: c for c in children}
+
+
+def test_default_layout_ports_and_urls_with_offset(tmp_path):
+    s = settings_from({}, data_root=str(tmp_path), port_offset=100)
+    children = by_name(layout(s, check_built=False)[0])
+    ports = {n: c.port for n, c in children.items()}
+    assert ports == {
+        "state": 3104,
+        "kv": 8190,
+        "metadata": 8180,
+        "storage-1": 8181,
+        "storage-2": 8182,
+        "storage-3": 8183,
+        "storage-4": 8185,
+        "storage-5": 8186,
+        "uploader": 8184,
+        "dashboard": 8988,
+        "compute": 8170,
+        "manager": 8187,
+    }
+    assert len(set(ports.values())) == len(ports), "no two services share a port"
+    meta = "http://127.0.0.1:8180"  # the offset reaches the URLs services are given
+    for name in ("storage-1", "storage-5", "uploader", "dashboard"):
+        args = children[name].args
+        assert args[args.index("--metadata-url") + 1] == meta
+    assert children["storage-3"].args[:2] == ["--node-id", "storage-3"]
+    assert children["storage-3"].data_dir == str(tmp_path / "storage-3")
+    assert children["storage-3"].prefix == "/storage/3"
+    assert "--insecure-dev" in children["state"].args
+    manager = children["manager"].args
+    assert manager[manager.index("--") + 1 :] == IDLE_COMMAND  # the supervised command comes last
+    assert children["manager"].data_dir == str(tmp_path / "manager" / "data")
+
+
+def test_admin_address_turns_authentication_on():
+    addr = "0x2c7536E3605D9C16a7a3D7b1898e529396a65c23"
+    state = by_name(layout(settings_from({}, admin_address=addr), check_built=False)[0])["state"]
+    assert state.args == ["--admin-address", addr]
+
+
+def test_only_and_forwarded_ips():
+    s = settings_from({}, only="metadata,storage-2", forwarded_allow_ips="127.0.0.1")
+    children = layout(s, check_built=False)[0]
+    assert [c.name for c in children] == ["metadata", "storage-2"]
+    assert all(c.args[-2:] == ["--forwarded-allow-ips", "127.0.0.1"] for c in children)
+    with pytest.raises(ConfigError, match="unknown service 'storage-9'"):
+        settings_from({}, only="storage-9")
+
+
+TOML = """
+data_root = "/srv/shoal"
+port_offset = 10
+forwarded_allow_ips = "10.0.0.0/8"
+
+[services.storage]
+ports = [9001, 9002, 9003]
+args = ["--heartbeat-interval", "2"]
+
+[services.manager]
+command = ["python3", "-m", "http.server", "9900"]
+
+[services.kv]
+enabled = false
+
+[services.state]
+port = 4000
+"""
+
+
+@pytest.mark.parametrize("suffix", [".toml", ".json", ".conf"])
+def test_config_file(tmp_path, suffix):
+    import tomllib
+
+    path = tmp_path / f"layout{suffix}"
+    path.write_text(json.dumps(tomllib.loads(TOML)) if suffix == ".json" else TOML)
+    s = settings_from(load_config(path), port_offset=20)  # a flag beats the file
+    children = by_name(layout(s, check_built=False)[0])
+    assert "kv" not in children
+    assert [children[f"storage-{i}"].port for i in (1, 2, 3)] == [9021, 9022, 9023]
+    assert "storage-4" not in children
+    assert children["storage-1"].args[-4:-2] == ["--heartbeat-interval", "2"]
+    assert children["state"].port == 4020
+    assert children["state"].data_dir == "/srv/shoal/state"
+    assert children["manager"].args[-4:] == ["python3", "-m", "http.server", "9900"]
+    assert "an idle" not in children["manager"].notes[0]
+
+
+@pytest.mark.parametrize(
+    "config, message",
+    [
+        ({"colour": "blue"}, "unknown key(s) colour"),
+        ({"services": {"nope": {}}}, "services.nope: unknown service"),
+        ({"services": {"state": {"prot": 1}}}, "services.state: unknown key(s) prot"),
+        ({"services": {"storage": {"port": 1}}}, "services.storage: unknown key(s) port"),
+        ({"services": {"storage": {"ports": []}}}, "non-empty list"),
+        ({"services": {"state": {"port": "3004"}}}, "services.state.port must be a int"),
+        ({"services": {"state": {"args": "--no-fsync"}}}, "must be a list of strings"),
+        ({"services": {"kv": {"enabled": "no"}}}, "enabled must be true or false"),
+        ({"services": {"manager": {"command": []}}}, "must name a program"),
+        ({"port_offset": "5"}, "port_offset must be a int"),
+        ({"port_offset": 60000}, "out of range"),
+    ],
+)
+def test_config_errors_say_what_is_wrong(config, message):
+    with pytest.raises(ConfigError) as err:
+        settings_from(config)
+    assert message in str(err.value)
+
+
+def test_bad_config_file_is_a_clean_error(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text("data_root = [unclosed")
+    out = subprocess.run(
+        [sys.executable, "-m", "shoal", "up", "--config", str(bad)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 2
+    assert "not valid TOML or JSON" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_refuses_ports_in_use(tmp_path):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        offset = busy.getsockname()[1] - 8000
+        env = {**os.environ, "SHOAL_SERVICE_MODULES": "example=tests.web.example_service"}
+        cmd = [sys.executable, "-m", "shoal", "up", "--only", "example", "--data-root", str(tmp_path)]
+        out = subprocess.run(
+            [*cmd, "--port-offset", str(offset)], capture_output=True, text=True, timeout=60, env=env
+        )
+    assert out.returncode == 2
+    assert f"port(s) in use: {8000 + offset} (example)" in out.stderr
+    assert "--port-offset" in out.stderr
+
+
+def test_status_reports_down_services(tmp_path):
+    offset = free_port() - 8000
+    env = {**os.environ, "SHOAL_SERVICE_MODULES": "example=tests.web.example_service"}
+    cmd = [sys.executable, "-m", "shoal", "status", "--port-offset", str(offset), "--json"]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=60, env=env)
+    assert out.returncode == 1
+    rows = {r["name"]: r for r in json.loads(out.stdout)}
+    assert rows["metadata"]["healthy"] is False and rows["metadata"]["status"].startswith("down")
+    assert rows["example"]["url"] == f"http://127.0.0.1:{8000 + offset}"
+
+
+def test_nginx_config_is_valid_for_nginx(tmp_path):
+    """`shoal up --nginx-config` output, included in a minimal nginx.conf, passes `nginx -t`."""
+    nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+    if not os.path.exists(nginx):
+        pytest.skip("nginx is not installed (Debian nginx-light, in scripts/apt-packages.txt)")
+    out = subprocess.run(
+        [sys.executable, "-m", "shoal", "up", "--nginx-config", "--nginx-listen", "127.0.0.1:18000"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    conf = out.stdout
+    assert "location /storage/5/ {" in conf and "proxy_set_header X-Forwarded-Prefix /storage/5;" in conf
+    assert conf.count("proxy_set_header X-Forwarded-For") == conf.count("location /")  # every location
+    (tmp_path / "shoal.conf").write_text(conf)
+    main = (
+        f"pid {tmp_path}/nginx.pid;\nerror_log {tmp_path}/error.log;\nevents {{}}\n"
+        f"http {{\n    access_log off;\n    client_body_temp_path {tmp_path}/body;\n"
+        f"    proxy_temp_path {tmp_path}/proxy;\n    include {tmp_path}/shoal.conf;\n}}\n"
+    )
+    (tmp_path / "nginx.conf").write_text(main)
+    test = subprocess.run(
+        [nginx, "-t", "-p", str(tmp_path), "-c", str(tmp_path / "nginx.conf")], capture_output=True, text=True
+    )
+    assert test.returncode == 0, test.stderr

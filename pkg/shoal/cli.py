@@ -1,8 +1,9 @@
 """The `shoal` command (also `python -m shoal`).
 
 shoal serve <service> --host H --port P --data-dir D [--workers N] [service flags]
-shoal up [--data-root ./shoal-data]      every built service on its default port
-shoal status                              health of what `shoal up` runs
+shoal up [--data-root ./shoal-data] [--port-offset N] [--config FILE]   the platform, supervised
+shoal status [same layout flags]          health of what `shoal up` runs
+shoal demo [same layout flags]            upload and play a test video through it
 shoal doctor                              native hot paths and optional components
 """
 
@@ -48,17 +49,16 @@ def build_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
     selected = argv[1] if len(argv) > 1 and argv[0] == "serve" else None
     _serve_parser(sub, selected)
 
-    up = sub.add_parser("up", help="run every built service on its default port; Ctrl-C stops all")
-    up.add_argument("--data-root", default="./shoal-data", help="data of service S goes to DATA_ROOT/S")
-    up.add_argument("--host", default="127.0.0.1")
-    up.add_argument("--only", default="", help="comma-separated services to run (default: all built)")
-    up.add_argument(
-        "--port-offset", type=int, default=0, help="add to every default port (run two side by side)"
-    )
+    from shoal.up import add_status_arguments, add_up_arguments
 
+    up = sub.add_parser("up", help="run the whole platform on this machine, supervised; Ctrl-C stops all")
+    add_up_arguments(up)
     status = sub.add_parser("status", help="health of each service `shoal up` runs")
-    status.add_argument("--host", default="127.0.0.1")
-    status.add_argument("--port-offset", type=int, default=0)
+    add_status_arguments(status)
+    demo = sub.add_parser("demo", help="upload and play a test video through a running `shoal up`")
+    from shoal.demo import add_arguments as demo_arguments
+
+    demo_arguments(demo)
 
     upload = sub.add_parser("upload", help="upload a video (through an uploader, or direct)")
     from shoal.uploader.cli import add_arguments as upload_arguments
@@ -94,8 +94,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "up":
         from shoal.up import run_up
 
-        only = [s for s in args.only.split(",") if s]
-        return run_up(args.data_root, args.host, only, args.port_offset)
+        return run_up(args)
+    if args.command == "demo":
+        from shoal.demo import run_demo
+
+        return run_demo(args)
     if args.command == "upload":
         from shoal.uploader.cli import run_upload
 
@@ -107,7 +110,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "status":
         from shoal.up import run_status
 
-        return run_status(args.host, args.port_offset)
+        return run_status(args)
     return 2
 
 

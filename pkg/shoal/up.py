@@ -1,151 +1,425 @@
-"""`shoal up`: every built service on one machine, supervised, stopped together.
+"""`shoal up`: the whole platform on one machine, supervised; `shoal status`: its health.
 
-Each service runs as its own `shoal serve` process with data under DATA_ROOT/<name>. A
-service that exits unexpectedly is restarted with backoff; Ctrl-C or SIGTERM stops all of
-them (SIGTERM first, so in-flight requests finish) and waits for each.
+Each process of the layout (shoal.layout: State Service, kv, metadata, five storage nodes,
+uploader, dashboard, Compute API, State Manager) runs as its own `shoal serve` with data under
+DATA_ROOT/<name> and its log in DATA_ROOT/logs/<name>.log. A process that exits on its own is
+restarted with backoff (1 s doubling to 30 s, back to 1 s once it has run for a minute). When
+every service answers /health (and the storage nodes have registered) one summary of URLs is
+printed, ending with the line `shoal up: ready`. Ctrl-C or SIGTERM stops everything (SIGTERM
+first so in-flight requests finish; a second Ctrl-C kills at once).
 """
 
 from __future__ import annotations
 
+import argparse
+import contextlib
+import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
+from typing import IO, Any
 
 import httpx
 
-from shoal.services import SERVICES, available, load_service
+from shoal.layout import Child, ConfigError, Settings, layout, load_config, settings_from
 
-# Ports where a service's documented default collides with another's when all run together.
-UP_PORTS = {"manager": 8087}
+READY_TIMEOUT = 120.0  # 13 Python processes start in ~20 s on 2 busy cores; leave room
+STABLE_AFTER = 60.0  # a process that ran this long before exiting restarts after 1 s again
+MAX_BACKOFF = 30.0
+
+
+def add_layout_arguments(p: argparse.ArgumentParser) -> None:
+    """Flags every layout-aware command takes (up, status, demo): they must agree on the URLs."""
+    p.add_argument("--config", default=None, help="layout file, TOML or JSON (docs/deploy.md)")
+    p.add_argument("--data-root", default=None, help="data of service S goes to DATA_ROOT/S (./shoal-data)")
+    p.add_argument("--host", default=None, help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port-offset", type=int, default=None, help="add to every port (run two side by side)")
+
+
+def add_up_arguments(p: argparse.ArgumentParser) -> None:
+    add_layout_arguments(p)
+    p.add_argument("--only", default=None, help="comma-separated services to run (default: all built)")
+    p.add_argument(
+        "--admin-address",
+        default=None,
+        help="State Service admin (Ethereum address); without it the State Service runs --insecure-dev",
+    )
+    p.add_argument(
+        "--forwarded-allow-ips",
+        default=None,
+        help="reverse proxies every service trusts for X-Forwarded-* (e.g. 127.0.0.1 for a local nginx)",
+    )
+    p.add_argument("--verbose", action="store_true", help="service logs on this terminal, not in log files")
+    p.add_argument("--nginx-config", action="store_true", help="print an nginx config for this layout, exit")
+    p.add_argument("--nginx-listen", default="127.0.0.1:8000", help="with --nginx-config: nginx's address")
+
+
+def add_status_arguments(p: argparse.ArgumentParser) -> None:
+    add_layout_arguments(p)
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+
+
+def settings_from_args(args: argparse.Namespace) -> Settings:
+    config = load_config(args.config) if getattr(args, "config", None) else {}
+    flags = {
+        k: getattr(args, k, None)
+        for k in ("data_root", "host", "port_offset", "only", "admin_address", "forwarded_allow_ips")
+    }
+    return settings_from(config, **flags)
+
+
+# -- supervision ----------------------------------------------------------------------------------
 
 
 @dataclass
-class Child:
-    name: str
-    service: str
-    port: int
-    args: list[str]
+class Proc:
+    child: Child
+    log_path: Path | None
     proc: subprocess.Popen | None = None
+    started: float = 0.0
     restarts: int = 0
     next_start: float = 0.0
-    backoff: float = field(default=1.0)
+    backoff: float = 1.0
+    healthy: bool = False
 
     @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+    def name(self) -> str:
+        return self.child.name
 
 
-def layout(data_root: str, host: str, only: list[str], port_offset: int = 0) -> list[Child]:
-    """The processes to run: one per built service (a service may ask for several)."""
-    children = []
-    for name, info in SERVICES.items():
-        if only and name not in only:
-            continue
-        if not available(name):
-            continue
-        module = load_service(name)
-        if getattr(module, "UP", True) is False:
-            continue
-        port = UP_PORTS.get(name, info.default_port) + port_offset
-        instances = getattr(module, "up_instances", None)
-        specs = instances(port) if instances else [(name, port, [])]
-        for inst_name, inst_port, extra in specs:
-            data_dir = str(Path(data_root) / inst_name)
-            args = ["--host", host, "--port", str(inst_port), "--data-dir", data_dir, *extra]
-            children.append(Child(inst_name, name, inst_port, args))
-    return children
+class Supervisor:
+    def __init__(self, settings: Settings, children: list[Child], verbose: bool, out: IO[str]) -> None:
+        self.settings = settings
+        self.root = Path(settings.data_root)
+        self.log_dir = None if verbose else self.root / "logs"
+        self.procs = [
+            Proc(c, None if self.log_dir is None else self.log_dir / f"{c.name}.log") for c in children
+        ]
+        self.out = out
+        self.http = httpx.Client(timeout=2.0)
 
+    def say(self, text: str) -> None:
+        print(text, file=self.out, flush=True)
 
-def _start(child: Child) -> None:
-    cmd = [sys.executable, "-m", "shoal", "serve", child.service, *child.args]
-    child.proc = subprocess.Popen(cmd, start_new_session=True)
+    def start(self, p: Proc) -> None:
+        c = p.child
+        Path(c.data_dir).mkdir(parents=True, exist_ok=True)
+        cmd = [sys.executable, "-m", "shoal", "serve", c.service, "--host", self.settings.host]
+        cmd += ["--port", str(c.port), "--data-dir", c.data_dir, *c.args]
+        if p.log_path is None:
+            p.proc = subprocess.Popen(cmd, start_new_session=True)
+        else:
+            p.log_path.parent.mkdir(parents=True, exist_ok=True)
+            with open(p.log_path, "ab") as log:  # the child keeps its own descriptor
+                p.proc = subprocess.Popen(
+                    cmd,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
+                    start_new_session=True,
+                )
+        p.started = time.monotonic()
+        p.healthy = False
+        self.write_state()
 
+    def write_state(self) -> None:
+        """DATA_ROOT/up.json: who runs where (pids, URLs, logs), for people and tests."""
+        state = {
+            "pid": os.getpid(),
+            "port_offset": self.settings.port_offset,
+            "services": [
+                {
+                    "name": p.name,
+                    "service": p.child.service,
+                    "url": p.child.url,
+                    "prefix": p.child.prefix,
+                    "pid": p.proc.pid if p.proc else None,
+                    "restarts": p.restarts,
+                    "log": str(p.log_path) if p.log_path else None,
+                }
+                for p in self.procs
+            ],
+        }
+        tmp = self.root / "up.json.tmp"
+        tmp.write_text(json.dumps(state, indent=1))
+        tmp.replace(self.root / "up.json")
 
-def _stop_all(children: list[Child], timeout: float = 30.0) -> None:
-    for c in children:
-        if c.proc and c.proc.poll() is None:
-            os.killpg(c.proc.pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    for c in children:
-        if c.proc:
+    def check_exits(self, now: float) -> None:
+        for p in self.procs:
+            if p.proc is not None and p.proc.poll() is not None:
+                code, ran = p.proc.returncode, now - p.started
+                p.proc = None
+                if ran >= STABLE_AFTER:
+                    p.backoff = 1.0
+                p.next_start = now + p.backoff
+                where = f"; log: {p.log_path}" if p.log_path else ""
+                self.say(
+                    f"shoal up: {p.name} exited with {code} after {ran:.0f} s; "
+                    f"restarting in {p.backoff:.0f} s{where}"
+                )
+                for line in _tail(p.log_path, 3):
+                    self.say(f"    {line}")
+                p.backoff = min(p.backoff * 2, MAX_BACKOFF)
+            elif p.proc is None and now >= p.next_start:
+                p.restarts += 1
+                self.start(p)
+
+    def probe(self) -> None:
+        for p in self.procs:
+            if not p.healthy and p.proc is not None:
+                p.healthy = _healthy(self.http, p.child.url)
+
+    def registered_nodes(self) -> int | None:
+        meta = next((p for p in self.procs if p.child.service == "metadata"), None)
+        if meta is None:
+            return None
+        try:
+            return int(self.http.get(meta.child.url + "/nodes/health-summary").json().get("healthy", 0))
+        except (httpx.HTTPError, ValueError, AttributeError):
+            return 0
+
+    def ready(self) -> bool:
+        if not all(p.healthy for p in self.procs):
+            return False
+        storage = sum(1 for p in self.procs if p.child.service == "storage")
+        nodes = self.registered_nodes()
+        return storage == 0 or nodes is None or nodes >= storage
+
+    def stop_all(self, timeout: float = 60.0) -> None:
+        for p in self.procs:
+            if p.proc and p.proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(p.proc.pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        for p in self.procs:
+            if p.proc is None:
+                continue
             try:
-                c.proc.wait(max(0.1, deadline - time.monotonic()))
+                p.proc.wait(max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
-                os.killpg(c.proc.pid, signal.SIGKILL)
-                c.proc.wait()
+                self.say(f"shoal up: {p.name} did not stop in time; killing it")
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(p.proc.pid, signal.SIGKILL)  # stray workers of the group
+            p.proc.wait()
+
+    def kill_all(self) -> None:
+        for p in self.procs:
+            if p.proc:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(p.proc.pid, signal.SIGKILL)
 
 
-def run_up(data_root: str, host: str, only: list[str], port_offset: int = 0) -> int:
-    children = layout(data_root, host, only, port_offset)
-    missing = [n for n in SERVICES if not available(n) and (not only or n in only)]
+def _healthy(http: httpx.Client, url: str) -> bool:
+    try:
+        return http.get(url + "/health").status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def _tail(path: Path | None, lines: int) -> list[str]:
+    if path is None:
+        return []
+    try:
+        with open(path, "rb") as f:
+            f.seek(max(0, f.seek(0, 2) - 4096))
+            return [ln.decode(errors="replace") for ln in f.read().splitlines()[-lines:]]
+    except OSError:
+        return []
+
+
+def ports_in_use(settings: Settings, children: list[Child]) -> list[Child]:
+    taken = []
+    for c in children:
+        with socket.socket(socket.AF_INET6 if ":" in settings.host else socket.AF_INET) as s:
+            try:
+                s.bind((settings.host, c.port))
+            except OSError:
+                taken.append(c)
+    return taken
+
+
+INSECURE = (
+    "State Service: INSECURE DEV MODE (--insecure-dev): AUTHENTICATION IS DISABLED, every request "
+    "is an admin.\nGive `shoal up --admin-address 0x...` to run it with authentication."
+)
+
+
+def run_up(args: argparse.Namespace, out: IO[str] = sys.stdout) -> int:
+    try:
+        settings = settings_from_args(args)
+    except (ConfigError, OSError) as exc:
+        print(f"shoal up: {exc}", file=sys.stderr)
+        return 2
+    children, missing = layout(settings)
+    if getattr(args, "nginx_config", False):
+        from shoal.nginx import server_config
+
+        print(server_config(children, args.nginx_listen), file=out)
+        return 0
     if missing:
-        print(f"shoal up: not built yet, skipped: {', '.join(missing)}", file=sys.stderr)
+        print(f"shoal up: not built, skipped: {', '.join(missing)}", file=sys.stderr)
     if not children:
-        print("shoal up: no service is built yet", file=sys.stderr)
+        print("shoal up: nothing to run", file=sys.stderr)
         return 1
-    stopping = False
+    taken = ports_in_use(settings, children)
+    if taken:
+        names = ", ".join(f"{c.port} ({c.name})" for c in taken)
+        print(
+            f"shoal up: port(s) in use: {names}. Is another `shoal up` running? Stop it, or pick "
+            "other ports with --port-offset N",
+            file=sys.stderr,
+        )
+        return 2
+    if any(c.service == "state" and "--insecure-dev" in c.args for c in children):
+        bar = "!" * 100
+        print(f"{bar}\n{INSECURE}\n{bar}", file=sys.stderr, flush=True)
+    Path(settings.data_root).mkdir(parents=True, exist_ok=True)
+    sup = Supervisor(settings, children, args.verbose, out)
+    signals = {"count": 0}
 
     def on_signal(signum: int, frame: object) -> None:
-        nonlocal stopping
-        stopping = True
+        signals["count"] += 1
+        if signals["count"] > 1:
+            sup.kill_all()
 
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    for c in children:
-        _start(c)
-    _wait_healthy(children)
-    print("shoal up: running (Ctrl-C stops everything)")
-    for c in children:
-        print(f"  {c.name:<12} {c.url}   docs {c.url}/openapi.json")
-    sys.stdout.flush()
-    while not stopping:
-        now = time.monotonic()
-        for c in children:
-            if c.proc and c.proc.poll() is not None and not stopping:
-                code = c.proc.returncode
-                c.proc = None
-                c.next_start = now + c.backoff
-                print(
-                    f"shoal up: {c.name} exited with {code}; restarting in {c.backoff:.0f} s", file=sys.stderr
-                )
-                c.backoff = min(c.backoff * 2, 30.0)
-            elif c.proc is None and now >= c.next_start:
-                c.restarts += 1
-                _start(c)
-        time.sleep(0.2)
-    print("shoal up: stopping", file=sys.stderr)
-    _stop_all(children)
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        return _supervise(sup, signals, missing)
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+def _supervise(sup: Supervisor, signals: dict, missing: list[str]) -> int:
+    where = f"logs in {sup.log_dir}" if sup.log_dir else "logs on this terminal"
+    sup.say(f"shoal up: starting {len(sup.procs)} processes (data in {sup.root}, {where})")
+    for p in sup.procs:
+        sup.start(p)
+    began = time.monotonic()
+    announced = False
+    while not signals["count"]:
+        sup.check_exits(time.monotonic())
+        if not announced:
+            sup.probe()
+            if sup.ready() or time.monotonic() - began > READY_TIMEOUT:
+                announced = True
+                sup.say(summary(sup, missing))
+        time.sleep(0.25)
+    sup.say("shoal up: stopping (Ctrl-C again to kill at once)")
+    sup.stop_all()
+    with contextlib.suppress(OSError):
+        (sup.root / "up.json").unlink()
+    sup.say("shoal up: stopped")
     return 0
 
 
-def _wait_healthy(children: list[Child], timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    pending = list(children)
-    while pending and time.monotonic() < deadline:
-        for c in list(pending):
-            try:
-                if httpx.get(c.url + "/health", timeout=1.0).status_code < 500:
-                    pending.remove(c)
-            except httpx.HTTPError:
-                pass
-        time.sleep(0.1)
-    for c in pending:
-        print(f"shoal up: {c.name} is not healthy after {timeout:.0f} s", file=sys.stderr)
+def summary(sup: Supervisor, missing: list[str]) -> str:
+    lines = ["", "shoal is up:"]
+    nodes = sup.registered_nodes()
+    for p in sup.procs:
+        c = p.child
+        state = "healthy" if p.healthy else "NOT HEALTHY"
+        notes = list(c.notes)
+        if c.service == "metadata" and nodes is not None:
+            notes.append(f"{nodes} storage node(s) registered and healthy")
+        if c.service == "compute":
+            notes += compute_notes(c, sup.http)
+        if not p.healthy and p.log_path:
+            notes.append(f"see {p.log_path}")
+        url = c.url + ("/" if c.service == "dashboard" else "")
+        lines.append(f"  {c.name:<10} {url:<28} {state:<8} {'; '.join(notes)}".rstrip())
+    if missing:
+        lines.append(f"  not built: {', '.join(missing)}")
+    offset = sup.settings.port_offset
+    hint = f" --port-offset {offset}" if offset else ""
+    root = f" --data-root {sup.settings.data_root}" if sup.settings.data_root != "./shoal-data" else ""
+    lines += [
+        "Each service documents its API at <url>/openapi.json and answers <url>/health.",
+        f"Next: `shoal demo{hint}{root}` (upload and play a test video), `shoal status{hint}{root}`.",
+        "Ctrl-C stops everything.",
+        "shoal up: ready"
+        if all(p.healthy for p in sup.procs)
+        else "shoal up: started, but not everything is healthy",
+    ]
+    return "\n".join(lines)
 
 
-def run_status(host: str, port_offset: int = 0) -> int:
-    bad = 0
-    for c in layout("./shoal-data", host, [], port_offset):
-        try:
-            r = httpx.get(c.url + "/health", timeout=2.0)
-            state = f"{r.status_code} {r.text[:60]}"
-            bad += r.status_code >= 400
-        except httpx.HTTPError as exc:
-            state = f"down ({type(exc).__name__})"
-            bad += 1
-        print(f"{c.name:<12} {c.url:<28} {state}")
-    return 1 if bad else 0
+def compute_notes(c: Child, http: httpx.Client) -> list[str]:
+    """The Compute API starts without dockerd or libvirtd; say which backends are unavailable."""
+    token_file = Path(c.data_dir) / "token"
+    try:
+        token = token_file.read_text().split()[0]
+    except (OSError, IndexError):
+        return ["bearer token: see its --token flags"]
+    notes = [f"token in {token_file}"]
+    try:
+        r = http.get(c.url + "/api/v1/compute/cluster/status", headers={"Authorization": f"Bearer {token}"})
+        backends = r.json()["backends"]
+    except (httpx.HTTPError, ValueError, KeyError, TypeError):
+        return notes
+    for name, info in backends.items():
+        if info.get("status") != "healthy":
+            notes.append(f"{name}: BACKEND_UNAVAILABLE ({info.get('reason') or info.get('status')})")
+        else:
+            notes.append(f"{name}: available")
+    return notes
+
+
+# -- shoal status ---------------------------------------------------------------------------------
+
+
+def service_health(c: Child, http: httpx.Client) -> dict[str, Any]:
+    row: dict[str, Any] = {"name": c.name, "url": c.url, "prefix": c.prefix}
+    try:
+        r = http.get(c.url + "/health")
+        body = r.json()
+    except (httpx.HTTPError, ValueError) as exc:
+        row.update(status=f"down ({type(exc).__name__})", healthy=False)
+        return row
+    row["status"] = body.get("status", r.status_code) if isinstance(body, dict) else body
+    row["healthy"] = r.status_code == 200
+    if c.service == "metadata":
+        with contextlib.suppress(httpx.HTTPError, ValueError):
+            row["nodes"] = http.get(c.url + "/nodes/health-summary").json()
+    if c.service == "compute":
+        row["notes"] = compute_notes(c, http)
+    if c.service == "state":
+        with contextlib.suppress(httpx.HTTPError, ValueError):
+            row["auth"] = http.get(c.url + "/status").json().get("auth")
+    return row
+
+
+def run_status(args: argparse.Namespace, out: IO[str] = sys.stdout) -> int:
+    try:
+        settings = settings_from_args(args)
+    except (ConfigError, OSError) as exc:
+        print(f"shoal status: {exc}", file=sys.stderr)
+        return 2
+    children, _ = layout(settings, check_built=False)
+    with httpx.Client(timeout=3.0) as http:
+        rows = [service_health(c, http) for c in children]
+    if args.json:
+        print(json.dumps(rows, indent=1), file=out)
+    else:
+        for row in rows:
+            extra = _status_extra(row)
+            print(f"{row['name']:<10} {row['url']:<26} {row['status']!s:<24} {extra}".rstrip(), file=out)
+    return 0 if all(r["healthy"] for r in rows) else 1
+
+
+def _status_extra(row: dict) -> str:
+    parts = []
+    if "nodes" in row and isinstance(row["nodes"], dict):
+        n = row["nodes"]
+        parts.append(
+            f"nodes: {n.get('healthy', 0)} healthy, {n.get('degraded', 0)} degraded, {n.get('down', 0)} down"
+        )
+    if row.get("auth"):
+        parts.append(f"auth: {row['auth']}")
+    parts += row.get("notes", [])
+    return "; ".join(parts)
