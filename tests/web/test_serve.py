@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -12,8 +13,10 @@ import time
 import httpx
 import pytest
 
+from shoal import _native
 from shoal.testing import ServiceProcess
 from shoal.testing.fuzz import run_schemathesis
+from tests.conftest import native_required
 
 PLUGIN = {"SHOAL_SERVICE_MODULES": "example=tests.web.example_service"}
 
@@ -71,6 +74,12 @@ def test_cli_version_and_doctor():
     assert _shoal("--version").stdout.strip() == f"shoal {__version__}"
     out = _shoal("doctor")
     assert out.returncode == 0 and "scoring" in out.stdout
+    report = json.loads(_shoal("doctor", "--json").stdout)
+    expected = "native" if _native.native("scoring") is not None else "pure-python"
+    assert report["hot_paths"]["scoring"] == expected
+    if native_required():
+        assert set(report["hot_paths"].values()) == {"native"}, report["hot_paths"]
+    assert report["services"]["storage"] == "built"
 
 
 def test_serve_unknown_service_fails_clearly():
