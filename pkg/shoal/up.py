@@ -31,6 +31,8 @@ from shoal.layout import Child, ConfigError, Settings, layout, load_config, sett
 READY_TIMEOUT = 120.0  # 13 Python processes start in ~20 s on 2 busy cores; leave room
 STABLE_AFTER = 60.0  # a process that ran this long before exiting restarts after 1 s again
 MAX_BACKOFF = 30.0
+FIRST = ("metadata",)  # started before the others, which need it at start-up
+FIRST_WAIT = 30.0
 
 
 def add_layout_arguments(p: argparse.ArgumentParser) -> None:
@@ -86,6 +88,7 @@ class Proc:
     next_start: float = 0.0
     backoff: float = 1.0
     healthy: bool = False
+    held: bool = False  # not started yet: waits for the services started first
 
     @property
     def name(self) -> str:
@@ -151,6 +154,8 @@ class Supervisor:
 
     def check_exits(self, now: float) -> None:
         for p in self.procs:
+            if p.held:
+                continue
             if p.proc is not None and p.proc.poll() is not None:
                 code, ran = p.proc.returncode, now - p.started
                 p.proc = None
@@ -298,11 +303,22 @@ def run_up(args: argparse.Namespace, out: IO[str] = sys.stdout) -> int:
 def _supervise(sup: Supervisor, signals: dict, missing: list[str]) -> int:
     where = f"logs in {sup.log_dir}" if sup.log_dir else "logs on this terminal"
     sup.say(f"shoal up: starting {len(sup.procs)} processes (data in {sup.root}, {where})")
+    # The metadata service first: storage nodes that find it down retry only after seconds.
+    first = [p for p in sup.procs if p.child.service in FIRST]
     for p in sup.procs:
-        sup.start(p)
+        p.held = p not in first
+        if not p.held:
+            sup.start(p)
     began = time.monotonic()
     announced = False
     while not signals["count"]:
+        if any(p.held for p in sup.procs) and (
+            all(p.healthy for p in first) or time.monotonic() - began > FIRST_WAIT
+        ):
+            for p in sup.procs:
+                if p.held:
+                    p.held = False
+                    sup.start(p)
         sup.check_exits(time.monotonic())
         if not announced:
             sup.probe()
