@@ -53,13 +53,17 @@ def test_sigterm_lets_in_flight_requests_finish(example):
 
 
 def test_fuzzing_finds_no_server_error(example):
-    out = run_schemathesis(example.url, exclude_path_regex="^/(boom|slow|sleep)", max_examples=20)
+    out = run_schemathesis(
+        example.url, exclude_path_regex="^/(boom|slow|sleep)", max_examples=20, max_time=25
+    )
     assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-2000:]
 
 
 def test_fuzzing_catches_a_server_error(example):
     """The fuzz helper is not vacuous: it reports the route that answers 500."""
-    out = run_schemathesis(example.url, max_examples=5, exclude_path_regex="^/(slow|sleep|items|blob)")
+    out = run_schemathesis(
+        example.url, max_examples=5, exclude_path_regex="^/(slow|sleep|items|blob)", max_time=10
+    )
     assert out.returncode != 0
     assert "/boom" in out.stdout
 
