@@ -231,8 +231,12 @@ def test_nginx_config_is_valid_for_nginx(tmp_path):
     )
     assert out.returncode == 0, out.stderr
     conf = out.stdout
-    assert "location /storage/5/ {" in conf and "proxy_set_header X-Forwarded-Prefix /storage/5;" in conf
-    assert conf.count("proxy_set_header X-Forwarded-For") == conf.count("location /")  # every location
+    assert "location /storage/5/  { proxy_pass http://shoal_storage_5/; }" in conf
+    assert "~^/storage/5/  /storage/5;" in conf and "server 127.0.0.1:8086;" in conf
+    # set once, in the server block; a location with a proxy_set_header of its own would drop them
+    assert (
+        conf.count("proxy_set_header") == 6 and "proxy_set_header X-Forwarded-Prefix $shoal_prefix;" in conf
+    )
     (tmp_path / "shoal.conf").write_text(conf)
     main = (
         f"pid {tmp_path}/nginx.pid;\nerror_log {tmp_path}/error.log;\nevents {{}}\n"
