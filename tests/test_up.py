@@ -235,7 +235,8 @@ def test_nginx_config_is_valid_for_nginx(tmp_path):
     assert "~^/storage/5/  /storage/5;" in conf and "server 127.0.0.1:8086;" in conf
     # set once, in the server block; a location with a proxy_set_header of its own would drop them
     assert (
-        conf.count("proxy_set_header") == 6 and "proxy_set_header X-Forwarded-Prefix $shoal_prefix;" in conf
+        conf.count("\n    proxy_set_header ") == 6
+        and "proxy_set_header X-Forwarded-Prefix $shoal_prefix;" in conf
     )
     (tmp_path / "shoal.conf").write_text(conf)
     main = (
