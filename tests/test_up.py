@@ -11,6 +11,8 @@ import socket
 import subprocess
 import sys
 import time
+import tomllib
+from pathlib import Path
 
 import httpx
 import pytest
@@ -141,8 +143,6 @@ port = 4000
 
 @pytest.mark.parametrize("suffix", [".toml", ".json", ".conf"])
 def test_config_file(tmp_path, suffix):
-    import tomllib
-
     path = tmp_path / f"layout{suffix}"
     path.write_text(json.dumps(tomllib.loads(TOML)) if suffix == ".json" else TOML)
     s = settings_from(load_config(path), port_offset=20)  # a flag beats the file
@@ -249,3 +249,24 @@ def test_nginx_config_is_valid_for_nginx(tmp_path):
         [nginx, "-t", "-p", str(tmp_path), "-c", str(tmp_path / "nginx.conf")], capture_output=True, text=True
     )
     assert test.returncode == 0, test.stderr
+
+
+DOC = Path(__file__).parent.parent / "docs" / "deploy.md"
+
+
+def _fenced(text: str, lang: str, after: str = "") -> str:
+    start = text.index(f"```{lang}\n", text.index(after) if after else 0) + len(lang) + 4
+    return text[start : text.index("```", start)]
+
+
+def test_docs_nginx_config_is_what_shoal_writes():
+    from shoal.nginx import server_config
+
+    documented = _fenced(DOC.read_text(), "nginx", "<!-- nginx-config")
+    assert documented == server_config(layout(settings_from({}), check_built=False)[0])
+
+
+def test_docs_config_example_is_valid():
+    s = settings_from(tomllib.loads(_fenced(DOC.read_text(), "toml")))
+    children = by_name(layout(s, check_built=False)[0])
+    assert children["storage-6"].port == 8089 and "kv" not in children

@@ -433,7 +433,7 @@ def demo(args: argparse.Namespace, out: Out) -> dict:
             f"chunks played     {perf['chunks_played']}, download success {perf['download_success_rate'] * 100:.0f}%, failovers {perf['failover_count']}"
         )
         if urls.dashboard:
-            out.say(f"dashboard         {urls.dashboard}/   (POST /api/play or reload to watch it again)")
+            out.say(f"dashboard         {urls.dashboard}/   (open it to watch the video and its charts)")
         out.say(f"played stream     {played}")
     return {
         "video_id": video_id,
