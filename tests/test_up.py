@@ -41,6 +41,15 @@ def test_up_supervises_and_stops(tmp_path):
     try:
         wait_http(url + "/health", 30, proc)
         pid, server_pid = map(int, (tmp_path / "example" / "started").read_text().split())
+        second = subprocess.run(  # the same data root, other ports: refused, not shared
+            [*cmd, "--port-offset", str(free_port() - 8000)],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert second.returncode == 2
+        assert f"another `shoal up` (pid {proc.pid}) uses {tmp_path}" in second.stderr
         os.killpg(server_pid, signal.SIGKILL)  # the service crashes: server and workers
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
@@ -97,7 +106,7 @@ def test_default_layout_ports_and_urls_with_offset(tmp_path):
     for name in ("storage-1", "storage-5", "uploader", "dashboard"):
         args = children[name].args
         assert args[args.index("--metadata-url") + 1] == meta
-    assert children["storage-3"].args[:2] == ["--node-id", "storage-3"]
+    assert children["storage-3"].args[:4] == ["--node-id", "storage-3", "--node-url", "http://127.0.0.1:8183"]
     assert children["storage-3"].data_dir == str(tmp_path / "storage-3")
     assert children["storage-3"].prefix == "/storage/3"
     assert "--insecure-dev" in children["state"].args

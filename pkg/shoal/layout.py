@@ -233,9 +233,14 @@ def _service_args(
     if name == "state":
         if s.admin_address:
             return ["--admin-address", s.admin_address], [f"admin: {s.admin_address}"], data_dir
-        return ["--insecure-dev"], ["!!! INSECURE DEV MODE: authentication is DISABLED (use --admin-address 0x...)"], data_dir
+        return (
+            ["--insecure-dev"],
+            ["!!! INSECURE DEV MODE: authentication is DISABLED (use --admin-address 0x...)"],
+            data_dir,
+        )
     if name == "storage":
-        return ["--node-id", inst, "--metadata-url", meta_url], [], data_dir
+        node_url = f"http://{s.reach}:{s.storage_ports()[int(inst.split('-')[1]) - 1]}"
+        return ["--node-id", inst, "--node-url", node_url, "--metadata-url", meta_url], [], data_dir
     if name in ("uploader", "dashboard"):
         return ["--metadata-url", meta_url], [], data_dir
     if name == "manager":

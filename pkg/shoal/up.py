@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import fcntl
 import json
 import os
 import signal
@@ -271,6 +272,22 @@ def run_up(args: argparse.Namespace, out: IO[str] = sys.stdout) -> int:
     if not children:
         print("shoal up: nothing to run", file=sys.stderr)
         return 1
+    Path(settings.data_root).mkdir(parents=True, exist_ok=True)
+    lock = open(Path(settings.data_root) / "up.lock", "a+")  # held until we exit
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.seek(0)
+        print(
+            f"shoal up: another `shoal up` (pid {lock.read().strip() or '?'}) uses {settings.data_root}; "
+            "give each one its own --data-root",
+            file=sys.stderr,
+        )
+        lock.close()
+        return 2
+    lock.truncate(0)
+    lock.write(str(os.getpid()))
+    lock.flush()
     taken = ports_in_use(settings, children)
     if taken:
         names = ", ".join(f"{c.port} ({c.name})" for c in taken)
@@ -283,7 +300,6 @@ def run_up(args: argparse.Namespace, out: IO[str] = sys.stdout) -> int:
     if any(c.service == "state" and "--insecure-dev" in c.args for c in children):
         bar = "!" * 100
         print(f"{bar}\n{INSECURE}\n{bar}", file=sys.stderr, flush=True)
-    Path(settings.data_root).mkdir(parents=True, exist_ok=True)
     sup = Supervisor(settings, children, args.verbose, out)
     signals = {"count": 0}
 
