@@ -61,8 +61,32 @@ def test_commit_replication_through_paxos(five):
         "redundancy_mode": "replication",
         "replicas": five.urls[:3],
     }
+    assert man["chunks"][0]["start_sec"] is None and man["chunks"][0]["duration_sec"] is None  # not given
     frags = httpx.get(f"{m}/chunk/rep-c0/fragments").json()
     assert frags == {"chunk_id": "rep-c0", "redundancy_mode": "replication", "fragments": []}
+
+
+def test_manifest_keeps_each_chunks_time_range(five):
+    m = five.meta.url
+    vid = new_video(m)
+    data = [blob(20 + k, 10_000) for k in range(3)]
+    times = [(0.0, 2.5), (2.5, 2.0), (4.5, 1.25)]
+    for k, (d, (start, duration)) in enumerate(zip(data, times, strict=True)):
+        for u in five.urls[:3]:
+            five.put(u, f"tr-c{k}", d)
+        r = commit(m, f"tr-c{k}", vid, k, d, five.urls[:3], start_sec=start, duration_sec=duration)
+        assert r.status_code == 200, r.text
+    # a retried commit with other times answers from the store and keeps the first ones
+    assert commit(m, "tr-c1", vid, 1, data[1], five.urls[:3], start_sec=9, duration_sec=9).status_code == 200
+    chunks = httpx.get(f"{m}/manifest/{vid}").json()["chunks"]
+    assert [(c["start_sec"], c["duration_sec"]) for c in chunks] == times
+    # optional: null (or absent) is stored as unknown
+    five.put(five.urls[0], "tr-c3", data[0])
+    five.put(five.urls[1], "tr-c3", data[0])
+    r = commit(m, "tr-c3", vid, 3, data[0], five.urls[:3], start_sec=None, duration_sec=None)
+    assert r.status_code == 200, r.text
+    last = httpx.get(f"{m}/manifest/{vid}").json()["chunks"][3]
+    assert last["start_sec"] is None and last["duration_sec"] is None
 
 
 def test_commit_refused_when_nodes_do_not_hold_the_data(five):
@@ -111,6 +135,10 @@ def test_commit_erasure_coded_and_overhead(five):
         "checksum": sha(frags[0]),
         "status": "active",
     }
+    # the manifest lists the same fragments under the same key names (plus the older `index`)
+    listed = httpx.get(f"{m}/manifest/{vid}").json()["chunks"][0]["fragments"]
+    assert [f["fragment_index"] for f in listed] == [f["index"] for f in listed] == list(range(5))
+    assert listed[0] == {k: v for k, v in got["fragments"][0].items() if k != "status"} | {"index": 0}
     after = httpx.get(f"{m}/storage/overhead").json()
     assert after["erasure_coded_chunks"] == before["erasure_coded_chunks"] + 1
     assert after["total_logical_bytes"] - before["total_logical_bytes"] == len(data)

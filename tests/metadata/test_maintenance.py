@@ -38,7 +38,9 @@ def test_migration_both_ways(tmp_path):
         for k, (cid, d) in enumerate(data.items()):
             for u in c.urls[:3]:
                 c.put(u, cid, d)
-            assert commit(m, cid, vid, k, d, c.urls[:3]).status_code == 200
+            assert (
+                commit(m, cid, vid, k, d, c.urls[:3], start_sec=2.0 * k, duration_sec=2.0).status_code == 200
+            )
         # 0 views -> erasure coding is recommended, but it must hold for 1.5 s first
         run_pass(m)
         assert {x["redundancy_mode"] for x in manifest(m, vid).values()} == {"replication"}
@@ -71,6 +73,7 @@ def test_migration_both_ways(tmp_path):
         for cid, d in data.items():
             ch = chunks[cid]
             assert ch["redundancy_mode"] == "replication" and ch["epoch"] == 2 and len(ch["replicas"]) == 3
+            assert (ch["start_sec"], ch["duration_sec"]) == (2.0 * int(cid[-1]), 2.0)  # kept by every epoch
             assert all(httpx.get(f"{u}/chunk/{cid}").content == d for u in ch["replicas"])
             assert all(status_of(u, f"{cid}-frag-{i}") == 404 for i, u in enumerate(c.urls))
         # a manual override moves at once, and passes with nothing to do move nothing

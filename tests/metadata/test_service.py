@@ -4,6 +4,7 @@ status codes and error envelope, node health from heartbeats, and state across a
 from __future__ import annotations
 
 import asyncio
+import json
 
 import pytest
 
@@ -63,6 +64,9 @@ async def test_videos_pagination_and_manifest(client):
     assert m["chunk_size_bytes"] == 2 * 1024 * 1024 and m["chunk_duration_sec"] == 10
     r = await client.get("/manifest/nope")
     assert r.status_code == 404 and r.json() == {"detail": "video nope not found"}
+    assert (
+        await client.get("/manifest/a%00b")
+    ).status_code == 404  # not a possible id (found by schemathesis)
 
 
 async def test_bad_video_bodies(client):
@@ -246,6 +250,14 @@ async def test_commit_refusals(client):
     r = await client.post("/chunk/c1/commit", json=commit_body(vid, three))
     assert r.status_code == 400 and "registered" in r.json()["detail"]
     assert (await client.post("/chunk/c1/commit", json={"checksum": CKS})).status_code == 400
+    # a chunk's time range: optional, each a non-negative finite number of seconds
+    bad_times = ({"start_sec": -1}, {"duration_sec": -0.5}, {"start_sec": "0"}, {"duration_sec": True})
+    for times in (*bad_times, {"start_sec": 1e300}):
+        r = await client.post("/chunk/c1/commit", json=commit_body(vid, three, **times))
+        assert r.status_code == 400 and "_sec" in r.json()["detail"], (times, r.text)
+    raw = json.dumps(commit_body(vid, three)).replace('"sequence_num"', '"start_sec": 1e999, "sequence_num"')
+    r = await client.post("/chunk/c1/commit", content=raw, headers={"content-type": "application/json"})
+    assert r.status_code == 400 and "infinity" in r.json()["detail"], r.text
     assert (await client.get("/chunk/c1/fragments")).status_code == 404
     assert (await client.get("/consensus/c1")).status_code == 404
     assert (await client.get("/consensus/bad.id")).status_code == 400

@@ -4,6 +4,7 @@ nodes on loopback, real FFmpeg. Every chunk is read back from the nodes."""
 from __future__ import annotations
 
 import hashlib
+import itertools
 import subprocess
 from pathlib import Path
 
@@ -143,12 +144,10 @@ def test_manifest_records_chunk_times(uploader: ServiceProcess, cluster: Cluster
     r = post_upload(uploader.url, v720, "timed", redundancy_mode="replication")
     assert wait_upload(uploader.url, r.json()["upload_session_id"])[-1]["status"] == "completed"
     chunks = sorted(manifest(cluster, r.json()["video_id"])["chunks"], key=lambda c: c["sequence_num"])
-    if "start_sec" not in chunks[0]:
-        pytest.xfail(
-            "the metadata service does not store start_sec/duration_sec from the commit body yet "
-            "(the uploader sends them)"
-        )
     assert chunks[0]["start_sec"] == 0.0
+    for a, b in itertools.pairwise(chunks):  # in order and without gaps (a split fragment is shared)
+        assert a["duration_sec"] > 0
+        assert a["start_sec"] <= b["start_sec"] <= a["start_sec"] + a["duration_sec"] + 1e-6
     end = chunks[-1]["start_sec"] + chunks[-1]["duration_sec"]
     assert end == pytest.approx(6.0, abs=0.1)
 

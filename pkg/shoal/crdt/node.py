@@ -142,6 +142,7 @@ class ReplicationNode:
         self.interval = float(options.get("sync_interval") or 1.0)
         self.replica = Replica(signer, self.trusted, validate_value)
         self.journal: StateJournal | None = None
+        self.off: str | None = None  # why replication is off (--store etcd), or None
         self.http: httpx.AsyncClient | None = None
         self.tasks: list[asyncio.Task] = []
 
@@ -158,6 +159,10 @@ class ReplicationNode:
             for peer in self.peers:
                 self.tasks.append(asyncio.create_task(self._sync_forever(peer)))
                 self.tasks.append(asyncio.create_task(self._push_forever(peer)))
+
+    def disable(self, reason: str) -> None:
+        """No journal and no peers: the store itself is shared by every State Service (etcd)."""
+        self.off = reason
 
     async def stop(self) -> None:
         for task in self.tasks:
@@ -324,6 +329,8 @@ class ReplicationNode:
         node = self
 
         def journal() -> StateJournal:
+            if node.off is not None:
+                raise ApiError(409, f"replication is off: {node.off}", "REPLICATION_OFF")
             if node.journal is None:
                 raise ApiError(503, "replication is starting", "STARTING")
             return node.journal
@@ -378,6 +385,7 @@ class ReplicationNode:
         seq = self.journal.seq if self.journal else 0
         return {
             "node_key": self.signer.public_b64,
+            "replication": "on" if self.off is None else f"off: {self.off}",
             "ops": len(r.known),
             "seq": seq,
             "heads": sorted(h.hex() for h in r.heads)[:64],

@@ -20,6 +20,8 @@ from .nodes import NodeRegistry
 from .records import ChunkRecord
 from .store import MetadataStore
 
+Times = tuple[float | None, float | None]  # (start_sec, duration_sec) of a chunk, each optional
+
 
 class CommitFailed(Exception):
     """No value could be chosen. status: 409 (acceptors refused the placement), 503 (no quorum)."""
@@ -62,8 +64,19 @@ class ChunkService:
             lock = self._locks[chunk_id] = asyncio.Lock()
         return lock
 
-    async def commit(self, chunk_id: str, video_id: str, seq: int, placement: Placement) -> Committed:
-        """Choose epoch 0's placement (or report the one already chosen)."""
+    async def commit(
+        self,
+        chunk_id: str,
+        video_id: str,
+        seq: int,
+        placement: Placement,
+        times: Times = (None, None),
+    ) -> Committed:
+        """Choose epoch 0's placement (or report the one already chosen).
+
+        times: the chunk's (start_sec, duration_sec) in the video, kept with the record; a
+        chunk that is already committed keeps the times of its first commit.
+        """
         validate(placement, chunk_id)
         async with self.lock(chunk_id):
             existing = await self.store.chunk(chunk_id)
@@ -78,7 +91,7 @@ class ChunkService:
             taken = await self.store.chunk_at(video_id, seq)
             if taken is not None:
                 raise CommitFailed(409, f"sequence {seq} of video {video_id} holds chunk {taken.chunk_id}")
-            return await self._decide(chunk_id, video_id, seq, 0, placement)
+            return await self._decide(chunk_id, video_id, seq, 0, placement, times)
 
     async def replace(self, current: ChunkRecord, placement: Placement) -> Committed:
         """Propose `placement` as the chunk's next epoch (migration, repair)."""
@@ -88,11 +101,16 @@ class ChunkService:
             if latest is not None and latest.epoch != current.epoch:
                 raise CommitFailed(409, f"chunk {current.chunk_id} moved on to epoch {latest.epoch}")
             return await self._decide(
-                current.chunk_id, current.video_id, current.sequence_num, current.epoch + 1, placement
+                current.chunk_id,
+                current.video_id,
+                current.sequence_num,
+                current.epoch + 1,
+                placement,
+                (current.start_sec, current.duration_sec),
             )
 
     async def _decide(
-        self, chunk_id: str, video_id: str, seq: int, epoch: int, placement: Placement
+        self, chunk_id: str, video_id: str, seq: int, epoch: int, placement: Placement, times: Times
     ) -> Committed:
         cluster = self.registry.urls()
         need = len(placement.nodes)
@@ -123,6 +141,8 @@ class ChunkService:
             committed_at=time.time(),
             messages=outcome.messages,
             rounds=outcome.rounds,
+            start_sec=times[0],
+            duration_sec=times[1],
         )
         await self.store.save_chunk(record)
         self.phases.pop(chunk_id, None)

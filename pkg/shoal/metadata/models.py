@@ -40,6 +40,9 @@ class CommitBody(msgspec.Struct):
     sequence_num: Annotated[int, msgspec.Meta(ge=0, le=10**8)]
     redundancy_mode: str = "replication"
     fragments_metadata: Annotated[list[FragmentMeta], msgspec.Meta(max_length=64)] | None = None
+    # where the chunk sits in the video's timeline (the uploader sends them; optional)
+    start_sec: NonNeg | None = None
+    duration_sec: NonNeg | None = None
 
 
 class CommitResult(msgspec.Struct):

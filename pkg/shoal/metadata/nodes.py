@@ -14,11 +14,14 @@ GC pause) does not make a healthy node flap: it takes two before it is even degr
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from dataclasses import dataclass
 
 from .records import NodeRecord
 from .store import MetadataStore, iso
+
+log = logging.getLogger("shoal.metadata")
 
 HEALTHY, DEGRADED, DOWN = "healthy", "degraded", "down"
 DISK_DEGRADED_PERCENT = 90.0
@@ -37,10 +40,36 @@ class NodeRegistry:
         self.store = store
         self.thresholds = thresholds or Thresholds()
         self.nodes: dict[str, NodeRecord] = {}
+        self.versions: dict[str, int] = {}  # kv version of each cached record
         self._lock = asyncio.Lock()
 
     async def load(self) -> None:
-        self.nodes = {n.node_id: n for n in await self.store.nodes()}
+        async with self._lock:
+            pairs = await self.store.node_versions()
+            self.nodes = {n.node_id: n for n, _ in pairs}
+            self.versions = {n.node_id: v for n, v in pairs}
+
+    def _put(self, node: NodeRecord, version: int) -> None:
+        """Cache a record unless a newer one is cached already (another process wrote later)."""
+        if version > self.versions.get(node.node_id, 0):
+            self.nodes[node.node_id] = node
+            self.versions[node.node_id] = version
+
+    async def follow(self) -> None:
+        """Keep the cache in step with records other metadata processes write to a shared store
+        (--store etcd): a node heartbeats one of them, and every one must see it."""
+        while True:
+            try:
+                async with self.store.kv.watch("/node/*") as events:
+                    await self.load()  # after the watch opened, so no write falls in between
+                    async for event in events:
+                        if event.value is not None:
+                            self._put(self.store.decode_node(event.value), event.version)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # a compacted or broken watch: reload and watch again
+                log.exception("following node records failed; reloading")
+                await asyncio.sleep(1.0)
 
     async def register(self, node_id: str, node_url: str, version: str) -> NodeRecord:
         async with self._lock:
@@ -56,8 +85,7 @@ class NodeRegistry:
                 chunk_count=old.chunk_count if old else 0,
                 heartbeats=old.heartbeats if old else 0,
             )
-            await self.store.save_node(node)
-            self.nodes[node_id] = node
+            self._put(node, await self.store.save_node(node))
             return node
 
     async def heartbeat(
@@ -79,8 +107,7 @@ class NodeRegistry:
                 corrupt_chunks=corrupt[:1000],
                 heartbeats=node.heartbeats + 1,
             )
-            await self.store.save_node(node)
-            self.nodes[node_id] = node
+            self._put(node, await self.store.save_node(node))
             return node
 
     def status(self, node: NodeRecord, now: float | None = None) -> str:

@@ -29,6 +29,8 @@ class ChunkRecord(msgspec.Struct):
     committed_at: float
     messages: int = 0
     rounds: int = 1
+    start_sec: float | None = None  # the chunk's time range, as the first commit gave it
+    duration_sec: float | None = None
 
 
 class NodeRecord(msgspec.Struct):

@@ -1,15 +1,18 @@
-"""The metadata service: `shoal serve metadata --port 8080 --data-dir D [--store lmdb|sqlite]`.
+"""The metadata service: `shoal serve metadata --port 8080 --data-dir D [--store lmdb|sqlite|etcd]`.
 
 Every route of the spec's "Metadata Service API", errors as {"detail"}. State is in shoal.kv
 (LMDB by default, fsync per commit), so an acknowledged write survives kill -9. One process
 (MAX_WORKERS = 1): the node registry and in-flight consensus phases are cached in memory.
+With `--store etcd --etcd URL`, several metadata processes (on several machines) share one
+store: each follows the node records the others write, and takes its own proposer incarnation.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import time
-import uuid
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -18,7 +21,7 @@ import httpx
 import msgspec
 
 from shoal import __version__
-from shoal.kv import KvStore, LmdbStore, SqliteStore
+from shoal.kv import KvStore, add_store_arguments, open_store
 from shoal.paxos import ERASURE, REPLICATION, Fragment, Placement, PlacementError
 from shoal.paxos.placement import CHUNK_ID, MODES, NODE_URL, fragment_id
 from shoal.paxos.proposer import Proposer
@@ -26,7 +29,7 @@ from shoal.paxos.transport import HttpTransport, Unreachable
 from shoal.web import DETAIL_ENVELOPE, Api, ApiError
 from shoal.web import create_app as build_app
 
-from .chunks import ChunkService, CommitFailed
+from .chunks import ChunkService, CommitFailed, Times
 from .maintenance import Maintenance
 from .models import (
     CommitBody,
@@ -48,12 +51,14 @@ TITLE = "Metadata service"
 MAX_WORKERS = 1
 SERVICE_VERSION = "1.0.0"
 
+FILES = {"lmdb": "metadata.lmdb", "sqlite": "metadata.sqlite"}  # in the data dir
+
 log = logging.getLogger("shoal.metadata")
 logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per Paxos message is noise
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--store", choices=["lmdb", "sqlite"], default="lmdb", help="shoal.kv backend")
+    add_store_arguments(parser)  # --store lmdb|sqlite|etcd, --etcd URL[,URL], --etcd-namespace
     parser.add_argument(
         "--proposer-id", default=None, help="ChunkPaxos proposer id (default: persisted uuid)"
     )
@@ -78,6 +83,7 @@ class Metadata:
         self.chunks: ChunkService
         self.maintenance: Maintenance
         self.transport: HttpTransport
+        self.follower: asyncio.Task | None = None
         self.policy = Policy(
             popularity_threshold=int(options.get("popularity_threshold") or 1000),
             settle=float(_opt(options, "migrate_settle", 60.0)),
@@ -85,23 +91,24 @@ class Metadata:
 
     async def start(self) -> None:
         o = self.options
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        if o.get("store") == "sqlite":
-            self.kv = await SqliteStore.open(self.data_dir / "metadata.sqlite", durable=True)
-        else:
-            self.kv = await LmdbStore.open(self.data_dir / "metadata.lmdb", durable=True)
+        kind = o.get("store") or "lmdb"
+        self.kv = await open_store(
+            kind,
+            self.data_dir,
+            o.get("etcd"),
+            name="metadata",
+            namespace=o.get("etcd_namespace"),
+            files=FILES,
+        )
         self.store = MetadataStore(self.kv)
         self.registry = NodeRegistry(
             self.store,
             Thresholds(float(_opt(o, "degraded_after", 10.0)), float(_opt(o, "down_after", 15.0))),
         )
         await self.registry.load()
-        base = o.get("proposer_id") or await self.store.get_text("/config/proposer")
-        if base is None:
-            base = "meta-" + uuid.uuid4().hex[:8]
-            await self.store.set_text("/config/proposer", base)
-        incarnation = int(await self.store.get_text("/config/incarnation") or 0) + 1
-        await self.store.set_text("/config/incarnation", str(incarnation))
+        if kind == "etcd":  # other metadata processes may share the store: see their nodes too
+            self.follower = asyncio.create_task(self.registry.follow(), name="shoal-metadata-nodes")
+        base, incarnation = await self.store.proposer_identity(o.get("proposer_id"))
         self.proposer_id = f"{base}.{incarnation}"
         timeout = float(_opt(o, "paxos_timeout", 2.0))
         self.transport = HttpTransport(timeout=timeout)
@@ -120,6 +127,10 @@ class Metadata:
         log.info("metadata service up: proposer %s, %d nodes", self.proposer_id, len(self.registry.nodes))
 
     async def stop(self) -> None:
+        if self.follower is not None:
+            self.follower.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.follower
         await self.maintenance.stop()
         await self.transport.aclose()
         await self.http.aclose()
@@ -157,10 +168,30 @@ def _chunk_json(r: ChunkRecord) -> dict:
         "redundancy_mode": p.mode,
         "replicas": p.nodes,
         "epoch": r.epoch,
+        "start_sec": r.start_sec,
+        "duration_sec": r.duration_sec,
     }
     if p.mode == ERASURE:
-        out["fragments"] = [msgspec.to_builtins(f) for f in sorted(p.fragments, key=lambda f: f.index)]
+        out["fragments"] = [_fragment_json(f) for f in sorted(p.fragments, key=lambda f: f.index)]
     return out
+
+
+def _fragment_json(f: Fragment) -> dict:
+    """A fragment with the spec's key names (as GET /chunk/{id}/fragments), plus the older `index`."""
+    return {
+        "fragment_id": f.fragment_id,
+        "fragment_index": f.index,
+        "index": f.index,
+        "node_url": f.node_url,
+        "size_bytes": f.size_bytes,
+        "checksum": f.checksum,
+    }
+
+
+def _times(body: CommitBody) -> Times:
+    """(start_sec, duration_sec) of a commit body (CommitBody checks them: >= 0 and finite)."""
+    start, duration = body.start_sec, body.duration_sec
+    return (None if start is None else abs(start), None if duration is None else abs(duration))  # -0.0
 
 
 def placement_from(chunk_id: str, body: CommitBody) -> Placement:
@@ -193,7 +224,8 @@ def make_api(m: Metadata) -> Api:
     api = Api(tags=["metadata"])
 
     async def video_or_404(video_id: str) -> Any:
-        video = await m.store.video(video_id) if len(video_id) <= 128 else None
+        ok = len(video_id) <= 128 and "\0" not in video_id  # anything else cannot be a kv key
+        video = await m.store.video(video_id) if ok else None
         if video is None:
             raise ApiError(404, f"video {video_id} not found")
         return video
@@ -292,7 +324,7 @@ def make_api(m: Metadata) -> Api:
         await video_or_404(body.video_id)
         placement = placement_from(chunk_id, body)
         try:
-            done = await m.chunks.commit(chunk_id, body.video_id, body.sequence_num, placement)
+            done = await m.chunks.commit(chunk_id, body.video_id, body.sequence_num, placement, _times(body))
         except PlacementError as exc:
             raise ApiError(400, str(exc)) from None
         except CommitFailed as exc:
@@ -522,6 +554,8 @@ def make_api(m: Metadata) -> Api:
 
 
 def create_app(options: dict[str, Any]) -> Any:
+    if options.get("store") == "etcd" and not options.get("etcd"):
+        raise SystemExit("--store etcd needs --etcd http://host:2379[,http://host2:2379...]")
     m = Metadata(options)
 
     @asynccontextmanager

@@ -136,39 +136,62 @@ class MetadataStore:
         """
         vkey = f"/vchunk/{record.video_id}/{record.sequence_num:08d}"
         async with self._chunk_lock:
-            old_entry = await self.kv.get(vkey)
-            old = None if old_entry is None else _chunk.decode(old_entry.value)
-            if old is not None and old.chunk_id != record.chunk_id:
-                raise SlotTaken(f"sequence {record.sequence_num} already holds chunk {old.chunk_id}")
-            if old is not None and old.epoch >= record.epoch:
-                return old
-            totals = await self.totals()
-            ops = [TransactionOp.set(vkey, _enc.encode(record))]
-            if old is None:
-                ops.append(TransactionOp.set(f"/chunk/{record.chunk_id}", vkey.encode()))
-                count = await self.total_chunks(record.video_id)
-                ops.append(TransactionOp.set(f"/vtotals/{record.video_id}", b"%d" % (count + 1)))
-            else:
-                totals.add(old.placement, -1)
-                for url in set(old.placement.nodes) - set(record.placement.nodes):
-                    ops.append(TransactionOp.delete(_placed_key(url, record.chunk_id)))
-            totals.add(record.placement, +1)
-            for url in record.placement.nodes:
-                ops.append(TransactionOp.set(_placed_key(url, record.chunk_id), b""))
-            ops.append(TransactionOp.set("/totals", _enc.encode(totals)))
-            await self.kv.transaction(ops)
+            while True:  # the lock orders this process's writers; version checks, other processes'
+                try:
+                    return await self._save_chunk(record, vkey)
+                except VersionConflict:
+                    continue  # another metadata process on the same store (etcd) wrote first
+
+    async def _save_chunk(self, record: ChunkRecord, vkey: str) -> ChunkRecord | None:
+        old_entry = await self.kv.get(vkey)
+        old = None if old_entry is None else _chunk.decode(old_entry.value)
+        if old is not None and old.chunk_id != record.chunk_id:
+            raise SlotTaken(f"sequence {record.sequence_num} already holds chunk {old.chunk_id}")
+        if old is not None and old.epoch >= record.epoch:
             return old
+        totals_entry = await self.kv.get("/totals")
+        totals = Totals() if totals_entry is None else _totals.decode(totals_entry.value)
+        ops = [
+            TransactionOp.check_version(vkey, 0 if old_entry is None else old_entry.version),
+            TransactionOp.check_version("/totals", 0 if totals_entry is None else totals_entry.version),
+            TransactionOp.set(vkey, _enc.encode(record)),
+        ]
+        if old is None:
+            ops.append(TransactionOp.set(f"/chunk/{record.chunk_id}", vkey.encode()))
+            count_entry = await self.kv.get(f"/vtotals/{record.video_id}")
+            count = 0 if count_entry is None else int(count_entry.value)
+            version = 0 if count_entry is None else count_entry.version
+            ops.append(TransactionOp.check_version(f"/vtotals/{record.video_id}", version))
+            ops.append(TransactionOp.set(f"/vtotals/{record.video_id}", b"%d" % (count + 1)))
+        else:
+            totals.add(old.placement, -1)
+            for url in set(old.placement.nodes) - set(record.placement.nodes):
+                ops.append(TransactionOp.delete(_placed_key(url, record.chunk_id)))
+        totals.add(record.placement, +1)
+        for url in record.placement.nodes:
+            ops.append(TransactionOp.set(_placed_key(url, record.chunk_id), b""))
+        ops.append(TransactionOp.set("/totals", _enc.encode(totals)))
+        await self.kv.transaction(ops)
+        return old
 
     async def totals(self) -> Totals:
         entry = await self.kv.get("/totals")
         return Totals() if entry is None else _totals.decode(entry.value)
 
     # -- nodes ----------------------------------------------------------------------------------
-    async def save_node(self, node: NodeRecord) -> None:
-        await self.kv.set(f"/node/{node.node_id}", _enc.encode(node))
+    async def save_node(self, node: NodeRecord) -> int:
+        """Store a node record; its new kv version (the registry's cache orders updates by it)."""
+        return await self.kv.set(f"/node/{node.node_id}", _enc.encode(node))
 
     async def nodes(self) -> list[NodeRecord]:
         return [_node.decode(e.value) for e in await self.kv.entries("/node/")]
+
+    async def node_versions(self) -> list[tuple[NodeRecord, int]]:
+        return [(_node.decode(e.value), e.version) for e in await self.kv.entries("/node/")]
+
+    @staticmethod
+    def decode_node(value: bytes) -> NodeRecord:
+        return _node.decode(value)
 
     # -- redundancy -----------------------------------------------------------------------------
     async def override(self, video_id: str) -> str | None:
@@ -194,3 +217,21 @@ class MetadataStore:
 
     async def set_text(self, key: str, value: str) -> None:
         await self.kv.set(key, value.encode())
+
+    async def proposer_identity(self, base: str | None) -> tuple[str, int]:
+        """(proposer id base, a new incarnation number), unique to this start even when several
+        metadata processes share the store (etcd): the number is taken with compare-and-set."""
+        if base is None:
+            await self.kv.create_if_not_exists("/config/proposer", f"meta-{uuid.uuid4().hex[:8]}".encode())
+            base = await self.get_text("/config/proposer")
+            assert base is not None
+        while True:
+            entry = await self.kv.get("/config/incarnation")
+            incarnation = (0 if entry is None else int(entry.value)) + 1
+            try:
+                await self.kv.compare_and_set(
+                    "/config/incarnation", 0 if entry is None else entry.version, b"%d" % incarnation
+                )
+                return base, incarnation
+            except VersionConflict:
+                continue

@@ -1,8 +1,13 @@
 """`shoal serve state`: the State Service on port 3004.
 
-shoal serve state --port 3004 --data-dir D [--store lmdb|sqlite] [--admin-address 0x...]
+shoal serve state --port 3004 --data-dir D [--store lmdb|sqlite|etcd] [--admin-address 0x...]
+                  [--etcd URL[,URL...]] [--etcd-namespace NS]
                   [--insecure-dev] [--token-ttl SECONDS] [--no-fsync]
                   [--peer URL ...] [--trust-node KEY ...] [--node-key-dir DIR]  (docs/crdt.md)
+
+With --store etcd, every State Service given the same etcd and namespace shares one store (one
+consistent state, unique fields enforced by etcd transactions), so CRDT replication between them
+would be redundant: it is off, and --peer / --trust-node are refused.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from shoal.crdt.node import ReplicationNode, add_replication_arguments, load_signer
+from shoal.kv import add_store_arguments
 from shoal.state.api import build_api
 from shoal.state.auth.eth import is_address
 from shoal.state.auth.middleware import AuthMiddleware
@@ -38,9 +44,7 @@ log = logging.getLogger("shoal.state")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--store", choices=["lmdb", "sqlite"], default="lmdb", help="kv backend (default lmdb)"
-    )
+    add_store_arguments(parser)  # --store lmdb|sqlite|etcd, --etcd URL[,URL], --etcd-namespace
     parser.add_argument("--admin-address", default=None, help="Ethereum address that is always an admin")
     parser.add_argument(
         "--insecure-dev", action="store_true", help="DISABLE authentication (local development only)"
@@ -58,6 +62,10 @@ class StateContext:
     def __init__(self, options: dict[str, Any]) -> None:
         self.data_dir = Path(options.get("data_dir") or "./shoal-data/state")
         self.backend: str = options.get("store") or "lmdb"
+        self.etcd: str | None = options.get("etcd")
+        self.etcd_namespace: str | None = options.get("etcd_namespace")
+        if self.backend == "etcd":
+            check_etcd_options(options)
         self.admin_address: str | None = options.get("admin_address")
         if self.admin_address and not is_address(self.admin_address):
             raise SystemExit(f"--admin-address {self.admin_address!r} is not an Ethereum address")
@@ -72,8 +80,13 @@ class StateContext:
         self.auth: Authenticator = None  # type: ignore[assignment]
 
     async def start(self) -> None:
-        self.store = await StateStore.open(self.data_dir, self.backend, self.durable)
-        await self.replication.start(self.store)  # every write becomes a signed op (shoal.crdt)
+        self.store = await StateStore.open(
+            self.data_dir, self.backend, self.durable, etcd=self.etcd, namespace=self.etcd_namespace
+        )
+        if self.backend == "etcd":
+            self.replication.disable(ETCD_SHARED)
+        else:
+            await self.replication.start(self.store)  # every write becomes a signed op (shoal.crdt)
         self.auth = Authenticator(self.store, admin_address=self.admin_address, token_ttl=self.token_ttl)
         if self.admin_address:
             await self.ensure_admin_account(self.admin_address)
@@ -96,6 +109,22 @@ class StateContext:
                 await self.auth.sweep()
             except Exception:
                 log.exception("sweeping expired sessions failed")
+
+
+ETCD_SHARED = "--store etcd: every State Service on this etcd namespace shares one store"
+
+
+def check_etcd_options(options: dict[str, Any]) -> None:
+    """--store etcd needs endpoints, and replaces replication (refused with it, not ignored)."""
+    if not options.get("etcd"):
+        raise SystemExit("--store etcd needs --etcd http://host:2379[,http://host2:2379...]")
+    if options.get("peer") or options.get("trust_node"):
+        raise SystemExit(
+            "--store etcd cannot be combined with --peer or --trust-node: State Services that share "
+            "an etcd already share one consistent store, so there is nothing to replicate between "
+            "them. Point every State Service at the same etcd (and --etcd-namespace) instead; "
+            "replication with --peer is for nodes with their own lmdb or sqlite store."
+        )
 
 
 def warn_insecure() -> None:

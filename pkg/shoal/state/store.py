@@ -17,7 +17,6 @@ where replication between nodes (the BFT-CRDT) plugs in, alongside the kv watch 
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import logging
 import time
@@ -30,13 +29,14 @@ from urllib.parse import quote
 import msgspec
 import orjson
 
-from shoal.kv import KvStore, LmdbStore, SqliteStore, TransactionOp, VersionConflict
+from shoal.kv import KvStore, TransactionOp, VersionConflict, open_store
 from shoal.state.entities import SPECS, EntitySpec, merged_document, new_document, new_id
 from shoal.state.errors import StateError, bad_request, conflict, not_found
 
 log = logging.getLogger("shoal.state")
 
 MAX_ATTEMPTS = 20
+FILES = {"lmdb": "state.lmdb", "sqlite": "state.sqlite3"}  # in the data dir
 SNAPSHOT_MAX_DOCS = 50_000  # lists of kinds larger than this read the store on every call
 Guard = Callable[[dict | None, dict | None], Awaitable[None]]
 
@@ -130,15 +130,21 @@ class StateStore:
         self._snapshots: dict[str, _Snapshot] = {}
 
     @classmethod
-    async def open(cls, data_dir: str | Path, backend: str = "lmdb", durable: bool = True) -> StateStore:
-        path = Path(data_dir)
-        await asyncio.to_thread(path.mkdir, parents=True, exist_ok=True)
-        if backend == "lmdb":
-            kv: KvStore = await LmdbStore.open(path / "state.lmdb", durable=durable)
-        elif backend == "sqlite":
-            kv = await SqliteStore.open(path / "state.sqlite3", durable=durable)
-        else:
-            raise ValueError(f"unknown store {backend!r} (lmdb or sqlite)")
+    async def open(
+        cls,
+        data_dir: str | Path | None,
+        backend: str = "lmdb",
+        durable: bool = True,
+        etcd: str | None = None,
+        namespace: str | None = None,
+    ) -> StateStore:
+        """The store of `backend` (shoal.kv.open_store): a file in data_dir, or namespace
+        `namespace` (default "state") of the etcd cluster at `etcd`."""
+        if backend not in ("lmdb", "sqlite", "etcd"):
+            raise ValueError(f"unknown store {backend!r} (lmdb, sqlite or etcd)")
+        kv = await open_store(
+            backend, data_dir, etcd, name="state", namespace=namespace, durable=durable, files=FILES
+        )
         return cls(kv)
 
     async def close(self) -> None:
