@@ -106,6 +106,7 @@ class Supervisor:
         ]
         self.out = out
         self.http = httpx.Client(timeout=2.0)
+        self.layout_flags = ""  # what `shoal demo` / `shoal status` need to find this layout
 
     def say(self, text: str) -> None:
         print(text, file=self.out, flush=True)
@@ -301,6 +302,9 @@ def run_up(args: argparse.Namespace, out: IO[str] = sys.stdout) -> int:
         bar = "!" * 100
         print(f"{bar}\n{INSECURE}\n{bar}", file=sys.stderr, flush=True)
     sup = Supervisor(settings, children, args.verbose, out)
+    for flag in ("config", "data_root", "port_offset", "host"):
+        if getattr(args, flag, None) is not None:
+            sup.layout_flags += f" --{flag.replace('_', '-')} {getattr(args, flag)}"
     signals = {"count": 0}
 
     def on_signal(signum: int, frame: object) -> None:
@@ -367,12 +371,10 @@ def summary(sup: Supervisor, missing: list[str]) -> str:
         lines.append(f"  {c.name:<10} {url:<28} {state:<8} {'; '.join(notes)}".rstrip())
     if missing:
         lines.append(f"  not built: {', '.join(missing)}")
-    offset = sup.settings.port_offset
-    hint = f" --port-offset {offset}" if offset else ""
-    root = f" --data-root {sup.settings.data_root}" if sup.settings.data_root != "./shoal-data" else ""
+    flags = sup.layout_flags
     lines += [
         "Each service documents its API at <url>/openapi.json and answers <url>/health.",
-        f"Next: `shoal demo{hint}{root}` (upload and play a test video), `shoal status{hint}{root}`.",
+        f"Next: `shoal demo{flags}` (upload and play a test video), `shoal status{flags}`.",
         "Ctrl-C stops everything.",
         "shoal up: ready"
         if all(p.healthy for p in sup.procs)

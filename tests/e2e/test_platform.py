@@ -58,6 +58,9 @@ def test_up_demo_through_nginx(tmp_path):
             assert c.url in summary
         assert "INSECURE DEV MODE" in summary
         assert "5 storage node(s) registered and healthy" in summary
+        assert (
+            f"`shoal demo --data-root {up.data_root} --port-offset {up.offset}`" in summary
+        )  # copy-paste ready
 
         # -- every service, direct and through nginx; OpenAPI names the prefix only behind nginx
         for c in children:
