@@ -6,6 +6,8 @@ A service module (e.g. shoal.storage.service) defines:
     def add_arguments(parser) -> None          # its own flags (beyond --host/--port/--data-dir/--workers)
     def create_app(options: dict) -> ASGIApp   # options: every parsed flag, as a dict
     MAX_WORKERS = 1                            # optional: a service that must run in one process
+    def check_options(options) -> None        # optional: raise SystemExit on bad flag combinations,
+                                               # before granian starts any worker
 
 A service whose module is not there yet is listed as unavailable, never an error at import.
 Extra services (plug-ins, test fixtures) are added with SHOAL_SERVICE_MODULES="name=module,...".

@@ -107,3 +107,10 @@ def test_a_crashed_worker_is_respawned(example):
             pass
         time.sleep(0.2)
     raise AssertionError("granian did not respawn the killed worker")
+
+
+def test_bad_flag_combination_is_refused_before_any_worker_starts(tmp_path):
+    out = _shoal("serve", "kv", "--store", "etcd", "--port", "1", "--data-dir", str(tmp_path))
+    assert out.returncode == 1
+    assert "--store etcd needs --etcd" in out.stderr
+    assert "Spawning worker" not in out.stdout + out.stderr

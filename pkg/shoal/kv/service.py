@@ -358,11 +358,16 @@ async def open_store(options: dict[str, Any]) -> KvStore:
     )
 
 
-def create_app(options: dict[str, Any]):
+def check_options(options: dict[str, Any]) -> None:
+    """Refuse bad flag combinations before the server starts (see shoal.services)."""
     if options.get("store") == "memory" and int(options.get("workers") or 1) > 1:
         raise SystemExit("--store memory cannot be shared by several workers; use sqlite or lmdb")
     if options.get("store") == "etcd" and not options.get("etcd"):
         raise SystemExit("--store etcd needs --etcd http://host:2379[,http://host2:2379...]")
+
+
+def create_app(options: dict[str, Any]):
+    check_options(options)
     if options.get("store") not in ("memory", "etcd"):
         Path(options.get("data_dir") or "./shoal-data/kv").mkdir(parents=True, exist_ok=True)
     holder: dict[str, KvStore] = {}

@@ -114,6 +114,15 @@ class StateContext:
 ETCD_SHARED = "--store etcd: every State Service on this etcd namespace shares one store"
 
 
+def check_options(options: dict[str, Any]) -> None:
+    """Refuse bad flag combinations before the server starts (see shoal.services)."""
+    if (options.get("store") or "lmdb") == "etcd":
+        check_etcd_options(options)
+    address = options.get("admin_address")
+    if address and not is_address(address):
+        raise SystemExit(f"--admin-address {address!r} is not an Ethereum address")
+
+
 def check_etcd_options(options: dict[str, Any]) -> None:
     """--store etcd needs endpoints, and replaces replication (refused with it, not ignored)."""
     if not options.get("etcd"):

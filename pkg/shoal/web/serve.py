@@ -38,6 +38,9 @@ def serve(service: str, options: dict[str, Any]) -> None:
         proxy.check(options)
     except ValueError as exc:
         raise SystemExit(f"shoal serve {service}: {exc}") from None
+    check = getattr(module, "check_options", None)
+    if check is not None:
+        check(options)  # bad flag combinations end here (SystemExit), before any worker starts
     workers = int(options.get("workers") or 1)
     workers = min(workers, getattr(module, "MAX_WORKERS", workers))
     os.environ[ENV] = orjson.dumps({"service": service, "options": options}).decode()
