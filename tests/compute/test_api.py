@@ -23,6 +23,17 @@ def test_bearer_token_required_but_health_open(service) -> None:
         r = anon.post(API + "/instances", json={"name": "x", "backend": "docker", "config": {"image": IMAGE}})
         error_of(r, 401, "UNAUTHORIZED")
         assert anon.get(API + "/instances", headers={"Authorization": f"Bearer {TOKEN}"}).status_code == 200
+        # deny by default: anything that is not /health or /openapi.json needs the token
+        error_of(anon.get("/metrics"), 401, "UNAUTHORIZED")
+        error_of(anon.get("/api/v2/anything"), 401, "UNAUTHORIZED")
+
+
+def test_auth_gate_strips_a_root_path() -> None:
+    from shoal.compute.service import _route_path
+
+    assert _route_path({"path": "/compute/health", "root_path": "/compute"}) == "/health"
+    assert _route_path({"path": "/health", "root_path": ""}) == "/health"
+    assert _route_path({"path": "/healthz", "root_path": "/compute"}) == "/healthz"
 
 
 def test_tokens_file_and_generated_token(tmp_path, dockerd, templates) -> None:

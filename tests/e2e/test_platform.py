@@ -173,12 +173,6 @@ def test_up_demo_through_nginx(tmp_path):
         assert not (up.data_root / "up.json").exists()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="pkg/shoal/client/static uses absolute URLs (/static/dashboard.js, /api/...), which miss "
-    "behind a path prefix; relative ones (static/dashboard.js, api/status) work at / and /dashboard/. "
-    "Remove this mark when the page is fixed.",
-)
 def test_dashboard_page_works_behind_a_prefix(tmp_path):
     import re
     from urllib.parse import urljoin

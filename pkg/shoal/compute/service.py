@@ -225,8 +225,21 @@ def make_api(get_manager: Callable[[], ComputeManager]) -> Api:
     return api
 
 
+PUBLIC_PATHS = frozenset({"/health", "/openapi.json"})
+
+
+def _route_path(scope: dict) -> str:
+    """The path the app routes on: without the root path a server may have put in front."""
+    path, root = scope["path"], scope.get("root_path") or ""
+    return path[len(root) :] or "/" if root and path.startswith(root) else path
+
+
 class BearerAuth:
-    """ASGI gate: every path under /api/ needs one of the configured bearer tokens."""
+    """ASGI gate, deny by default: every path but /health and /openapi.json needs a bearer token.
+
+    Deny-by-default keeps the API closed however the app is mounted (a root path or a proxy
+    prefix cannot make a route look public).
+    """
 
     def __init__(self, app: Any, tokens: list[str]) -> None:
         self.app = app
@@ -246,7 +259,7 @@ class BearerAuth:
         return False
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
-        if scope["type"] == "http" and scope["path"].startswith("/api/") and not self.allowed(scope):
+        if scope["type"] == "http" and _route_path(scope) not in PUBLIC_PATHS and not self.allowed(scope):
             body = {
                 "error": {
                     "code": "UNAUTHORIZED",

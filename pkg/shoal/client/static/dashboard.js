@@ -91,7 +91,7 @@ function render(status, stats, metrics) {
 async function poll() {
   try {
     const [status, stats, metrics] = await Promise.all([
-      getJSON("/api/status"), getJSON("/api/stats"), getJSON("/api/metrics"),
+      getJSON("api/status"), getJSON("api/stats"), getJSON("api/metrics"),
     ]);
     render(status, stats, metrics);
     dash.polls++;
@@ -107,7 +107,7 @@ function note(text) { document.getElementById("note").textContent = text; }
 async function waitStream() {
   for (;;) {
     try {
-      const s = await getJSON("/api/stream");
+      const s = await getJSON("api/stream");
       if (s.mime) return s;
     } catch (e) { /* not ready */ }
     await new Promise((r) => setTimeout(r, 300));
@@ -137,10 +137,10 @@ async function startVideo() {
   const sb = ms.addSourceBuffer(first.mime);
   let next = first.first_kept;
   for (;;) {
-    const s = await getJSON("/api/stream");
+    const s = await getJSON("api/stream");
     if (next < s.first_kept) next = s.first_kept;
     while (next < s.available) {
-      const r = await fetch("/api/segment/" + next, { cache: "no-store" });
+      const r = await fetch("api/segment/" + next, { cache: "no-store" });
       if (!r.ok) break;
       await appendTo(sb, await r.arrayBuffer());
       dash.appended = ++next;
