@@ -27,6 +27,12 @@ def _serve_parser(sub: argparse._SubParsersAction, selected: str | None) -> None
         p.add_argument("--port", type=int, default=info.default_port, help=f"default {info.default_port}")
         p.add_argument("--data-dir", default=f"./shoal-data/{info.name}", help="where state is kept")
         p.add_argument("--workers", type=int, default=1, help="server worker processes (default 1)")
+        p.add_argument(
+            "--server",
+            choices=["granian", "uvicorn"],
+            default=None,
+            help="ASGI server (default: granian; the storage node defaults to uvicorn, see bench/storage)",
+        )
         p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
         p.add_argument(
             "--shutdown-timeout", type=int, default=30, help="seconds in-flight work may take on SIGTERM"

@@ -42,6 +42,9 @@ from shoal.web.jsonio import JSONResponse
 
 TITLE = "Storage node"
 MAX_WORKERS = 1  # one writer owns the superblocks
+# uvicorn + httptools served more 2 MiB chunks/s than granian here (granian copies each body
+# into its own buffer); bench/storage/load.py measures both in the same run.
+DEFAULT_SERVER = "uvicorn"
 
 log = logging.getLogger("shoal.storage")
 

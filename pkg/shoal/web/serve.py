@@ -1,4 +1,9 @@
-"""Run a service under granian with uvloop.
+"""Run a service under granian (default) or uvicorn, both with uvloop.
+
+`--server` picks the server; a service module may set DEFAULT_SERVER (the storage node uses
+uvicorn: for 2 MiB bodies granian copies each response into its own buffer, and uvicorn with
+httptools served more chunks per second on this machine's 2 cores; bench/storage/load.py
+measures both side by side).
 
 granian starts worker processes that import `shoal.web.serve:app_factory`; the service and
 its parsed options reach them through the SHOAL_SERVE environment variable, so every worker
@@ -30,9 +35,6 @@ def app_factory() -> Any:
 
 def serve(service: str, options: dict[str, Any]) -> None:
     """Serve `service` on options['host']:options['port'] until SIGTERM/SIGINT."""
-    from granian import Granian
-    from granian.constants import Interfaces, Loops
-
     module = load_service(service)
     try:
         proxy.check(options)
@@ -45,6 +47,31 @@ def serve(service: str, options: dict[str, Any]) -> None:
     workers = min(workers, getattr(module, "MAX_WORKERS", workers))
     os.environ[ENV] = orjson.dumps({"service": service, "options": options}).decode()
     setup_logging(options.get("log_level"))
+    server = options.get("server") or getattr(module, "DEFAULT_SERVER", "granian")
+    (serve_uvicorn if server == "uvicorn" else serve_granian)(options, workers)
+
+
+def serve_uvicorn(options: dict[str, Any], workers: int) -> None:
+    import uvicorn
+
+    uvicorn.run(
+        "shoal.web.serve:app_factory",
+        factory=True,
+        host=options["host"],
+        port=int(options["port"]),
+        workers=workers,
+        loop="uvloop",
+        http="httptools",
+        access_log=False,
+        log_level=(options.get("log_level") or "info").lower(),
+        timeout_graceful_shutdown=int(options.get("shutdown_timeout") or 30),
+    )
+
+
+def serve_granian(options: dict[str, Any], workers: int) -> None:
+    from granian import Granian
+    from granian.constants import Interfaces, Loops
+
     Granian(
         "shoal.web.serve:app_factory",
         address=options["host"],
