@@ -114,3 +114,13 @@ def test_bad_flag_combination_is_refused_before_any_worker_starts(tmp_path):
     assert out.returncode == 1
     assert "--store etcd needs --etcd" in out.stderr
     assert "Spawning worker" not in out.stdout + out.stderr
+
+
+def test_early_413_closes_the_connection_and_the_client_recovers(example):
+    with httpx.Client(base_url=example.url) as client:
+        for _ in range(3):
+            r = client.post(
+                "/items", content=b"{" + b" " * 300_000 + b"}", headers={"content-type": "application/json"}
+            )
+            assert r.status_code == 413 and r.headers["connection"] == "close"
+            assert client.get("/health").status_code == 200  # a fresh connection, not the dropped one

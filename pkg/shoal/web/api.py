@@ -23,7 +23,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from shoal.web.errors import ApiError
+from shoal.web.errors import CLOSE, ApiError
 from shoal.web.jsonio import JSONResponse, convert, parse_json
 
 log = logging.getLogger("shoal.web")
@@ -76,7 +76,7 @@ async def read_body(request: Request, limit: int) -> bytes:
     if declared is not None:
         try:
             if int(declared) > limit:
-                raise ApiError(413, f"request body is {declared} bytes; the limit is {limit}")
+                raise ApiError(413, f"request body is {declared} bytes; the limit is {limit}", headers=CLOSE)
         except ValueError:
             raise ApiError(400, "Content-Length is not a number") from None
     chunks: list[bytes] = []
@@ -84,7 +84,7 @@ async def read_body(request: Request, limit: int) -> bytes:
     async for chunk in request.stream():
         size += len(chunk)
         if size > limit:
-            raise ApiError(413, f"request body exceeds the limit of {limit} bytes")
+            raise ApiError(413, f"request body exceeds the limit of {limit} bytes", headers=CLOSE)
         chunks.append(chunk)
     return b"".join(chunks)
 

@@ -31,6 +31,12 @@ DEFAULT_CODES = {
 }
 
 
+# An answer sent before the request body was read (413) closes the connection: the unread body
+# would otherwise be parsed as the next request, or a pooled client would reuse a socket the
+# server is about to drop.
+CLOSE = {"Connection": "close"}
+
+
 class ApiError(Exception):
     """An error answer: HTTP status, a message for humans, a stable code, optional details."""
 

@@ -13,7 +13,7 @@ from typing import Any
 import orjson
 
 from shoal.web.api import Endpoint, RawHandler, openapi_path
-from shoal.web.errors import ApiError, Envelope
+from shoal.web.errors import CLOSE, ApiError, Envelope
 
 Headers = list[tuple[bytes, bytes]]
 
@@ -73,7 +73,7 @@ async def read_raw_body(scope: dict, receive: Callable, limit: int) -> bytes:
             except ValueError:
                 raise ApiError(400, "Content-Length is not a number") from None
             if declared > limit:
-                raise ApiError(413, f"request body is {declared} bytes; the limit is {limit}")
+                raise ApiError(413, f"request body is {declared} bytes; the limit is {limit}", headers=CLOSE)
             break
     parts: list[bytes] = []
     size = 0
@@ -85,7 +85,7 @@ async def read_raw_body(scope: dict, receive: Callable, limit: int) -> bytes:
         if chunk:
             size += len(chunk)
             if size > limit:
-                raise ApiError(413, f"request body exceeds the limit of {limit} bytes")
+                raise ApiError(413, f"request body exceeds the limit of {limit} bytes", headers=CLOSE)
             parts.append(chunk)
         if not message.get("more_body", False):
             break
