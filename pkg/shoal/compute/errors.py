@@ -67,3 +67,17 @@ class BackendError(ComputeError):
 
     status = 502
     code = "BACKEND_ERROR"
+
+
+class InstanceOnOtherNode(ComputeError):
+    """A change to an instance another compute node owns: only the node that has its daemon can act."""
+
+    status = 409
+    code = "INSTANCE_ON_OTHER_NODE"
+
+
+class RegistryUnavailable(ComputeError):
+    """The registry's store (etcd) did not answer in time: a 503 to retry, not a 500."""
+
+    status = 503
+    code = "REGISTRY_UNAVAILABLE"

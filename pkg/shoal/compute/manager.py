@@ -3,6 +3,12 @@
 State is never stored: every view asks the daemon. Lifecycle calls on one instance take that
 instance's asyncio lock, so two concurrent calls run one after the other and the second sees
 the state the first left (no interleaved start/stop/delete against the daemon).
+
+Several compute nodes may share one registry (`--store etcd`). Each record names the node that
+created it (`node.id`), and only that node acts on it: it alone reaches the instance's daemon,
+and it alone writes the record, under its lock. Other nodes list and show the instance (state
+`unknown`, as they cannot observe it) and refuse changes with 409 INSTANCE_ON_OTHER_NODE,
+naming the owner, rather than proxying: a refusal cannot half-apply.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from shoal.compute.errors import (
     BackendUnavailable,
     ComputeError,
     InstanceNotFound,
+    InstanceOnOtherNode,
     InvalidBackend,
     NameConflict,
     OperationNotSupported,
@@ -39,6 +46,7 @@ from shoal.compute.models import (
     ListQuery,
     MemoryOut,
     MetadataOut,
+    NodeOut,
     Resources,
     ResourcesOut,
     StorageOut,
@@ -46,12 +54,13 @@ from shoal.compute.models import (
     Usage,
     UsedTotal,
 )
-from shoal.compute.registry import InstanceRegistry, new_identity
+from shoal.compute.registry import IdTaken, InstanceRegistry, NameTaken, new_identity
 
 UNAVAILABLE = Observed("unknown", "backend unavailable")
 MISSING = Observed("error", "missing from backend")
 UNFINISHED = Observed("error", "creation did not finish")
 ACTIVE = ("running", "paused", "restarting", "stopping")
+LEGACY_NODE: dict[str, Any] = {}  # records written before nodes existed: local by definition
 
 
 def _builtins(obj: Any) -> Any:
@@ -68,12 +77,19 @@ def check_backend(name: str) -> str:
 
 
 class ComputeManager:
-    def __init__(self, registry: InstanceRegistry, backends: dict[str, Backend]) -> None:
+    def __init__(
+        self,
+        registry: InstanceRegistry,
+        backends: dict[str, Backend],
+        node: dict[str, Any] | None = None,
+        endpoints: dict[str, str] | None = None,
+    ) -> None:
+        """node: this compute node ({"id", "hostname", "url"}); endpoints: each backend's daemon address."""
         self.registry = registry
         self.backends = backends
+        self.node: dict[str, Any] = {k: v for k, v in (node or {"id": "local"}).items() if v is not None}
+        self.endpoints = dict(endpoints or {})
         self._locks: dict[str, asyncio.Lock] = {}
-        self._create_lock = asyncio.Lock()
-        self._reserved: set[str] = set()
 
     async def close(self) -> None:
         for backend in self.backends.values():
@@ -86,27 +102,53 @@ class ComputeManager:
         check_backend(name)
         return self.backends[name]
 
-    def record(self, instance_id: str) -> dict[str, Any]:
-        record = self.registry.get(instance_id)
+    async def record(self, instance_id: str) -> dict[str, Any]:
+        record = await self.registry.get(instance_id)
         if record is None:
             raise InstanceNotFound(f"instance {instance_id!r} not found", {"id": instance_id})
         return record
 
-    def record_by_name(self, name: str) -> dict[str, Any]:
-        record = self.registry.by_name(name)
+    async def record_by_name(self, name: str) -> dict[str, Any]:
+        record = await self.registry.by_name(name)
         if record is None:
             raise InstanceNotFound(f"no instance named {name!r}", {"name": name})
         return record
 
+    def is_local(self, record: dict[str, Any]) -> bool:
+        """Whether this node owns the record (and so has its daemon)."""
+        node = record.get("node") or LEGACY_NODE
+        return node.get("id", self.node["id"]) == self.node["id"]
+
+    def require_local(self, record: dict[str, Any], operation: str) -> dict[str, Any]:
+        """The record, or 409 INSTANCE_ON_OTHER_NODE naming the owner (and its URL when it gave one)."""
+        if self.is_local(record):
+            return record
+        owner = record["node"]
+        where = f" at {owner['url']}" if owner.get("url") else ""
+        raise InstanceOnOtherNode(
+            f"instance {record['id']!r} belongs to compute node {owner.get('id')!r}"
+            f" (host {owner.get('hostname', '?')}); send {operation!r} to that node's Compute API{where}",
+            {"id": record["id"], "operation": operation, "owner": owner, "node": self.node["id"]},
+        )
+
+    async def local_record(self, instance_id: str, operation: str) -> dict[str, Any]:
+        return self.require_local(await self.record(instance_id), operation)
+
     @contextlib.asynccontextmanager
-    async def locked(self, instance_id: str) -> AsyncIterator[dict[str, Any]]:
+    async def locked(self, instance_id: str, operation: str) -> AsyncIterator[dict[str, Any]]:
         """Hold the instance's lock; yields its record as it is once the lock is ours."""
-        self.record(instance_id)
+        await self.local_record(instance_id, operation)
         lock = self._locks.setdefault(instance_id, asyncio.Lock())
         async with lock:
-            yield self.record(instance_id)  # it may have been deleted while we waited
+            yield await self.record(instance_id)  # it may have been deleted while we waited
+
+    def remote(self, record: dict[str, Any]) -> Observed:
+        """What a node that cannot reach the instance's daemon reports for it."""
+        return Observed("unknown", f"on compute node {record['node'].get('id')}")
 
     async def observe(self, record: dict[str, Any]) -> Observed:
+        if not self.is_local(record):
+            return self.remote(record)
         if not record.get("backendId"):
             return UNFINISHED
         backend = self.backends[record["backend"]]
@@ -129,6 +171,7 @@ class ComputeManager:
     def view(record: dict[str, Any], seen: Observed) -> Instance:
         res = record.get("resources") or {}
         cpu, mem, sto = res.get("cpu") or {}, res.get("memory") or {}, res.get("storage") or {}
+        node = record.get("node")
         return Instance(
             id=record["id"],
             name=record["name"],
@@ -147,14 +190,22 @@ class ComputeManager:
             created_at=record["createdAt"],
             updated_at=record["updatedAt"],
             backend_id=record.get("backendId"),
+            node=None
+            if not node
+            else NodeOut(
+                id=node.get("id", ""),
+                hostname=node.get("hostname"),
+                url=node.get("url"),
+                endpoint=node.get("endpoint"),
+            ),
         )
 
     async def get(self, instance_id: str) -> Instance:
-        record = self.record(instance_id)
+        record = await self.record(instance_id)
         return self.view(record, await self.observe(record))
 
     async def get_by_name(self, name: str) -> Instance:
-        record = self.record_by_name(name)
+        record = await self.record_by_name(name)
         return self.view(record, await self.observe(record))
 
     async def _observe_backend(self, name: str) -> dict[str, Observed] | None:
@@ -171,15 +222,16 @@ class ComputeManager:
                 f"state {query.state!r} is not one of: {', '.join(STATES)}",
                 {"field": "state", "supported": list(STATES)},
             )
-        records = [r for r in self.registry.all() if query.backend in (None, r["backend"])]
-        wanted = sorted({r["backend"] for r in records})
+        records = [r for r in await self.registry.all() if query.backend in (None, r["backend"])]
+        wanted = sorted({r["backend"] for r in records if self.is_local(r)})
         seen_by = dict(
             zip(wanted, await asyncio.gather(*(self._observe_backend(b) for b in wanted)), strict=True)
         )
         views = []
         for r in records:
-            seen_all = seen_by[r["backend"]]
-            if seen_all is None:
+            if not self.is_local(r):
+                seen = self.remote(r)
+            elif (seen_all := seen_by[r["backend"]]) is None:
                 seen = UNAVAILABLE
             elif not r.get("backendId"):
                 seen = UNFINISHED
@@ -197,49 +249,77 @@ class ComputeManager:
 
     # ---- create / update / delete -----------------------------------------------------------
 
+    @staticmethod
+    def _taken(name: str) -> NameConflict:
+        return NameConflict(f"an instance named {name!r} already exists", {"name": name})
+
+    def _new_record(self, spec: CreateInstance, backend: Backend) -> dict[str, Any]:
+        instance_id, uuid = new_identity()
+        stamp = now_iso()
+        node = {**self.node, "endpoint": self.endpoints.get(spec.backend)}
+        return {
+            "id": instance_id,
+            "uuid": uuid,
+            "name": spec.name,
+            "backend": spec.backend,
+            "type": backend.instance_type,
+            "backendId": None,
+            "config": _builtins(spec.config),
+            "resources": _builtins(spec.resources),
+            "metadata": _builtins(spec.metadata),
+            "node": {k: v for k, v in node.items() if v is not None},
+            "createdAt": stamp,
+            "updatedAt": stamp,
+            "seq": time.time_ns(),  # creation order, finer than the timestamps
+        }
+
+    async def _claim(self, spec: CreateInstance, backend: Backend) -> tuple[dict[str, Any], asyncio.Lock]:
+        """Write a new record and take its name in one store transaction; returns it with its lock held.
+
+        The transaction is what keeps names unique, here and on every node sharing the store: of
+        two concurrent creates of one name (in this process or another) exactly one commits.
+        """
+        for _ in range(4):
+            record = self._new_record(spec, backend)
+            lock = self._locks.setdefault(record["id"], asyncio.Lock())
+            await lock.acquire()  # before the record is visible: calls on it wait for the create
+            try:
+                await self.registry.claim(record)
+                return record, lock
+            except NameTaken:
+                lock.release()
+                raise self._taken(spec.name) from None
+            except IdTaken:
+                lock.release()
+            except BaseException:
+                lock.release()
+                raise
+        raise RuntimeError("no free instance id after 4 random draws")
+
     async def create(self, spec: CreateInstance) -> Instance:
         backend = self.backend(spec.backend)
         backend.validate(spec)
-        async with self._create_lock:
-            if self.registry.name_taken(spec.name) or spec.name in self._reserved:
-                raise NameConflict(f"an instance named {spec.name!r} already exists", {"name": spec.name})
-            self._reserved.add(spec.name)
+        if await self.registry.name_taken(spec.name):  # early answer; the claim below decides
+            raise self._taken(spec.name)
+        # Capacity first, so a refused request leaves no record behind.
+        await backend.check_limits(spec.resources)
+        record, lock = await self._claim(spec, backend)  # a crash from here on leaves a visible record
+        instance_id = record["id"]
         try:
-            instance_id, uuid = new_identity()
-            stamp = now_iso()
-            record: dict[str, Any] = {
-                "id": instance_id,
-                "uuid": uuid,
-                "name": spec.name,
-                "backend": spec.backend,
-                "type": backend.instance_type,
-                "backendId": None,
-                "config": _builtins(spec.config),
-                "resources": _builtins(spec.resources),
-                "metadata": _builtins(spec.metadata),
-                "createdAt": stamp,
-                "updatedAt": stamp,
-                "seq": time.time_ns(),  # creation order, finer than the timestamps
-            }
-            lock = self._locks.setdefault(instance_id, asyncio.Lock())
-            async with lock:
-                # Capacity first, so a refused request leaves no record behind.
-                await backend.check_limits(spec.resources)
-                await self.registry.put(record)  # a crash from here on leaves a visible record
-                try:
-                    record["backendId"] = await backend.create(record, spec)
-                except BaseException:
-                    await self.registry.remove(instance_id)
-                    raise
-                await self.registry.put(record)
-                if spec.start:
-                    await backend.start(record["backendId"])
+            try:
+                record["backendId"] = await backend.create(record, spec)
+            except BaseException:
+                await self.registry.remove(instance_id)  # and frees the name
+                raise
+            await self.registry.put(record)
+            if spec.start:
+                await backend.start(record["backendId"])
         finally:
-            self._reserved.discard(spec.name)
+            lock.release()
         return await self.get(instance_id)
 
     async def update(self, instance_id: str, body: UpdateInstance) -> Instance:
-        async with self.locked(instance_id) as record:
+        async with self.locked(instance_id, "update") as record:
             if body.resources is not None and body.resources != Resources():
                 seen = await self._observe_live(record)
                 self._require_present(seen, "update")
@@ -255,7 +335,7 @@ class ComputeManager:
         return await self.get(instance_id)
 
     async def delete(self, instance_id: str, force: bool) -> None:
-        async with self.locked(instance_id) as record:
+        async with self.locked(instance_id, "delete") as record:
             if record.get("backendId"):
                 seen = await self._observe_live(record)
                 if seen.state in ACTIVE and not force:
@@ -291,7 +371,7 @@ class ComputeManager:
         await self.registry.put({**record, "updatedAt": now_iso()})
 
     async def start(self, instance_id: str) -> Instance:
-        async with self.locked(instance_id) as record:
+        async with self.locked(instance_id, "start") as record:
             seen = await self._observe_live(record)
             self._require_present(seen, "start")
             if seen.state == "paused":
@@ -302,7 +382,7 @@ class ComputeManager:
         return await self.get(instance_id)
 
     async def stop(self, instance_id: str, force: bool, timeout: int) -> Instance:
-        async with self.locked(instance_id) as record:
+        async with self.locked(instance_id, "stop") as record:
             seen = await self._observe_live(record)
             self._require_present(seen, "stop")
             if seen.state != "stopped":
@@ -311,7 +391,7 @@ class ComputeManager:
         return await self.get(instance_id)
 
     async def restart(self, instance_id: str, force: bool, timeout: int) -> Instance:
-        async with self.locked(instance_id) as record:
+        async with self.locked(instance_id, "restart") as record:
             seen = await self._observe_live(record)
             self._require_present(seen, "restart")
             backend = self.backends[record["backend"]]
@@ -325,7 +405,7 @@ class ComputeManager:
         return await self.get(instance_id)
 
     async def pause(self, instance_id: str) -> Instance:
-        async with self.locked(instance_id) as record:
+        async with self.locked(instance_id, "pause") as record:
             seen = await self._observe_live(record)
             self._require_present(seen, "pause")
             if seen.state == "running":
@@ -336,7 +416,7 @@ class ComputeManager:
         return await self.get(instance_id)
 
     async def unpause(self, instance_id: str) -> Instance:
-        async with self.locked(instance_id) as record:
+        async with self.locked(instance_id, "unpause") as record:
             seen = await self._observe_live(record)
             self._require_present(seen, "unpause")
             if seen.state == "paused":
@@ -347,7 +427,7 @@ class ComputeManager:
         return await self.get(instance_id)
 
     async def usage(self, instance_id: str) -> Usage:
-        record = self.record(instance_id)
+        record = await self.local_record(instance_id, "usage")
         seen = await self._observe_live(record)
         self._require_present(seen, "read usage of")
         return await self.backends[record["backend"]].usage(record["backendId"], record)
@@ -358,7 +438,8 @@ class ComputeManager:
         return await self.backend(name).info()
 
     async def _backend_status(self, name: str) -> BackendStatus:
-        records = [r for r in self.registry.all() if r["backend"] == name]
+        # this node's backends: their capacity, and the instances on them (not other nodes')
+        records = [r for r in await self.registry.all() if r["backend"] == name and self.is_local(r)]
         backend = self.backends[name]
         try:
             cap = await backend.capacity()

@@ -150,6 +150,15 @@ class MetadataOut(Out):
     labels: dict[str, str] = {}
 
 
+class NodeOut(Out):
+    """The compute node that owns an instance: the only one that can act on it (an addition to the spec)."""
+
+    id: str
+    hostname: str | None = None
+    url: str | None = None
+    endpoint: str | None = None  # the daemon it runs on, as that node addresses it
+
+
 class Instance(Out):
     id: str
     name: str
@@ -164,6 +173,7 @@ class Instance(Out):
     created_at: str
     updated_at: str
     backend_id: str | None = None
+    node: NodeOut | None = None
 
 
 class InstanceList(Out):

@@ -4,6 +4,12 @@ Every /api/ route needs `Authorization: Bearer <token>`; tokens come from --toke
 --tokens-file, or, when neither is given, one generated at first start and kept in
 DATA_DIR/token (mode 0600), so the service never runs open by accident. /health,
 /openapi.json and /metrics stay open.
+
+The registry of instances lives in shoal.kv: `--store lmdb` (default, DATA_DIR/registry.lmdb)
+or `sqlite` for one host, or `--store etcd --etcd URL[,URL]` so that compute services on
+several hosts (each with its own dockerd and libvirt) share one registry: names unique across
+all of them, every instance listed everywhere, and each instance acted on only by the node
+that owns it (`--node-id`, by default generated once into DATA_DIR/node-id).
 """
 
 from __future__ import annotations
@@ -11,7 +17,9 @@ from __future__ import annotations
 import hmac
 import logging
 import os
+import re
 import secrets
+import socket
 from collections.abc import Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -23,7 +31,7 @@ from starlette.responses import Response
 
 from shoal.compute.backends.docker import DockerBackend
 from shoal.compute.backends.kvm import KvmBackend
-from shoal.compute.errors import ComputeError, ValidationFailed
+from shoal.compute.errors import ComputeError, RegistryUnavailable, ValidationFailed
 from shoal.compute.manager import ComputeManager, check_backend
 from shoal.compute.models import (
     STOP_BODY_SCHEMA,
@@ -39,11 +47,13 @@ from shoal.compute.models import (
     Usage,
 )
 from shoal.compute.registry import InstanceRegistry
+from shoal.kv import StoreBusy, add_store_arguments, open_store
 from shoal.web import COMPUTE_ENVELOPE, Api, ApiError, JSONResponse, read_body
 from shoal.web import create_app as build
 
 TITLE = "Unified Compute API"
-MAX_WORKERS = 1  # per-instance locks and the name index live in this process
+MAX_WORKERS = 1  # per-instance locks live in this process (names are claimed in the store)
+NODE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 PREFIX = "/api/v1/compute"
 MAX_BODY = 256 * 1024
 log = logging.getLogger("shoal.compute")
@@ -64,6 +74,52 @@ def add_arguments(parser: Any) -> None:
     )
     parser.add_argument("--token", action="append", default=[], help="an accepted bearer token (repeatable)")
     parser.add_argument("--tokens-file", default=None, help="file of accepted bearer tokens, one a line")
+    add_store_arguments(parser)  # --store lmdb|sqlite|etcd, --etcd URL[,URL], --etcd-namespace
+    parser.add_argument(
+        "--node-id",
+        default=None,
+        help="this compute node's name in a shared registry (default: generated once into DATA_DIR/node-id); "
+        "distinct for every node on one etcd namespace",
+    )
+    parser.add_argument(
+        "--advertise-url",
+        default=None,
+        help="this node's Compute API URL as others should call it (shown to other nodes' clients)",
+    )
+
+
+def check_options(options: dict[str, Any]) -> None:
+    """Refuse bad flag combinations before a worker starts (SystemExit with the reason)."""
+    if options.get("store") == "etcd" and not options.get("etcd"):
+        raise SystemExit("--store etcd needs --etcd http://host:2379[,http://host2:2379...]")
+    node_id = options.get("node_id")
+    if node_id is not None and not NODE_ID.match(node_id):
+        raise SystemExit(f"--node-id {node_id!r}: 1-63 letters, digits, '_', '.', '-'")
+
+
+def node_identity(options: dict[str, Any], data_dir: Path) -> dict[str, Any]:
+    """Who owns the instances this process creates: --node-id, or an id kept in DATA_DIR/node-id.
+
+    Kept in the data dir so that a restarted process (same data dir) is the same node and keeps
+    acting on its instances; a second process with its own data dir is a different node.
+    """
+    node_id = options.get("node_id")
+    if not node_id:
+        path = data_dir / "node-id"
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            pass
+        else:
+            host = re.sub(r"[^A-Za-z0-9_.-]", "-", socket.gethostname())[:40] or "node"
+            with os.fdopen(fd, "w") as fh:
+                fh.write(f"{host}-{secrets.token_hex(4)}\n")
+                fh.flush()
+                os.fsync(fh.fileno())
+        node_id = path.read_text().strip()
+        if not NODE_ID.match(node_id):
+            raise SystemExit(f"{path}: {node_id!r} is not a node id (letters, digits, '_', '.', '-')")
+    return {"id": node_id, "hostname": socket.gethostname(), "url": options.get("advertise_url")}
 
 
 def load_tokens(options: dict[str, Any], data_dir: Path) -> list[str]:
@@ -97,6 +153,9 @@ def make_api(get_manager: Callable[[], ComputeManager]) -> Api:
             return await coro
         except ComputeError as exc:
             raise _api_error(exc) from None
+        except StoreBusy as exc:  # etcd unreachable (StoreUnavailable) or a local store held too long
+            err = RegistryUnavailable("the instance registry is not available", {"reason": str(exc)})
+            raise _api_error(err) from None
 
     @api.get(f"{PREFIX}/instances", query=ListQuery, response=InstanceList, summary="List compute instances")
     async def list_instances(request: Request, query: ListQuery) -> InstanceList:
@@ -275,16 +334,14 @@ class BearerAuth:
         await self.app(scope, receive, send)
 
 
-async def open_store(path: Path) -> Any:
-    from shoal.kv import LmdbStore
-
-    return await LmdbStore.open(str(path))
-
-
 def create_app(options: dict[str, Any]) -> Any:
+    check_options(options)
     data_dir = Path(options["data_dir"])
     data_dir.mkdir(parents=True, exist_ok=True)
     tokens = load_tokens(options, data_dir)
+    node = node_identity(options, data_dir)
+    docker_host = options.get("docker_host") or "unix:///var/run/docker.sock"
+    libvirt_uri = options.get("libvirt_uri") or "qemu:///system"
     holder: dict[str, ComputeManager] = {}
 
     def get_manager() -> ComputeManager:
@@ -292,18 +349,30 @@ def create_app(options: dict[str, Any]) -> Any:
 
     @asynccontextmanager
     async def lifespan(app: Any) -> Any:
-        store = await open_store(data_dir / "registry.lmdb")
-        registry = await InstanceRegistry(store).load()
+        store = await open_store(
+            options.get("store") or "lmdb",
+            data_dir,
+            options.get("etcd"),
+            name="compute",  # the etcd namespace unless --etcd-namespace
+            namespace=options.get("etcd_namespace"),
+            files={"lmdb": "registry.lmdb", "sqlite": "registry.db"},
+        )
+        try:
+            registry = await InstanceRegistry(store).load()
+        except BaseException:
+            await store.close()
+            raise
         backends = {
-            "docker": DockerBackend(options.get("docker_host") or "unix:///var/run/docker.sock"),
+            "docker": DockerBackend(docker_host),
             "kvm": KvmBackend(
-                options.get("libvirt_uri") or "qemu:///system",
+                libvirt_uri,
                 data_dir / "kvm",
                 options.get("kvm_templates"),
                 options.get("kvm_domain_type") or "qemu",
             ),
         }
-        holder["manager"] = ComputeManager(registry, backends)  # type: ignore[arg-type]
+        endpoints = {"docker": docker_host, "kvm": libvirt_uri}
+        holder["manager"] = ComputeManager(registry, backends, node, endpoints)  # type: ignore[arg-type]
         try:
             yield
         finally:
