@@ -10,7 +10,7 @@ import importlib
 import os
 from types import ModuleType
 
-HOT_PATHS = ("scoring", "superblock", "crdt", "erasure")
+HOT_PATHS = ("scoring", "superblock", "crdt", "erasure", "kvrecord")
 
 
 def pure_forced() -> bool:

@@ -6,21 +6,13 @@ which is also Python's code point order (so `sorted()` on str agrees with SQLite
 
 from __future__ import annotations
 
+from types import ModuleType
+
+from .. import _native
 from .errors import InvalidKey
+from .model import Entry
 
 MAX_KEY_BYTES = 1024
-
-
-def check_key(key: object) -> bytes:
-    """The key's UTF-8 bytes, or InvalidKey saying what is wrong (the hot path of every call)."""
-    if type(key) is str and key[:1] == "/" and "\0" not in key:
-        try:
-            raw = key.encode()
-        except UnicodeEncodeError:
-            return _explain(key)
-        if len(raw) <= MAX_KEY_BYTES:
-            return raw
-    return _explain(key)
 
 
 def _explain(key: object) -> bytes:
@@ -38,6 +30,18 @@ def _explain(key: object) -> bytes:
     if b"\0" in raw:
         raise InvalidKey(key, "a key must not contain NUL")
     return raw
+
+
+_record = _native.load("kvrecord")
+_record.bind(_explain, Entry)
+#: check_key(key) -> the key's UTF-8 bytes, or InvalidKey saying what is wrong. It is the hot path
+#: of every call, so it is native (ext/kvrecord.pyx); the twin is shoal/_pure/kvrecord.py.
+check_key = _record.check_key
+
+
+def record_codec() -> ModuleType:
+    """The kvrecord hot path in force (native or twin), already bound to Entry and the key rules."""
+    return _record
 
 
 def check_prefix(prefix: object) -> bytes:
