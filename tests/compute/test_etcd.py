@@ -1,0 +1,235 @@
+"""`shoal serve compute --store etcd`: two compute nodes (as on two hosts) sharing one registry on a
+real etcd. Each node runs libvirt's in-process `test:///default` driver, so each truly has its own
+"host" that the other cannot reach, as two machines with their own libvirtd would."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import shutil
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from shoal.testing import ServiceProcess
+from shoal.testing.etcd import EtcdCluster
+
+from .conftest import IMAGE, Api, error_of, start_service
+
+NO_DOCKER = "unix:///nonexistent/docker.sock"  # the kvm tests need no dockerd
+IDLE = ["sleep", "3600"]
+
+
+@pytest.fixture(scope="module")
+def etcd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtcdCluster]:
+    root = tmp_path_factory.mktemp("etcd")
+    cluster = EtcdCluster(root).start()
+    yield cluster
+    cluster.stop()
+    shutil.rmtree(root, ignore_errors=True)
+
+
+def etcd_args(etcd: EtcdCluster, namespace: str) -> list[str]:
+    return ["--store", "etcd", "--etcd", etcd.url, "--etcd-namespace", namespace]
+
+
+def node(root: Path, etcd: EtcdCluster, ns: str, templates: Path, docker: str = NO_DOCKER) -> ServiceProcess:
+    return start_service(root, docker, "test:///default", templates, etcd_args(etcd, ns))
+
+
+def vm(api: Api, name: str, **over) -> dict:
+    return api.create(name=name, backend="kvm", config={"image": "tiny"}, **over)
+
+
+def vm_body(name: str) -> dict:
+    return {"name": name, "backend": "kvm", "config": {"image": "tiny"}, "start": False}
+
+
+def test_two_nodes_share_names_and_listing_and_refuse_each_others_instances(tmp_path, etcd, templates):
+    ns = "compute" + uuid.uuid4().hex[:12]
+    a = node(tmp_path / "a", etcd, ns, templates)
+    b = node(tmp_path / "b", etcd, ns, templates)
+    api_a, api_b = Api(a.url), Api(b.url)
+    try:
+        web = vm(api_a, "web")
+        node_a = web["node"]["id"]
+        assert web["state"] == "running" and web["node"]["endpoint"] == "test:///default"
+        assert (tmp_path / "a" / "node-id").read_text().strip() == node_a
+
+        # the name is taken on B too, whatever the backend
+        err = error_of(api_b.post("/instances", json=vm_body("web")), 409, "NAME_CONFLICT")
+        assert err["details"] == {"name": "web"}
+        err = error_of(
+            api_b.post("/instances", json={"name": "web", "backend": "docker", "config": {"image": IMAGE}}),
+            409,
+            "NAME_CONFLICT",
+        )
+
+        # B lists and shows A's instance (it cannot observe it: state unknown, owner named)
+        listed = api_b.get("/instances").json()
+        assert listed["total"] == 1
+        seen = listed["instances"][0]
+        assert (seen["id"], seen["uuid"], seen["name"]) == (web["id"], web["uuid"], "web")
+        assert (seen["state"], seen["status"]) == ("unknown", f"on compute node {node_a}")
+        assert seen["node"]["id"] == node_a
+        assert api_b.get(f"/instances/{web['id']}").json()["id"] == web["id"]
+        assert api_b.get("/instances/name/web").json()["id"] == web["id"]
+        assert api_b.get("/instances", params={"state": "unknown"}).json()["total"] == 1
+        assert api_a.get("/instances/name/web").json()["state"] == "running"
+
+        # changes on B to A's instance: a clear 409 naming the owner, and nothing happens
+        url = f"/instances/{web['id']}"
+        for method, path, body in (
+            ("PUT", url + "/start", None),
+            ("PUT", url + "/stop", {"force": True}),
+            ("PUT", url + "/restart", None),
+            ("PUT", url + "/pause", None),
+            ("PUT", url + "/unpause", None),
+            ("PUT", url, {"metadata": {"labels": {"x": "y"}}}),
+            ("DELETE", url + "?force=true", None),
+            ("GET", url + "/usage", None),
+        ):
+            err = error_of(api_b.req(method, path, json=body), 409, "INSTANCE_ON_OTHER_NODE")
+            assert err["details"]["owner"]["id"] == node_a and err["details"]["node"] != node_a
+            assert node_a in err["message"]
+        assert api_a.get(url).json()["state"] == "running"
+        assert "x" not in api_a.get(url).json()["metadata"].get("labels", {})
+
+        # B's own instance: listed on both, in creation order; A refuses to touch it
+        db = api_b.create(**vm_body("db"))
+        assert db["node"]["id"] not in (None, node_a) and db["state"] == "stopped"
+        assert [i["name"] for i in api_a.get("/instances").json()["instances"]] == ["web", "db"]
+        error_of(api_a.put(f"/instances/{db['id']}/start"), 409, "INSTANCE_ON_OTHER_NODE")
+        # each node's cluster status counts the instances on its own backends
+        assert api_a.get("/cluster/status").json()["backends"]["kvm"]["instances"] == 1
+        assert api_b.get("/cluster/status").json()["backends"]["kvm"]["instances"] == 1
+
+        # the owner deletes: the name is free for B, which now owns a "web"
+        assert api_a.delete(url, params={"force": "true"}).status_code == 204
+        error_of(api_b.get(url), 404, "INSTANCE_NOT_FOUND")
+        web_b = api_b.create(**vm_body("web"))
+        assert web_b["id"] != web["id"] and web_b["node"]["id"] == db["node"]["id"]
+        assert api_a.get("/instances/name/web").json()["id"] == web_b["id"]
+        error_of(api_a.post("/instances", json=vm_body("web")), 409, "NAME_CONFLICT")
+    finally:
+        api_a.close()
+        api_b.close()
+        a.stop()
+        b.stop()
+
+
+def test_concurrent_creates_of_one_name_on_two_nodes_exactly_one_wins(tmp_path, etcd, templates):
+    ns = "compute" + uuid.uuid4().hex[:12]
+    a = node(tmp_path / "a", etcd, ns, templates)
+    b = node(tmp_path / "b", etcd, ns, templates)
+    api_a, api_b = Api(a.url), Api(b.url)
+    rounds = 8
+    try:
+
+        def create(args: tuple[Api, str]) -> int:
+            api, name = args
+            return api.post("/instances", json=vm_body(name)).status_code
+
+        with concurrent.futures.ThreadPoolExecutor(4) as pool:
+            for i in range(rounds):
+                name = f"race{i}"
+                codes = sorted(pool.map(create, [(api_a, name), (api_b, name)] * 2))
+                assert codes == [201, 409, 409, 409], (i, codes)
+        for api in (api_a, api_b):
+            listed = api.get("/instances", params={"pageSize": 100}).json()["instances"]
+            assert sorted(i["name"] for i in listed) == [f"race{i}" for i in range(rounds)]
+        # every winner is on exactly one node's backend: the two nodes together hold `rounds` domains
+        local = [api.get("/cluster/status").json()["backends"]["kvm"]["instances"] for api in (api_a, api_b)]
+        assert sum(local) == rounds
+    finally:
+        api_a.close()
+        api_b.close()
+        a.stop()
+        b.stop()
+
+
+def test_registry_on_etcd_survives_kill_9_and_the_node_keeps_its_instances(
+    tmp_path, etcd, templates, dockerd
+):
+    ns = "compute" + uuid.uuid4().hex[:12]
+    a = node(tmp_path / "a", etcd, ns, templates, docker=dockerd.url)
+    b = node(tmp_path / "b", etcd, ns, templates)
+    api_a, api_b = Api(a.url), Api(b.url)
+    try:
+        c = api_a.create(
+            name="durable",
+            backend="docker",
+            config={"image": IMAGE, "command": IDLE},
+            metadata={"labels": {"a": "1"}},
+        )
+        r = api_a.put(f"/instances/{c['id']}", json={"metadata": {"labels": {"a": "2"}}})
+        assert r.status_code == 200  # acknowledged ...
+        a.kill()  # ... then SIGKILL, no shutdown hooks
+        # the other node still has the record and the name
+        assert api_b.get(f"/instances/{c['id']}").json()["metadata"]["labels"] == {"a": "2"}
+        error_of(api_b.post("/instances", json=vm_body("durable")), 409, "NAME_CONFLICT")
+
+        a.start()  # same data dir: same node id, so it still owns (and can act on) the container
+        again = api_a.get(f"/instances/{c['id']}").json()
+        assert (again["uuid"], again["name"], again["backendId"]) == (c["uuid"], "durable", c["backendId"])
+        assert again["metadata"]["labels"] == {"a": "2"} and again["createdAt"] == c["createdAt"]
+        assert again["node"] == c["node"] and again["state"] == "running"  # read live from dockerd
+        assert api_a.put(f"/instances/{c['id']}/stop", json={"force": True}).json()["state"] == "stopped"
+        assert api_a.delete(f"/instances/{c['id']}").status_code == 204
+
+        a.kill()
+        a.start()
+        error_of(api_a.get(f"/instances/{c['id']}"), 404, "INSTANCE_NOT_FOUND")
+        assert api_b.create(**vm_body("durable"))["name"] == "durable"
+    finally:
+        api_a.close()
+        api_b.close()
+        a.stop()
+        b.stop()
+
+
+def test_store_flags_are_checked_before_start(tmp_path):
+    from shoal.compute.service import create_app
+
+    with pytest.raises(SystemExit, match="--etcd http"):
+        create_app({"data_dir": str(tmp_path), "store": "etcd", "token": ["t"]})
+    with pytest.raises(SystemExit, match="--node-id"):
+        create_app({"data_dir": str(tmp_path), "node_id": "no spaces", "token": ["t"]})
+
+
+def test_sqlite_store_and_given_node_id(tmp_path, templates):
+    svc = start_service(
+        tmp_path / "d", NO_DOCKER, "test:///default", templates, ["--store", "sqlite", "--node-id", "host-7"]
+    )
+    api = Api(svc.url)
+    try:
+        inst = vm(api, "lite", start=False)
+        assert inst["node"]["id"] == "host-7"
+        svc.kill()
+        svc.start()
+        assert api.get("/instances/name/lite").json()["id"] == inst["id"]
+        assert (tmp_path / "d" / "registry.db").exists() and not (tmp_path / "d" / "registry.lmdb").exists()
+        error_of(api.post("/instances", json=vm_body("lite")), 409, "NAME_CONFLICT")
+    finally:
+        api.close()
+        svc.stop()
+
+
+async def test_registry_claims_the_names_of_records_from_before_name_keys() -> None:
+    """A registry written by an older version (records only) gets its name keys at load."""
+    import orjson
+
+    from shoal.compute.registry import NAMES, PREFIX, InstanceRegistry, NameTaken
+    from shoal.kv import MemoryStore
+
+    store = MemoryStore()
+    old = {"id": "inst-000000000001", "name": "old", "backend": "kvm", "uuid": "u"}
+    await store.set(PREFIX + old["id"], orjson.dumps(old))
+    registry = await InstanceRegistry(store).load()
+    assert orjson.loads((await store.get(NAMES + "old")).value) == {"id": old["id"]}
+    assert (await registry.by_name("old"))["id"] == old["id"]
+    with pytest.raises(NameTaken):
+        await registry.claim({**old, "id": "inst-000000000002"})
+    await registry.remove(old["id"])
+    assert await store.get(NAMES + "old") is None and await registry.all() == []
