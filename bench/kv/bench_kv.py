@@ -78,7 +78,9 @@ def record(benchmark, group: str, who: str, baseline: bool, ops: int) -> None:
     benchmark.extra_info["ops_per_call"] = ops
     stats = benchmark.stats.stats if benchmark.stats else None
     if stats is not None:
-        RESULTS.setdefault(group, {})[who] = stats.median / ops
+        # min, as timeit does: on a shared 2-core machine the fastest round is the code's cost and
+        # slower rounds measure whatever else ran; the median is kept in pytest-benchmark's table.
+        RESULTS.setdefault(group, {})[who] = stats.min / ops
 
 
 def run_store(benchmark, loop, group: str, who: str, batch, ops: int) -> None:
@@ -245,14 +247,73 @@ def test_get(benchmark, loop, stores, raw, kind, who):
     run_store(benchmark, loop, group, who, batch, N)
 
 
-@pytest.mark.parametrize("who", ["raw", "store"])
+def raw_logged_set(kind: str, raw: dict):
+    """The engine work a store set must do, as raw calls: a versioned write plus a change-log record.
+
+    The change log (event, version, key, value at a store-wide revision) is what lets watchers in
+    other processes see a write and replay history from a revision; it is a second B-tree write
+    in the same transaction. `raw+log` next to `raw` shows what that costs the engine alone, so
+    `store` over `raw+log` is the cost of the store's own code.
+    """
+    if kind == "sqlite":
+        db = raw["sqlite"]
+        db.execute(
+            "CREATE TABLE IF NOT EXISTS log (seq INTEGER PRIMARY KEY, key TEXT, event INTEGER, version INTEGER, value BLOB)"
+        )
+
+        def set_logged(k, v):
+            db.execute("BEGIN IMMEDIATE")
+            seq = (db.execute("SELECT max(seq) FROM log").fetchone()[0] or 0) + 1
+            version = db.execute(
+                "INSERT INTO kv VALUES (?, ?, 1) ON CONFLICT(key) DO UPDATE SET value = excluded.value, "
+                "version = version + 1 RETURNING version",
+                (k, v),
+            ).fetchone()[0]
+            db.execute("INSERT INTO log VALUES (?, ?, 2, ?, ?)", (seq, k, version, v))
+            db.execute("COMMIT")
+
+        return set_logged
+    if kind == "lmdb":
+        env = raw["lmdb"]
+
+        def set_logged(k, v):
+            with env.begin(write=True) as txn:
+                raw_k = k.encode()
+                cur = txn.get(raw_k)
+                version = struct.unpack_from("<Q", cur)[0] + 1 if cur else 1
+                c = txn.cursor()
+                seq = struct.unpack(">Q", c.key()[1:])[0] + 1 if c.last() and c.key()[:1] == b"\xfe" else 1
+                txn.put(raw_k, struct.pack("<Q", version) + v)
+                txn.put(
+                    b"\xfe" + struct.pack(">Q", seq), struct.pack("<BQH", 2, version, len(raw_k)) + raw_k + v
+                )
+
+        return set_logged
+    d = raw["memory"]
+    log: list = []
+
+    def set_logged(k, v):
+        cur = d.get(k)
+        version = cur[0] + 1 if cur else 1
+        d[k] = (version, v)
+        log.append((2, k, version, v))
+        del log[:-1000]
+
+    return set_logged
+
+
+@pytest.mark.parametrize("who", ["raw", "raw+log", "store"])
 @pytest.mark.parametrize("kind", BACKENDS)
 def test_set(benchmark, loop, stores, raw, kind, who):
     group = f"kv set: {kind}"
     keys = KEYS[:N]
-    if who == "raw":
-        set_ = raw_ops(kind, raw)[1]
-        run_raw(benchmark, group, lambda: [set_(k, VALUE) for k in keys], N)
+    if who.startswith("raw"):
+        set_ = raw_ops(kind, raw)[1] if who == "raw" else raw_logged_set(kind, raw)
+        if who == "raw":
+            run_raw(benchmark, group, lambda: [set_(k, VALUE) for k in keys], N)
+        else:
+            benchmark(lambda: [set_(k, VALUE) for k in keys])
+            record(benchmark, group, who, False, N)
         return
     store = stores[kind]
 
@@ -373,7 +434,7 @@ def test_watch_delivery(benchmark, loop, stores, kind):
 
 
 def pytest_terminal_summary_table() -> str:
-    lines = ["", "== shoal.kv per operation (median µs/op; store/raw: cost of the store over the raw engine)"]
+    lines = ["", "== shoal.kv per operation (fastest round, µs/op; (x): over the raw engine)"]
     for group in sorted(RESULTS):
         r = RESULTS[group]
         base = r.get("raw") or r.get("memory")
