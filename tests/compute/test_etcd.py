@@ -112,6 +112,25 @@ def test_two_nodes_share_names_and_listing_and_refuse_each_others_instances(tmp_
         assert web_b["id"] != web["id"] and web_b["node"]["id"] == db["node"]["id"]
         assert api_a.get("/instances/name/web").json()["id"] == web_b["id"]
         error_of(api_a.post("/instances", json=vm_body("web")), 409, "NAME_CONFLICT")
+
+        # B is gone for good: a node started with B's id (anywhere) cleans up B's records
+        node_b = db["node"]["id"]
+        b.stop()
+        api_b.close()
+        b = start_service(
+            tmp_path / "c",
+            NO_DOCKER,
+            "test:///default",
+            templates,
+            [*etcd_args(etcd, ns), "--node-id", node_b],
+        )
+        api_b = Api(b.url)
+        gone = api_b.get(f"/instances/{db['id']}").json()
+        assert (gone["state"], gone["status"]) == ("error", "missing from backend")
+        for inst in (db, web_b):
+            assert api_b.delete(f"/instances/{inst['id']}").status_code == 204
+        assert api_a.get("/instances").json()["total"] == 0
+        assert api_a.create(**vm_body("db"))["node"]["id"] == node_a
     finally:
         api_a.close()
         api_b.close()
