@@ -1,7 +1,9 @@
 """CRDT hot path: native (ext/crdt.pyx) next to its pure-Python twin, in one run.
 
-apply = parse signed frames + BLAKE3 ids + causal ordering + register merge for a batch of
-10k operations (no signature checks); signature verification is measured on its own.
+apply = Dag.ingest: parse signed frames + BLAKE3 ids + causal ordering + register merge + heads
+for a batch of 10k operations into a fresh Dag (no signature checks), the same call with the same
+inputs and results on both sides (tests/crdt/test_core.py checks they agree); signature
+verification is measured on its own.
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ def test_apply_10k_ops(benchmark, role, mod):
     benchmark.group = "crdt: apply 10k ops (parse + hash + order + merge)"
     benchmark.extra_info["baseline"] = role == "twin"
     benchmark.extra_info["ops"] = N
-    ready, _won, waiting, bad, errors = benchmark(lambda: mod.ingest(FRAMES, {}, {}))
+    ready, _won, waiting, bad, errors = benchmark(lambda: mod.Dag().ingest(FRAMES))
     assert len(ready) == N and not waiting and not bad and not errors
 
 
@@ -55,16 +57,25 @@ def test_apply_10k_shuffled(benchmark, role, mod):
     benchmark.extra_info["baseline"] = role == "twin"
     shuffled = FRAMES[:]
     random.Random(1).shuffle(shuffled)
-    ready, *_ = benchmark(lambda: mod.ingest(shuffled, {}, {}))
+    ready, *_ = benchmark(lambda: mod.Dag().ingest(shuffled))
     assert len(ready) == N
 
 
 @pytest.mark.parametrize("role, mod", IMPLS, ids=[r for r, _ in IMPLS])
 def test_merge_10k(benchmark, role, mod):
-    benchmark.group = "crdt: register merge 10k ops"
+    """Dag.apply of decoded ops (the checked path: ops were decoded to verify their signatures)."""
+    benchmark.group = "crdt: Dag.apply 10k decoded ops (merge + known + heads)"
     benchmark.extra_info["baseline"] = role == "twin"
     ops, _ = mod.parse_frames(FRAMES)
-    benchmark(lambda: mod.merge({}, ops))
+    won = benchmark(lambda: mod.Dag().apply(ops))
+    assert len(won) == N
+
+
+@pytest.mark.parametrize("role, mod", IMPLS, ids=[r for r, _ in IMPLS])
+def test_digest_many_10k(benchmark, role, mod):
+    benchmark.group = "crdt: BLAKE3 ids of 10k frames"
+    benchmark.extra_info["baseline"] = role == "twin"
+    assert len(benchmark(lambda: mod.digest_many(FRAMES, 64))) == N
 
 
 @pytest.mark.parametrize("role, mod", IMPLS, ids=[r for r, _ in IMPLS])

@@ -235,3 +235,93 @@ def test_bloom_false_positive_rate_is_near_target(crdt):
 def test_bloom_refuses_garbage(crdt, bad):
     with pytest.raises(ValueError):
         crdt.bloom_missing(bad, [b"x" * 32])
+
+
+# -- Dag: the batch apply path on C tables (native) and dicts (twin) ------------------------------
+
+
+def _dag_state(dag) -> tuple:
+    return (dag.ids(), dag.heads(), dag.registers(), dag.max_hlc, len(dag), dag.register_count)
+
+
+def test_digest_many_matches_blake3():
+    msgs = [os.urandom(n) for n in [*range(0, 300), 1023, 1024, 1025, 2048, 5000, 70_000]]
+    for mod in filter(None, (PURE, NATIVE)):
+        assert mod.digest_many(msgs) == [blake3(m).digest() for m in msgs]
+        assert mod.digest_many(msgs[10:], 7) == [blake3(m[7:]).digest() for m in msgs[10:]]
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    st.integers(0, 2**32),
+    st.integers(1, 80),
+    st.integers(0, 3),
+    st.integers(0, 1),
+    st.integers(1, 4),
+    st.lists(st.binary(max_size=120), max_size=4),
+)
+def test_dag_ingest_agrees_in_batches_with_order_and_merge(seed, n, missing, clock_bugs, batches, junk):
+    """Both Dags give identical results and states, batch after batch (known ops, duplicates,
+    waiting and bad ops, malformed frames, a rejected set), and equal order + merge on a dict."""
+    rng = random.Random(seed)
+    frames = _dag(rng, n, missing, clock_bugs)
+    shuffled = frames + rng.sample(frames, min(3, n)) + [b"S" * 64 + j for j in junk] + [b"short"]
+    rng.shuffle(shuffled)
+    cuts = sorted(rng.sample(range(1, len(shuffled)), min(batches - 1, len(shuffled) - 1)))
+    parts = [shuffled[a:b] for a, b in zip([0, *cuts], [*cuts, len(shuffled)], strict=True)]
+    rejected = {blake3(f[64:]).digest() for f in rng.sample(frames, min(2, n))}
+    results = []
+    for mod in filter(None, (PURE, NATIVE)):
+        dag = mod.Dag()
+        got = []
+        for part in parts:
+            got.append(dag.ingest(part, rejected))
+            got.append(_dag_state(dag))
+        results.append(got)
+        # the same as the op-level functions, batch by batch
+        known: dict = {}
+        registers: dict = {}
+        replay = mod.Dag()
+        for k, part in enumerate(parts):
+            ops, errors = mod.parse_frames(part)
+            ready, waiting, bad = mod.order(ops, known, rejected)
+            won = mod.merge(registers, ready)
+            for op in ready:
+                known[op.id] = op.hlc
+            ready_i, won_i, waiting_i, bad_i, malformed_i = got[2 * k]
+            assert [blake3(part[i][64:]).digest() for i in ready_i] == [o.id for o in ready]
+            assert won_i == won and malformed_i == errors
+            assert sorted(blake3(part[i][64:]).digest() for i in waiting_i) == sorted(o.id for o in waiting)
+            assert sorted((blake3(part[i][64:]).digest(), r) for i, r in bad_i) == sorted(
+                (o.id, r) for o, r in bad
+            )
+            assert replay.apply(ready) == won  # the checked path's apply gives the same as ingest
+        assert dag.registers() == registers == replay.registers()
+        assert dag.ids() == sorted(known) == replay.ids() and dag.heads() == replay.heads()
+        for op_id, hlc in known.items():
+            assert op_id in dag and dag.get(op_id) == hlc
+        assert dag.get(b"\0" * 32) is None and b"\0" * 32 not in dag
+    assert all(r == results[0] for r in results)
+
+
+def test_dag_heads_registers_and_apply_skip_known(crdt):
+    a = crdt.decode(crdt.encode(b"A" * 32, 5, [], "peer", "k", "", b"a"))
+    b = crdt.decode(crdt.encode(b"B" * 32, 6, [a.id], "peer", "k", "", b"b"))
+    c = crdt.decode(crdt.encode(b"C" * 32, 7, [a.id], "cidr", "k", "", None))
+    dag = crdt.Dag()
+    assert dag.apply([a]) == [True] and dag.heads() == [a.id]
+    assert dag.apply([b, c, a]) == [True, True, False]  # a again: skipped
+    assert dag.heads() == sorted([b.id, c.id]) and len(dag) == 3
+    assert dag.register("peer", "k") == (6, b.id) and dag.register("cidr", "k") == (7, c.id)
+    assert dag.register("peer", "x") is None and dag.max_hlc == 7
+    assert set(dag) == {a.id, b.id, c.id}
+    ready, waiting, bad = crdt.order([b], dag)  # a Dag is a `known` mapping for order
+    assert ready == [] and waiting == [] and bad == []
+
+
+def test_dag_grows_past_its_initial_tables(crdt):
+    frames = [b"S" * 64 + PURE.encode(b"A" * 32, 10 + i, [], "peer", f"k{i}", "", b"v") for i in range(5000)]
+    dag = crdt.Dag()
+    ready, won, *_ = dag.ingest(frames)
+    assert len(ready) == 5000 and all(won) and dag.register_count == 5000 and len(dag.heads()) == 5000
+    assert dag.ingest(frames) == ([], [], [], [], [])

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 import struct
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
 from blake3 import blake3
 
@@ -73,6 +73,16 @@ class Op:
 def digest(data: bytes) -> bytes:
     """BLAKE3-256 of `data`."""
     return blake3(data).digest()
+
+
+def digest_many(frames: Sequence[bytes], offset: int = 0) -> list[bytes]:
+    """BLAKE3-256 of frame[offset:] for each frame (natively: one call, SIMD across frames)."""
+    out = []
+    for frame in frames:
+        if len(frame) < offset:
+            raise ValueError("frame shorter than offset")
+        out.append(blake3(bytes(frame)[offset:]).digest())
+    return out
 
 
 def encode(
@@ -300,6 +310,114 @@ def ingest(
     for op in ready:
         known[op.id] = op.hlc
     return ready, won, waiting, bad, errors
+
+
+class Dag:
+    """One replica's applied operations (id -> hlc), heads and last-writer-wins registers.
+
+    Why a class: the native twin keeps these in C tables, so `ingest` applies a whole batch of
+    frames without one Python object per operation; this twin keeps them in dicts and a set,
+    with the same API and the same results (tests/crdt/test_core.py checks they agree).
+    `get`/`in`/`len` make it usable as the `known` mapping of `order`.
+    """
+
+    __slots__ = ("_heads", "_known", "_registers", "max_hlc")
+
+    def __init__(self) -> None:
+        self._known: dict[bytes, int] = {}
+        self._heads: set[bytes] = set()
+        self._registers: dict[tuple[str, str], tuple[int, bytes]] = {}
+        self.max_hlc = 0
+
+    def __len__(self) -> int:
+        return len(self._known)
+
+    def __contains__(self, op_id: object) -> bool:
+        return op_id in self._known
+
+    def __iter__(self) -> Iterator[bytes]:
+        return iter(self.ids())
+
+    def get(self, op_id: bytes, default: int | None = None) -> int | None:
+        """The hlc of an applied op."""
+        return self._known.get(op_id, default)
+
+    def ids(self) -> list[bytes]:
+        """Every applied op id, sorted."""
+        return sorted(self._known)
+
+    def heads(self) -> list[bytes]:
+        """Applied ops no other applied op depends on, sorted."""
+        return sorted(self._heads)
+
+    @property
+    def register_count(self) -> int:
+        return len(self._registers)
+
+    def register(self, kind: str, key: str) -> tuple[int, bytes] | None:
+        """The (hlc, op id) holding register (kind, key)."""
+        return self._registers.get((kind, key))
+
+    def registers(self) -> dict[tuple[str, str], tuple[int, bytes]]:
+        """A copy of every register: {(kind, key): (hlc, op id)}."""
+        return dict(self._registers)
+
+    def apply(self, ops: Sequence[Op]) -> list[bool]:
+        """Apply ops already in causal order (see `order`); which won their register.
+        An op applied before is skipped (and did not win)."""
+        won = []
+        registers, known, heads = self._registers, self._known, self._heads
+        for op in ops:
+            if op.id in known:
+                won.append(False)
+                continue
+            reg = (op.kind, op.key)
+            cur = registers.get(reg)
+            if cur is None or (op.hlc, op.id) > cur:
+                registers[reg] = (op.hlc, op.id)
+                won.append(True)
+            else:
+                won.append(False)
+            known[op.id] = op.hlc
+            heads.difference_update(op.deps)
+            heads.add(op.id)
+            if op.hlc > self.max_hlc:
+                self.max_hlc = op.hlc
+        return won
+
+    def ingest(
+        self, frames: Sequence[bytes], rejected: set[bytes] | frozenset = frozenset()
+    ) -> tuple[list[int], list[bool], list[int], list[tuple[int, str]], list[tuple[int, str]]]:
+        """parse + hash + `order` + `apply` a batch of signed frames (no signature checks).
+
+        Returns frame indices: (ready in apply order, won per ready op, waiting, bad with a reason,
+        malformed with a reason). Duplicates and known ops are dropped, as in `order`.
+        """
+        ops: list[Op] = []
+        first: dict[bytes, int] = {}
+        malformed: list[tuple[int, str]] = []
+        for i, frame in enumerate(frames):
+            frame = bytes(frame)
+            if len(frame) <= SIG_LEN:
+                malformed.append((i, "truncated"))
+                continue
+            blob = frame[SIG_LEN:]
+            try:
+                op = decode(blob, frame[:SIG_LEN], blake3(blob).digest())
+            except MalformedOp as exc:
+                malformed.append((i, str(exc)))
+                continue
+            ops.append(op)
+            first.setdefault(op.id, i)
+        ready, waiting, bad = order(ops, self._known, rejected)
+        won = self.apply(ready)
+        return (
+            [first[op.id] for op in ready],
+            won,
+            [first[op.id] for op in waiting],
+            [(first[op.id], reason) for op, reason in bad],
+            malformed,
+        )
 
 
 # -- Bloom filters of op ids (anti-entropy) --------------------------------------------------

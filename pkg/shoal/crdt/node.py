@@ -258,7 +258,7 @@ class ReplicationNode:
         mark = journal.seq
         bloom = self.core.bloom_build(journal.ids_after(peer.mark))
         while True:
-            heads = sorted(self.replica.heads)
+            heads = self.replica.dag.heads()
             reply = await self._call(
                 peer, "/replication/sync", SyncRequest(heads, bloom, peer.since), SyncReply
             )
@@ -371,7 +371,7 @@ class ReplicationNode:
                 if absent is None or i in absent or any(d in sent for d in op.deps):
                     out.append(frames[i])
                     sent.add(op.id)
-            reply = SyncReply(sorted(node.replica.heads), out, upto, len(frames) >= limit, j.seq)
+            reply = SyncReply(node.replica.dag.heads(), out, upto, len(frames) >= limit, j.seq)
             await node._reply(send, sig, reply)
 
         @api.get("/replication/status", summary="Replication state: heads, peers, lag, buffered, rejected")
@@ -388,9 +388,9 @@ class ReplicationNode:
             "replication": "on" if self.off is None else f"off: {self.off}",
             "ops": len(r.known),
             "seq": seq,
-            "heads": sorted(h.hex() for h in r.heads)[:64],
+            "heads": [h.hex() for h in r.dag.heads()[:64]],
             "head_count": len(r.heads),
-            "registers": len(r.registers),
+            "registers": r.dag.register_count,
             "buffered": len(r.buffer),
             "missing": len(r.missing(10_000)),
             "dropped": r.dropped,

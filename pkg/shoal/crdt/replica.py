@@ -69,9 +69,7 @@ class Replica:
         self.verify = verify
         self.max_buffer = max_buffer
         self.max_skew_ms = max_skew_ms
-        self.known: dict[bytes, int] = {}  # applied op id -> hlc
-        self.heads: set[bytes] = set()
-        self.registers: dict[tuple[str, str], tuple[int, bytes]] = {}
+        self.dag: Any = self.core.Dag()  # applied op ids -> hlc, heads, registers (C tables natively)
         self.buffer: dict[bytes, tuple[Any, float]] = {}  # op id -> (op, buffered at)
         self.waiting_on: dict[bytes, set[bytes]] = {}  # missing dep -> buffered op ids
         self.buffered_by: Counter[bytes] = Counter()  # author -> ops in the buffer (half each at most)
@@ -79,11 +77,30 @@ class Replica:
         self.rejected = Counter()  # reason -> count
         self.dropped = 0
 
+    @property
+    def known(self) -> Any:
+        """Applied op ids (`in`, `len`, `get(id)` -> hlc): the Dag itself."""
+        return self.dag
+
+    @property
+    def heads(self) -> set[bytes]:
+        return set(self.dag.heads())
+
+    @property
+    def registers(self) -> dict[tuple[str, str], tuple[int, bytes]]:
+        """A copy of every register {(kind, key): (hlc, op id)} (tests, debugging)."""
+        return self.dag.registers()
+
+    def reset(self, dag: Any) -> None:
+        """Adopt a Dag rebuilt elsewhere (the persisted log, a snapshot); the buffer is kept."""
+        self.dag = dag
+        self.clock.observe(dag.max_hlc)
+
     # -- local writes ---------------------------------------------------------------------
     def create(self, kind: str, key: str, actor: str, value: bytes | None) -> Any:
         """A new signed local op over the current heads (not applied yet: pass it to admit)."""
         blob = self.core.encode(
-            self.signer.public, self.clock.tick(), sorted(self.heads), kind, key, actor, value
+            self.signer.public, self.clock.tick(), self.dag.heads(), kind, key, actor, value
         )
         op_id = self.core.digest(blob)
         return self.core.decode(blob, self.signer.sign_op(op_id), op_id)
@@ -121,17 +138,15 @@ class Replica:
                 self._reject(op.id, reason, result)
         candidates = fresh
         while candidates:
-            ready, waiting, bad = self.core.order(candidates, self.known, self.rejected_ids)
+            ready, waiting, bad = self.core.order(candidates, self.dag, self.rejected_ids)
             for op, reason in bad:
                 self._unbuffer(op.id)
                 self._reject(op.id, reason, result)
-            won = self.core.merge(self.registers, ready)
+            won = self.dag.apply(ready)
             woken: dict[bytes, Any] = {}
+            if ready:
+                self.clock.observe(max(op.hlc for op in ready))
             for op in ready:
-                self.known[op.id] = op.hlc
-                self.heads.difference_update(op.deps)
-                self.heads.add(op.id)
-                self.clock.observe(op.hlc)
                 self._unbuffer(op.id)
                 for waiter in self.waiting_on.pop(op.id, ()):
                     entry = self.buffer.get(waiter)
@@ -211,9 +226,13 @@ class Replica:
                     break
         return out
 
-    def restore(self, ops: Iterable[Any]) -> None:
-        """Rebuild from a persisted op log in causal order (already checked when first applied)."""
-        result = self.admit(list(ops), trusted_source=True)
-        if self.buffer:
-            raise RuntimeError(f"persisted op log misses dependencies of {len(self.buffer)} ops")
-        del result
+    def restore(self, frames: Sequence[bytes]) -> None:
+        """Rebuild from a persisted op log (checked when first applied): one Dag.ingest, no
+        Python object per op, so a restart with a long log is quick."""
+        dag = self.core.Dag()
+        _, _, waiting, bad, malformed = dag.ingest(frames)
+        if malformed:
+            raise RuntimeError(f"damaged operation log entries: {malformed[:3]}")
+        if waiting or bad:
+            raise RuntimeError(f"persisted op log misses dependencies of {len(waiting) + len(bad)} ops")
+        self.reset(dag)

@@ -141,18 +141,9 @@ class StateJournal:
     async def load(self) -> None:
         """Rebuild the replica (known ops, heads, registers) from the persisted log."""
         entries = await self.kv.entries(LOG)
-        ops, errors = self.core.parse_frames([e.value for e in entries])
-        if errors:
-            raise RuntimeError(f"damaged operation log entries: {errors[:3]}")
-        fresh = Replica(
-            self.replica.signer, self.replica.trusted, self.replica.validate,
-            core=self.core, clock=self.replica.clock, verify=self.replica.verify,
-            max_buffer=self.replica.max_buffer, max_skew_ms=self.replica.max_skew_ms,
-        )  # fmt: skip
-        fresh.restore(ops)
-        r = self.replica
-        r.known, r.heads, r.registers = fresh.known, fresh.heads, fresh.registers
-        self.log_ids = [op.id for op in ops]
+        frames = [e.value for e in entries]
+        self.replica.restore(frames)
+        self.log_ids = self.core.digest_many(frames, self.core.SIG_LEN)
         self.seq = int(entries[-1].key[len(LOG) :], 16) if entries else 0
         if self.seq != len(entries):
             raise RuntimeError(f"operation log has gaps: {len(entries)} entries up to seq {self.seq}")
