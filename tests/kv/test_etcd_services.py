@@ -182,6 +182,35 @@ def test_two_state_services_on_one_etcd_share_documents_and_unique_fields(tmp_pa
         cb.close()
 
 
+def test_a_logout_on_one_state_service_reaches_the_other_at_once(tmp_path):
+    """Both processes cache tokens; each watches the token keys, so a logout evicts it everywhere.
+
+    Without the watch, B would keep accepting the revoked token for its cache lifetime (5 s).
+    """
+    from eth_account import Account
+    from eth_account.messages import encode_defunct
+
+    admin = Account.create()
+    ns = "state" + uuid.uuid4().hex[:12]
+    args = ["--admin-address", admin.address, *etcd_args(ns)]
+    with (
+        ServiceProcess("state", tmp_path / "a", args) as a,
+        ServiceProcess("state", tmp_path / "b", args) as b,
+    ):
+        ca, cb = httpx.Client(base_url=a.url, timeout=10), httpx.Client(base_url=b.url, timeout=10)
+        ch = ca.post("/auth/challenge", json={"address": admin.address}).json()
+        sig = Account.sign_message(encode_defunct(text=ch["message"]), admin.key).signature
+        token = ca.post("/auth/login", json={"address": admin.address, "signature": "0x" + bytes(sig).hex()})
+        headers = {"Authorization": f"Bearer {token.json()['token']}"}
+        for _ in range(3):  # B has the token cached now
+            assert cb.get("/auth/whoami", headers=headers).json()["role"] == "admin"
+        assert ca.post("/auth/logout", headers=headers).json() == {"success": True}
+        wait_for(lambda: cb.get("/auth/whoami", headers=headers).status_code == 401, timeout=4.0)
+        assert cb.get("/auth/whoami", headers=headers).json()["code"] == "INVALID_TOKEN"
+        ca.close()
+        cb.close()
+
+
 def test_state_store_etcd_refuses_peers_and_missing_endpoints(tmp_path):
     from shoal.state.service import create_app
 

@@ -157,6 +157,7 @@ def create_app(options: dict[str, Any]) -> AuthMiddleware:
             sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await sweeper
+            await ctx.auth.close()
             await ctx.replication.stop()
             await ctx.store.close()
 

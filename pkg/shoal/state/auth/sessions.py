@@ -6,12 +6,15 @@ Everything lives in shoal.kv, so sessions survive restarts and are shared by eve
   /state-auth/token/<sha256 of token>       a bearer token's address and expiry (only hashes stored)
   /state-auth/nonce/<sha256 of who|nonce>   a per-request nonce already seen (kept past the window)
 
-Tokens are cached in memory for a few seconds per worker (a logout reaches other workers within
-TOKEN_CACHE_SECONDS); everything else is read from the store on each use.
+Tokens are cached in memory per worker, and each worker watches the token keys: a logout on any
+worker (or any process sharing the store) evicts the token everywhere within the store's watch
+delay (milliseconds), not after the cache lifetime. TOKEN_CACHE_SECONDS only bounds how stale an
+entry can be should the watch be down. Everything else is read from the store on each use.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import secrets
@@ -21,7 +24,7 @@ from datetime import UTC, datetime
 
 import orjson
 
-from shoal.kv import KvStore, TransactionOp, VersionConflict
+from shoal.kv import Compacted, EventType, KvStore, StoreClosed, TransactionOp, VersionConflict
 from shoal.state.auth import node_identity, signing
 from shoal.state.auth.eth import SignatureError, recover_address, to_checksum_address
 from shoal.state.auth.principal import Principal
@@ -80,6 +83,8 @@ class Authenticator:
         self.token_ttl = token_ttl
         self.clock = clock
         self._tokens: dict[str, tuple[str, int, float]] = {}  # token -> (address, expires, cached until)
+        self._hashes: dict[str, str] = {}  # sha256 of a cached token -> the token
+        self._revocations: asyncio.Task | None = None
 
     # -- sign-in ----------------------------------------------------------------------------
     async def challenge(self, address: str, domain: str, uri: str) -> dict:
@@ -165,17 +170,52 @@ class Authenticator:
         self._tokens.pop(token, None)
         return await self.kv.delete(TOKEN + _hash(token))
 
+    def _follow_revocations(self) -> None:
+        if self._revocations is None or self._revocations.done():
+            self._revocations = asyncio.get_running_loop().create_task(
+                self._evict_revoked(), name="shoal.state token revocations"
+            )
+
+    async def _evict_revoked(self) -> None:
+        """Drop a cached token as soon as its key is deleted by any worker (a logout elsewhere)."""
+        while True:
+            try:
+                async with self.kv.watch(TOKEN + "*") as events:
+                    self._tokens.clear()  # cached before the watch started: it may have missed a logout
+                    self._hashes.clear()
+                    async for event in events:
+                        if event.event_type == EventType.Deleted:
+                            token = self._hashes.pop(event.key[len(TOKEN) :], None)
+                            if token is not None:
+                                self._tokens.pop(token, None)
+            except Compacted:  # fell behind the change log: start over from now
+                continue
+            except (StoreClosed, asyncio.CancelledError):
+                return
+            except Exception:
+                log.exception("token revocation watch failed; retrying")
+                await asyncio.sleep(1.0)
+
+    async def close(self) -> None:
+        if self._revocations is not None:
+            self._revocations.cancel()
+            await asyncio.gather(self._revocations, return_exceptions=True)
+
     # -- checking credentials -------------------------------------------------------------------
     async def from_token(self, token: str) -> Principal:
         now = self.clock()
         cached = self._tokens.get(token)  # keyed by the token itself: no hashing on the hot path
         if cached is None or cached[2] < now:
-            record = await self.kv.get_json(TOKEN + _hash(token)) if len(token) <= 256 else None
+            self._follow_revocations()
+            digest = _hash(token)
+            record = await self.kv.get_json(TOKEN + digest) if len(token) <= 256 else None
             if record is None:
                 self._tokens.pop(token, None)
                 raise unauthorized("unknown or revoked bearer token; sign in again", "INVALID_TOKEN")
             if len(self._tokens) > 100_000:
                 self._tokens.clear()
+                self._hashes.clear()
+            self._hashes[digest] = token
             cached = self._tokens[token] = (
                 record["address"],
                 record["expires_at"],
