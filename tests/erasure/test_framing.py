@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import itertools
 import struct
+import zlib
 
 import pytest
-from crc32c import crc32c
+import xxhash
 
 from shoal.erasure import (
     HEADER_SIZE,
-    INNER_HEADER_SIZE,
     CorruptFragment,
     K,
     MixedStripes,
@@ -52,33 +52,51 @@ def test_every_subset_decodes(impl, chunk, frags, count):
 
 def test_header_layout_matches_the_documented_format(impl, chunk, frags):
     """docs/erasure.md and shoal.erasure.format describe these offsets; check them independently."""
-    stripe = {f[16:24] for f in frags}
-    assert len(stripe) == 1
+    assert HEADER_SIZE == 80
+    per = -(-len(chunk) // K)
     for i, f in enumerate(frags):
-        magic, version, k, m, index, length, _sid, ilen, checksum = struct.unpack_from("<4sBBBBQ8sII", f)
-        assert (magic, version, k, m, index, length) == (b"SHEC", 1, 3, 2, i, len(chunk))
-        assert ilen == len(f) - HEADER_SIZE == INNER_HEADER_SIZE + -(-len(chunk) // K)
-        assert checksum == crc32c(f[HEADER_SIZE:] + f[:28])
+        idx, size, _, length, chksum_type = struct.unpack_from("<IIIQB", f)
+        assert (idx, size, length, chksum_type) == (i, per, len(chunk), 1)  # liberasurecode's own
+        magic, version, k, m, zero, sid, payload = struct.unpack_from("<4sBBBB8sQ", f, 21)
+        assert (magic, version, k, m, zero) == (b"SHEC", 2, 3, 2, 0)
+        assert f[45:53] == bytes(8) and f[79] == 0
+        assert sid == frags[0][29:37]
+        assert payload == xxhash.xxh3_64_intdigest(f[HEADER_SIZE:])
+        assert struct.unpack_from("<I", f, 67)[0] == zlib.crc32(f[:59])  # liberasurecode's metadata check
+        assert struct.unpack_from("<Q", f, 71)[0] == xxhash.xxh3_64_intdigest(f[:71])
+        hashes = [struct.unpack_from("<Q", g, 37)[0] for g in frags]
+        assert sid == xxhash.xxh3_64_intdigest(struct.pack("<Q5Q", len(chunk), *hashes)).to_bytes(8, "little")
         info = impl.fragment_info(f)
-        assert (info.index, info.length, info.inner_size, info.checksum) == (i, len(chunk), ilen, checksum)
-        assert info.stripe_id == stripe.pop().hex() if i == 0 else info.stripe_id == frags[0][16:24].hex()
+        assert (info.index, info.length, info.payload_size, info.checksum) == (i, len(chunk), per, payload)
+        assert info.stripe_id == sid.hex()
         assert info.is_parity == (i >= K)
-        assert info.size == len(f)
-        assert info.checksum_str == f"crc32c:{checksum:08x}"
+        assert info.size == len(f) == HEADER_SIZE + per
+        assert info.checksum_str == f"xxh3:{payload:016x}"
+
+
+def test_fragments_are_pyeclib_fragments(chunk, frags):
+    """No second header: pyeclib decodes shoal's fragments as they are stored."""
+    from shoal.erasure import format
+
+    assert format.DRIVER.decode(frags[2:]) == chunk
+    assert format.DRIVER.get_metadata(frags[3], formatted=1)["orig_data_size"] == len(chunk)
 
 
 def test_systematic_layout_data_fragments_hold_the_bytes(chunk, frags):
     """The fast path copies data fragments 0..2 straight out; they must hold the original in order."""
     per = -(-len(chunk) // K)
-    start = HEADER_SIZE + INNER_HEADER_SIZE
     for i in range(K):
         part = chunk[i * per : (i + 1) * per]
-        assert frags[i][start : start + len(part)] == part
+        assert frags[i][HEADER_SIZE : HEADER_SIZE + len(part)] == part
+
+
+HEADER_BYTES = [0, 3, 4, 8, 12, 19, 20, 21, 24, 25, 26, 27, 28, 29, 36, 37, 44, 45, 52, 53, 58, 59, 66]
+HEADER_BYTES += [67, 70, 71, 78, 79]
 
 
 @pytest.mark.parametrize(
     "pos",
-    [0, 3, 4, 5, 6, 7, 8, 15, 16, 23, 24, 27, 28, 31, 32, 32 + 79, 32 + 80, 300_000, -1],
+    [*HEADER_BYTES, 80, 81, 300_000, -1],
     ids=lambda p: f"byte{p}",
 )
 def test_flipped_byte_is_detected_and_skipped(impl, chunk, frags, pos):
@@ -145,25 +163,58 @@ def test_truncated_or_extended_fragment_is_rejected(impl, frags):
 
 
 def _reframe(frag: bytes, **fields) -> bytes:
-    """A fragment with header fields changed and the checksum recomputed (a well-formed lie)."""
-    names = ["magic", "version", "k", "m", "index", "length", "stripe", "ilen"]
-    values = dict(zip(names, struct.unpack_from("<4sBBBBQ8sI", frag), strict=True))
-    values.update(fields)
-    head = struct.pack("<4sBBBBQ8sI", *values.values())
-    inner = frag[HEADER_SIZE:]
-    return head + crc32c(head, crc32c(inner)).to_bytes(4, "little") + inner
+    """A fragment with header fields changed and its checks recomputed (a well-formed lie)."""
+    head = bytearray(frag[:HEADER_SIZE])
+    offsets = {"index": ("<I", 0), "length": ("<Q", 12), "version": ("<B", 25), "k": ("<B", 26)}
+    for name, value in fields.items():
+        fmt, off = offsets[name]
+        struct.pack_into(fmt, head, off, value)
+    struct.pack_into("<I", head, 67, zlib.crc32(head[:59]))
+    struct.pack_into("<Q", head, 71, xxhash.xxh3_64_intdigest(bytes(head[:71])))
+    return bytes(head) + frag[HEADER_SIZE:]
 
 
 def test_well_formed_but_unsupported_headers_are_rejected(impl, frags):
     assert impl.fragment_info(_reframe(frags[1])).index == 1  # the helper itself is right
-    with pytest.raises(CorruptFragment, match="version 2"):
-        impl.fragment_info(_reframe(frags[1], version=2))
+    with pytest.raises(CorruptFragment, match="version 3 \\(this build reads 2\\)"):
+        impl.fragment_info(_reframe(frags[1], version=3))
     with pytest.raises(CorruptFragment, match="4\\+2"):
         impl.fragment_info(_reframe(frags[1], k=4))
     with pytest.raises(CorruptFragment, match="out of range"):
         impl.fragment_info(_reframe(frags[1], index=5))
     with pytest.raises(CorruptFragment, match="does not fit"):
         impl.fragment_info(_reframe(frags[1], length=10))
+
+
+def test_a_format_1_fragment_is_a_clear_error(impl, frags):
+    """Format 1 put a 32-byte SHEC header in front of pyeclib's fragment; it is named, not misread."""
+    old = struct.pack("<4sBBBBQ8sI", b"SHEC", 1, 3, 2, 0, 11, bytes(8), len(frags[0])) + bytes(4) + frags[0]
+    with pytest.raises(CorruptFragment, match="format 1"):
+        impl.fragment_info(old)
+    with pytest.raises(CorruptFragment, match="bad magic"):
+        impl.fragment_info(bytes(80) + frags[0][80:])
+
+
+def test_decode_hashes_only_the_fragments_it_uses(impl, chunk, frags):
+    """A corrupt payload outside the 3 used is not even looked at; check() still finds it."""
+    bad_parity = flip(frags[3], -1)
+    assert impl.decode({0: frags[0], 1: frags[1], 2: frags[2], 3: bad_parity}) == chunk
+    assert "checksum" in impl.check({3: bad_parity})[1][3]
+
+
+def test_a_corrupt_payload_in_use_falls_back_to_the_next(impl, chunk, frags):
+    given = {0: flip(frags[0], 5000), 1: frags[1], 2: frags[2], 3: frags[3]}
+    assert impl.decode(given) == chunk  # 0's header is fine, its payload is not: 1, 2, 3 decode
+    given = {0: frags[0], 2: flip(frags[2], 9), 3: flip(frags[3], -1), 4: frags[4], 1: frags[1]}
+    assert impl.decode(given) == chunk  # 0, 1 + 2 bad -> 0, 1, 3 bad -> 0, 1, 4
+    with pytest.raises(NotEnoughFragments) as err:
+        impl.decode({0: frags[0], 2: flip(frags[2], 9), 3: flip(frags[3], -1), 4: frags[4]})
+    assert err.value.valid == [0, 4]
+    assert set(err.value.rejected) == {2, 3}
+
+
+def test_a_duplicate_replaces_a_corrupt_copy(impl, chunk, frags):
+    assert impl.decode([flip(frags[1], 700), frags[0], frags[1], frags[4]]) == chunk
 
 
 def test_fragment_under_the_wrong_index_is_rejected(impl, frags, chunk):
@@ -202,6 +253,6 @@ def test_same_data_gives_the_same_stripe(impl):
 
 def test_empty_payload_is_a_stripe_too(impl):
     frags = impl.encode(b"")
-    assert all(len(f) == HEADER_SIZE + INNER_HEADER_SIZE for f in frags)
+    assert all(len(f) == HEADER_SIZE for f in frags)
     assert impl.decode(frags[2:]) == b""
     assert impl.fragment_info(frags[4]).length == 0

@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from shoal import _native
-from shoal.erasure import HEADER_SIZE, ErasureError, K, N, format
+from shoal.erasure import ErasureError, K, N, format
 from tests.conftest import native_required
 from tests.erasure.conftest import flip, payload
 
@@ -53,7 +53,8 @@ def test_pure_python_can_be_forced():
 def test_isa_l_backend_really_encodes_here():
     """The wheel's bundled liberasurecode + ISA-L is the one in use, not the fallback."""
     assert format.backend() == "isa_l_rs_vand"
-    assert format.INNER_HEADER_SIZE == 80  # liberasurecode's fragment header: the fast path is on
+    assert format.HEADER_SIZE == 80  # liberasurecode's fragment header, which carries shoal's fields
+    assert format.LAYOUT_OK  # format 2's assumptions hold for this pyeclib
     meta = format.DRIVER.get_metadata(format.DRIVER.encode(b"x" * 999)[4], formatted=1)
     assert meta["backend_id"] == "isa_l_rs_vand"
     assert meta["orig_data_size"] == 999
@@ -114,7 +115,26 @@ def test_fast_assembly_equals_pyeclib_decode(length, seed):
     """Copying data fragments 0..2 out gives what pyeclib's own decode gives."""
     data = payload(length, seed)
     frags = TWIN.encode(data)
-    inner = [f[HEADER_SIZE:] for f in frags[:K]]
-    assert format.pyeclib_decode(inner, length) == data
+    assert format.pyeclib_decode(frags[:K], length) == data  # shoal's fragments are pyeclib's
     for mod in (TWIN, NATIVE) if NATIVE else (TWIN,):
         assert mod.assemble(frags[:K], length) == data
+
+
+@needs_native
+def test_hash_worker_off_and_after_fork_gives_the_same_fragments():
+    """The worker thread is an optimisation only: off, or in a forked child, nothing changes."""
+    data = payload(1 << 20, seed=3)
+    frags = NATIVE.encode(data)
+    assert TWIN.encode(data) == frags
+    pid = os.fork()
+    if pid == 0:  # the child has no worker thread until it starts a fresh one
+        ok = NATIVE.encode(data) == frags and NATIVE.decode(frags[2:]) == data
+        os._exit(0 if ok else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    NATIVE.use_worker(False)
+    try:
+        assert NATIVE.encode(data) == frags
+        assert NATIVE.decode(frags[2:]) == data
+    finally:
+        NATIVE.use_worker(True)

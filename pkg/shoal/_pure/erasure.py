@@ -1,8 +1,10 @@
 """Reed-Solomon 3+2 fragment framing and stripe assembly around pyeclib, in pure Python.
 
 Twin of ext/erasure.pyx: same functions, byte-identical fragments, same decode results and
-errors. The format and the shared pieces (driver, errors, FragmentInfo) are in
-shoal.erasure.format.
+errors. The format, the decode logic and the shared pieces (driver, errors, FragmentInfo)
+are in shoal.erasure.format. Unlike the native module it cannot hash on a second thread
+while pyeclib holds the GIL, and it copies each fragment once to write shoal's fields into
+pyeclib's header (Python bytes are immutable).
 """
 
 from __future__ import annotations
@@ -11,72 +13,59 @@ from collections.abc import Iterable, Mapping
 
 from shoal.erasure.format import (
     DRIVER,
-    HEADER,
     HEADER_SIZE,
-    INNER_HEADER_SIZE,
-    MAGIC,
-    VERSION,
     CorruptFragment,
     FragmentInfo,
     K,
-    M,
-    MixedStripes,
     N,
-    NotEnoughFragments,
-    crc,
-    inner_size,
+    check_with,
+    decode_with,
+    finish_header,
+    parse_header,
+    payload_size,
     pyeclib_decode,
+    require_layout,
     stripe_id,
+    xxh3,
 )
 
-__all__ = ["check", "decode", "encode", "fragment_info"]
+__all__ = ["assemble", "check", "decode", "encode", "fragment_info", "header_info"]
 
 
 def encode(data) -> list[bytes]:
-    """The k+m framed fragments of `data` (any bytes-like object)."""
+    """The k+m fragments of `data` (any bytes-like object)."""
+    require_layout()
     data = bytes(data)
     inner = DRIVER.encode(data)
-    crcs = [crc(f) for f in inner]
-    sid = stripe_id(len(data), crcs)
+    if len(inner) != N or any(len(f) != HEADER_SIZE + payload_size(len(data)) for f in inner):
+        raise CorruptFragment("pyeclib returned fragments of an unexpected shape")
+    hashes = [xxh3(memoryview(f)[HEADER_SIZE:]) for f in inner]
+    sid = stripe_id(len(data), hashes)
     out = []
-    for index, (frag, c) in enumerate(zip(inner, crcs, strict=True)):
-        head = HEADER.pack(MAGIC, VERSION, K, M, index, len(data), sid, len(frag))
-        out.append(b"".join((head, crc(head, c).to_bytes(4, "little"), frag)))
+    for frag, h in zip(inner, hashes, strict=True):
+        head = bytearray(frag[:HEADER_SIZE])
+        finish_header(head, len(data), sid, h)
+        out.append(b"".join((head, memoryview(frag)[HEADER_SIZE:])))
     return out
 
 
+def header_info(frag) -> FragmentInfo:
+    """The checked header of `frag`, its payload not yet verified; CorruptFragment if bad."""
+    if frag is None:
+        raise TypeError("a fragment must be bytes-like, not None")
+    return parse_header(memoryview(frag).cast("B"))
+
+
+def payload_ok(frag, info: FragmentInfo) -> bool:
+    return xxh3(memoryview(frag).cast("B")[HEADER_SIZE:]) == info.checksum
+
+
 def fragment_info(frag) -> FragmentInfo:
-    """The header of `frag` after checking it and the checksum; CorruptFragment otherwise."""
-    view = memoryview(frag).cast("B")
-    if len(view) < HEADER_SIZE:
-        raise CorruptFragment(f"fragment of {len(view)} bytes is shorter than its {HEADER_SIZE}-byte header")
-    magic, version, k, m, index, length, sid, ilen = HEADER.unpack_from(view)
-    if magic != MAGIC:
-        raise CorruptFragment("not a shoal erasure fragment (bad magic)")
-    if version != VERSION:
-        raise CorruptFragment(f"unsupported fragment version {version}")
-    if (k, m) != (K, M):
-        raise CorruptFragment(f"fragment is {k}+{m}, this build decodes {K}+{M}")
-    if index >= N:
-        raise CorruptFragment(f"fragment index {index} is out of range 0..{N - 1}")
-    if ilen != len(view) - HEADER_SIZE:
-        raise CorruptFragment(f"payload is {len(view) - HEADER_SIZE} bytes, header says {ilen}")
-    expected = inner_size(length)
-    if expected is not None and ilen != expected:
-        raise CorruptFragment(f"payload of {ilen} bytes does not fit an original length of {length}")
-    stored = int.from_bytes(view[HEADER.size : HEADER_SIZE], "little")
-    actual = crc(view[: HEADER.size], crc(view[HEADER_SIZE:]))
-    if stored != actual:
-        raise CorruptFragment(f"checksum mismatch in fragment {index}")
-    return FragmentInfo(index, k, m, length, sid.hex(), ilen, stored)
-
-
-def _items(fragments) -> tuple[list, bool]:
-    if isinstance(fragments, Mapping):
-        return list(fragments.items()), True
-    if isinstance(fragments, bytes | bytearray | memoryview):
-        raise TypeError("decode takes several fragments (a mapping or an iterable), not one")
-    return list(enumerate(fragments)), False
+    """The header of `frag` after checking it and the payload hash; CorruptFragment otherwise."""
+    info = header_info(frag)
+    if not payload_ok(frag, info):
+        raise CorruptFragment(f"checksum mismatch in fragment {info.index}")
+    return info
 
 
 def check(
@@ -88,52 +77,34 @@ def check(
     iterable. A stripe_id keeps only that stripe; without one, valid fragments of two
     stripes raise MixedStripes.
     """
-    items, keyed = _items(fragments)
-    valid: dict[int, tuple[FragmentInfo, object]] = {}
-    rejected: dict[object, str] = {}
-    for key, frag in items:
-        try:
-            info = fragment_info(frag)
-        except CorruptFragment as exc:
-            rejected[key] = str(exc)
-            continue
-        except TypeError:
-            rejected[key] = f"not a bytes-like object: {type(frag).__name__}"
-            continue
-        if keyed and key != info.index:
-            rejected[key] = f"fragment {info.index} was given under index {key!r}"
-        elif stripe_id is not None and info.stripe_id != stripe_id:
-            rejected[key] = f"fragment of stripe {info.stripe_id}, not {stripe_id}"
-        elif info.index not in valid:
-            valid[info.index] = (info, frag)
-    stripes = {(info.stripe_id, info.length) for info, _ in valid.values()}
-    if len(stripes) > 1:
-        listed = ", ".join(f"{s} ({n} bytes)" for s, n in sorted(stripes))
-        raise MixedStripes(f"fragments of different stripes: {listed}; pass stripe_id to choose")
-    return valid, rejected
+    return check_with(fragment_info, fragments, stripe_id)
+
+
+def _decode_payloads(frags: list, infos: list, length: int, fast: bool) -> tuple[bytes | None, list[bool]]:
+    oks = [payload_ok(f, info) for f, info in zip(frags, infos, strict=True)]
+    if not all(oks):
+        return None, oks
+    if fast:
+        return assemble(frags, length), oks
+    return pyeclib_decode([f if type(f) is bytes else bytes(f) for f in frags], length), oks
 
 
 def decode(fragments: Mapping[int, bytes] | Iterable[bytes], stripe_id: str | None = None) -> bytes:
-    """The original bytes from any k valid fragments of one stripe; corrupt ones are skipped."""
-    valid, rejected = check(fragments, stripe_id)
-    if len(valid) < K:
-        reasons = "; ".join(f"{key}: {why}" for key, why in rejected.items()) or "none rejected"
-        raise NotEnoughFragments(
-            f"{len(valid)} valid fragments, {K} needed ({reasons})", sorted(valid), rejected
-        )
-    length = next(iter(valid.values()))[0].length
-    if INNER_HEADER_SIZE is not None and all(i in valid for i in range(K)):
-        return assemble([valid[i][1] for i in range(K)], length)
-    inner = [bytes(memoryview(valid[i][1])[HEADER_SIZE:]) for i in sorted(valid)[:K]]
-    return pyeclib_decode(inner, length)
+    """The original bytes from any k valid fragments of one stripe; corrupt ones are skipped.
+
+    Only the payloads of the k fragments used are hashed (a further one only if one fails).
+    """
+    return decode_with(header_info, payload_ok, _decode_payloads, fragments, stripe_id)
 
 
 def assemble(data_fragments: list, length: int) -> bytes:
     """Concatenate the payloads of data fragments 0..k-1 (checked already) into the original."""
-    per = -(-length // K)
-    start = HEADER_SIZE + INNER_HEADER_SIZE
+    per = payload_size(length)
     parts = []
-    for i, frag in enumerate(data_fragments):
+    for i, frag in enumerate(data_fragments[:K]):
         take = max(0, min(per, length - i * per))
-        parts.append(memoryview(frag)[start : start + take])
+        view = memoryview(frag).cast("B")
+        if len(view) < HEADER_SIZE + take:
+            raise CorruptFragment(f"data fragment {i} is too short to assemble")
+        parts.append(view[HEADER_SIZE : HEADER_SIZE + take])
     return b"".join(parts)

@@ -4,9 +4,10 @@
     data = decode({0: f0, 3: f3, 4: f4})  # or decode([f0, f3, f4]): any 3 valid ones
     info = fragment_info(f3)              # verified header: index, length, stripe_id, checksum
 
-Each fragment carries its index, the original length, a stripe id shared by the five and a
-crc32c over header and payload, so decode drops corrupt or foreign fragments by itself and
-needs nothing but the bytes. pyeclib's ISA-L backend does the coding; the framing is
+A fragment is pyeclib's own fragment, with shoal's fields in liberasurecode's 80-byte header:
+its index, the original length, a stripe id shared by the five, an XXH3 hash of the payload
+and a check over the header, so decode drops corrupt or foreign fragments by itself and needs
+nothing but the bytes. pyeclib's ISA-L backend does the coding; the framing is
 ext/erasure.pyx (twin: shoal._pure.erasure). Thread-safe: pyeclib holds the GIL while it
 codes, and the framing only touches its own buffers. Format and figures: docs/erasure.md.
 """
@@ -31,7 +32,7 @@ from shoal.erasure.format import (
     N,
     NotEnoughFragments,
     backend,
-    inner_size,
+    payload_size,
 )
 
 __all__ = [
@@ -84,7 +85,8 @@ def decode(fragments: Fragments, stripe_id: str | None = None) -> bytes:
     """Exactly the original bytes, from any 3 valid fragments of one stripe.
 
     `fragments` is {index: fragment} (a fragment under the wrong index is rejected) or any
-    iterable of fragments. Corrupt ones are skipped; fewer than 3 valid raise
+    iterable of fragments. Every header is checked, but only the payloads of the 3 fragments
+    used are hashed (a further one only when one of them fails). Corrupt ones are skipped; fewer than 3 valid raise
     NotEnoughFragments (its `.rejected` says why each was dropped); valid fragments of two
     stripes raise MixedStripes unless `stripe_id` picks one.
     """
@@ -136,8 +138,5 @@ def rebuild(
 
 
 def fragment_size(length: int) -> int:
-    """Size of each framed fragment for `length` original bytes (2 MiB -> 699,163)."""
-    size = inner_size(length)
-    if size is None:
-        return len(encode(bytes(length))[0])
-    return HEADER_SIZE + size
+    """Size of each fragment for `length` original bytes (2 MiB -> 699,131): 80 + ceil(length/3)."""
+    return HEADER_SIZE + payload_size(length)

@@ -1,24 +1,33 @@
 """What the native framing (ext/erasure.pyx) and its twin (shoal._pure.erasure) share.
 
-The fragment format, the errors, the one ECDriver of the process, and the glibc malloc
-tuning without which pyeclib is 5-25x slower on 2 MiB stripes. Kept apart from
-shoal.erasure.__init__ so both implementations can import it without an import cycle.
+The fragment format, the errors, the one ECDriver of the process, the decode logic both
+implementations drive with their own primitives, and the glibc malloc tuning without which
+pyeclib is 5-25x slower on 2 MiB stripes. Kept apart from shoal.erasure.__init__ so both
+implementations can import it without an import cycle.
 
-Framed fragment = 32-byte header + pyeclib's fragment ("inner"), all little-endian:
+Format 2: a fragment IS pyeclib's fragment (liberasurecode's 80-byte header + payload), with
+shoal's fields written into the header's checksum slots (liberasurecode's own checksum is off,
+chksum_type "none", so it never reads them). No second header is put in front, so encode
+returns pyeclib's bytes objects and decode hands stored fragments to pyeclib, with no copy.
+Little-endian offsets in the 80-byte header:
 
-    0  magic      b"SHEC"
-    4  version    u8   (1)
-    5  k          u8   (3)
-    6  m          u8   (2)
-    7  index      u8   0..k+m-1 (0..k-1 hold the data, k.. the parity)
-    8  length     u64  length of the original bytes
-    16 stripe_id  8 bytes: blake3(length, crc32c of each of the k+m inner fragments)[:8]
-    24 inner_len  u32  length of pyeclib's fragment that follows
-    28 checksum   u32  crc32c(inner ++ header[0:28])
+    0  idx         u32  liberasurecode: fragment index 0..k+m-1 (0..k-1 data, k.. parity)
+    4  size        u32  liberasurecode: payload bytes after the header
+    12 orig_size   u64  liberasurecode: length of the original bytes
+    21 magic       b"SHEC"                        \
+    25 version     u8   (2)                        |
+    26 k, 27 m     u8, u8 (3, 2)                   | shoal, in liberasurecode's chksum[8]
+    28 reserved    u8   0                          |
+    29 stripe_id   8 bytes: xxh3_64(length, the k+m payload hashes), LE
+    37 payload     u64  xxh3_64 of the payload     |
+    45 reserved    8 bytes 0                      /
+    59 libec magic, 63 libec version, 67 metadata_chksum (zlib crc32 of bytes 0..59, recomputed)
+    71 check       u64  xxh3_64(header[0:71]): every header field, including the payload hash
+    79 reserved    u8   0
 
-The checksum covers the payload and every header field, so a flipped bit anywhere is seen.
-It is computed payload first so one pass over the payload suffices even though the
-stripe id (in the header) depends on the checksums of all the payloads.
+The payload hash and the header check together cover every byte. A data fragment's payload
+is the original bytes (the code is systematic, checked at import), so encode hashes the input
+on a second thread while pyeclib codes; only the two parity payloads are hashed afterwards.
 """
 
 from __future__ import annotations
@@ -27,10 +36,11 @@ import ctypes
 import ctypes.util
 import os
 import struct
+import zlib
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
-import blake3
-from crc32c import crc32c
+import xxhash
 from pyeclib.ec_iface import ECDriver
 
 K = 3
@@ -39,16 +49,33 @@ N = K + M
 EC_TYPE = "isa_l_rs_vand"
 FALLBACK_EC_TYPE = "liberasurecode_rs_vand"
 MAGIC = b"SHEC"
-VERSION = 1
-HEADER = struct.Struct("<4sBBBBQ8sI")  # everything before the checksum
-HEADER_SIZE = HEADER.size + 4
-assert HEADER_SIZE == 32
+VERSION = 2
+HEADER_SIZE = 80  # liberasurecode's fragment header, which carries shoal's fields
+INNER_HEADER_SIZE = HEADER_SIZE  # kept for callers of format 1: the payload starts here
+CHECKSUM_NAME = "xxh3"
+
+OFF_SIZE = 4
+OFF_ORIG = 12
+OFF_CHKSUM_TYPE = 20
+OFF_MAGIC = 21
+OFF_VERSION = 25
+OFF_STRIPE = 29
+OFF_PAYLOAD = 37
+OFF_LIBEC_MAGIC = 59
+OFF_META_CRC = 67
+META_SIZE = 59  # liberasurecode's fragment_metadata_t, covered by metadata_chksum
+OFF_CHECK = 71
+OFF_LAST = 79
+SHOAL_FIELDS = struct.Struct("<4sBBBB8sQ8x")  # at OFF_MAGIC: magic, version, k, m, 0, stripe, payload
+LIBEC_MAGIC = 0xB0C5ECC
 
 # glibc: M_TRIM_THRESHOLD = -1, M_MMAP_THRESHOLD = -3 (malloc.h)
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
 MMAP_THRESHOLD = 32 << 20  # glibc's maximum on 64-bit
 TRIM_THRESHOLD = 128 << 20
+
+xxh3: Callable[[object], int] = xxhash.xxh3_64_intdigest  # releases the GIL above 64 KiB
 
 
 class ErasureError(ValueError):
@@ -74,21 +101,26 @@ class MixedStripes(ErasureError):
 
 @dataclass(frozen=True, slots=True)
 class FragmentInfo:
-    """The verified header of one framed fragment."""
+    """The verified header of one fragment."""
 
     index: int
     k: int
     m: int
     length: int  # of the original bytes
     stripe_id: str  # 16 hex digits, equal for the k+m fragments of one encode
-    inner_size: int  # pyeclib's fragment
-    checksum: int  # crc32c over payload and header
+    payload_size: int  # bytes after the 80-byte header
+    checksum: int  # xxh3_64 of the payload (the header has its own check)
     version: int = VERSION
 
     @property
     def size(self) -> int:
-        """Length of the framed fragment."""
-        return HEADER_SIZE + self.inner_size
+        """Length of the whole fragment (what a storage node stores)."""
+        return HEADER_SIZE + self.payload_size
+
+    @property
+    def inner_size(self) -> int:
+        """pyeclib's fragment: since format 2 the whole fragment."""
+        return self.size
 
     @property
     def is_parity(self) -> bool:
@@ -96,12 +128,68 @@ class FragmentInfo:
 
     @property
     def checksum_str(self) -> str:
-        return f"crc32c:{self.checksum:08x}"
+        return f"{CHECKSUM_NAME}:{self.checksum:016x}"
 
 
-def stripe_id(length: int, inner_crcs: list[int]) -> bytes:
+def stripe_id(length: int, payload_hashes: list[int]) -> bytes:
     """8 bytes naming one encode: fragments of other data (or another length) differ here."""
-    return blake3.blake3(struct.pack(f"<Q{len(inner_crcs)}I", length, *inner_crcs)).digest(8)
+    return xxh3(struct.pack(f"<Q{len(payload_hashes)}Q", length, *payload_hashes)).to_bytes(8, "little")
+
+
+def finish_header(head: bytearray, length: int, sid: bytes, payload_hash: int) -> None:
+    """Write shoal's fields into pyeclib's 80-byte header `head` (in place) and seal it."""
+    SHOAL_FIELDS.pack_into(head, OFF_MAGIC, MAGIC, VERSION, K, M, 0, sid, payload_hash)
+    struct.pack_into("<I", head, OFF_META_CRC, zlib.crc32(head[:META_SIZE]))
+    struct.pack_into("<Q", head, OFF_CHECK, xxh3(bytes(head[:OFF_CHECK])))
+    head[OFF_LAST] = 0
+
+
+def parse_header(view: memoryview) -> FragmentInfo:
+    """Check the 80-byte header of a fragment (not its payload); CorruptFragment if bad.
+
+    Order: size, magic (a format-1 fragment is named as such), version, header check, the
+    reserved byte, k/m, index, payload size against the actual length and against the
+    original length.
+    """
+    size = len(view)
+    if size < HEADER_SIZE:
+        raise CorruptFragment(f"fragment of {size} bytes is shorter than its {HEADER_SIZE}-byte header")
+    magic, version, k, m, _, sid, payload = SHOAL_FIELDS.unpack_from(view, OFF_MAGIC)
+    if magic != MAGIC:
+        if bytes(view[:4]) == MAGIC:
+            raise CorruptFragment(
+                f"fragment in shoal erasure format 1 (header before pyeclib's), "
+                f"this build reads format {VERSION} only: re-encode it"
+            )
+        raise CorruptFragment("not a shoal erasure fragment (bad magic)")
+    if version != VERSION:
+        raise CorruptFragment(f"unsupported fragment version {version} (this build reads {VERSION})")
+    index, psize = struct.unpack_from("<II", view, 0)
+    (check,) = struct.unpack_from("<Q", view, OFF_CHECK)
+    if check != xxh3(view[:OFF_CHECK]):
+        raise CorruptFragment(f"header checksum mismatch in fragment {index}")
+    if view[OFF_LAST] != 0:
+        raise CorruptFragment(f"reserved header byte {OFF_LAST} is not zero in fragment {index}")
+    if (k, m) != (K, M):
+        raise CorruptFragment(f"fragment is {k}+{m}, this build decodes {K}+{M}")
+    if index >= N:
+        raise CorruptFragment(f"fragment index {index} is out of range 0..{N - 1}")
+    (length,) = struct.unpack_from("<Q", view, OFF_ORIG)
+    if psize != size - HEADER_SIZE:
+        raise CorruptFragment(f"payload is {size - HEADER_SIZE} bytes, header says {psize}")
+    if psize != payload_size(length):
+        raise CorruptFragment(f"payload of {psize} bytes does not fit an original length of {length}")
+    return FragmentInfo(index, k, m, length, sid.hex(), psize, payload)
+
+
+def payload_size(length: int) -> int:
+    """Payload bytes of each fragment for `length` original bytes (ceil(length / k))."""
+    return -(-length // K)
+
+
+def inner_size(length: int) -> int:
+    """Size of pyeclib's fragment, which is the whole fragment since format 2."""
+    return HEADER_SIZE + payload_size(length)
 
 
 def tune_malloc() -> bool:
@@ -136,38 +224,52 @@ def _make_driver() -> ECDriver:
         return ECDriver(k=K, m=M, ec_type=FALLBACK_EC_TYPE)
 
 
-def _inner_header_size(d: ECDriver) -> int | None:
-    """liberasurecode's per-fragment header size, if its data layout is the one assemble() assumes.
+def _layout_ok(d: ECDriver) -> bool:
+    """Whether pyeclib's fragments have the layout format 2 relies on, checked on samples.
 
-    The Reed-Solomon code is systematic: data fragment i carries original bytes
-    [i*P, (i+1)*P) with P = ceil(length / k) after a fixed-size header. Checked here on
-    sample payloads; when it does not hold, decode always goes through pyeclib.
+    80-byte header with idx/size/orig_size where liberasurecode puts them, its checksum off
+    (slots zero, so shoal may use them), metadata_chksum = zlib crc32 of bytes 0..59, zero
+    padding, and a systematic code: data fragment i's payload is original bytes
+    [i*P, (i+1)*P) with P = ceil(length / k), zero padded.
     """
-    sizes = set()
-    for length in (1, 5, 96, 1001, 65537):
+    for length in (0, 1, 5, 96, 1001, 65537):
         data = bytes((i * 7 + 3) & 0xFF for i in range(length))
         frags = d.encode(data)
-        per = -(-length // K)
-        for i in range(K):
-            h = len(frags[i]) - per
-            chunk = data[i * per : (i + 1) * per]
-            if h < 0 or frags[i][h : h + len(chunk)] != chunk:
-                return None
-            sizes.add(h)
-    return sizes.pop() if len(sizes) == 1 else None
+        per = payload_size(length)
+        if len(frags) != N:
+            return False
+        for i, f in enumerate(frags):
+            h = f[:HEADER_SIZE]
+            ok = (
+                type(f) is bytes
+                and len(f) == HEADER_SIZE + per
+                and struct.unpack_from("<IIIQB", h) == (i, per, 0, length, 1)
+                and h[OFF_MAGIC:53] == bytes(32)
+                and struct.unpack_from("<I", h, OFF_LIBEC_MAGIC)[0] == LIBEC_MAGIC
+                and struct.unpack_from("<I", h, OFF_META_CRC)[0] == zlib.crc32(h[:META_SIZE])
+                and h[OFF_CHECK:] == bytes(HEADER_SIZE - OFF_CHECK)
+            )
+            if i < K:
+                part = data[i * per : (i + 1) * per]
+                ok = ok and f[HEADER_SIZE:] == part + bytes(per - len(part))
+            if not ok:
+                return False
+    return True
 
 
 MALLOC_TUNED = tune_malloc()
 DRIVER = _make_driver()
 BACKEND = DRIVER.ec_type.name if hasattr(DRIVER.ec_type, "name") else str(DRIVER.ec_type)
-INNER_HEADER_SIZE = _inner_header_size(DRIVER)
+LAYOUT_OK = _layout_ok(DRIVER)
 
 
-def inner_size(length: int) -> int | None:
-    """Expected size of pyeclib's fragment for `length` original bytes (None: layout unknown)."""
-    if INNER_HEADER_SIZE is None:
-        return None
-    return INNER_HEADER_SIZE + -(-length // K)
+def require_layout() -> None:
+    """Refuse to encode with a pyeclib whose fragments format 2 cannot carry."""
+    if not LAYOUT_OK:
+        raise ErasureError(
+            f"pyeclib's fragment layout ({backend()}) is not the one shoal's format {VERSION} "
+            "relies on (liberasurecode's 80-byte header, systematic data fragments)"
+        )
 
 
 def backend() -> str:
@@ -188,5 +290,111 @@ def pyeclib_decode(inner: list[bytes], length: int) -> bytes:
     return out
 
 
-def crc(data, value: int = 0) -> int:
-    return crc32c(data, value)
+# ---- the decode logic both implementations share, driven by their own primitives ----
+
+
+def items_of(fragments: Mapping[int, bytes] | Iterable[bytes]) -> tuple[list, bool]:
+    if isinstance(fragments, Mapping):
+        return list(fragments.items()), True
+    if isinstance(fragments, bytes | bytearray | memoryview):
+        raise TypeError("decode takes several fragments (a mapping or an iterable), not one")
+    return list(enumerate(fragments)), False
+
+
+def _screen(key, info: FragmentInfo, keyed: bool, stripe: str | None) -> str | None:
+    if keyed and key != info.index:
+        return f"fragment {info.index} was given under index {key!r}"
+    if stripe is not None and info.stripe_id != stripe:
+        return f"fragment of stripe {info.stripe_id}, not {stripe}"
+    return None
+
+
+def _no_mix(infos: Iterable[FragmentInfo]) -> None:
+    stripes = {(info.stripe_id, info.length) for info in infos}
+    if len(stripes) > 1:
+        listed = ", ".join(f"{s} ({n} bytes)" for s, n in sorted(stripes))
+        raise MixedStripes(f"fragments of different stripes: {listed}; pass stripe_id to choose")
+
+
+def check_with(fragment_info: Callable, fragments, stripe: str | None):
+    """check(): verify every fragment fully; ({index: (info, frag)}, {key: reason})."""
+    items, keyed = items_of(fragments)
+    valid: dict[int, tuple[FragmentInfo, object]] = {}
+    rejected: dict[object, str] = {}
+    for key, frag in items:
+        try:
+            info = fragment_info(frag)
+        except CorruptFragment as exc:
+            rejected[key] = str(exc)
+            continue
+        except (TypeError, ValueError, BufferError):
+            rejected[key] = f"not a bytes-like object: {type(frag).__name__}"
+            continue
+        why = _screen(key, info, keyed, stripe)
+        if why is not None:
+            rejected[key] = why
+        elif info.index not in valid:
+            valid[info.index] = (info, frag)
+    _no_mix(info for info, _ in valid.values())
+    return valid, rejected
+
+
+def decode_with(header_info: Callable, payload_ok: Callable, decode_payloads: Callable, fragments, stripe):
+    """decode(): headers of all, payload hashes of only the k fragments used.
+
+    Fragments with a valid header are candidates; data fragments 0..k-1 are preferred (then
+    decode is a copy), otherwise the lowest indices. `decode_payloads(frags, infos, length, fast)`
+    verifies the chosen payloads (while decoding, where it can) and returns (bytes or None,
+    [ok per fragment]); a fragment that fails is rejected and the next candidate is tried.
+    Stripes are told apart by their (checked) headers.
+    """
+    items, keyed = items_of(fragments)
+    cands: dict[int, list[tuple[object, FragmentInfo, object]]] = {}
+    rejected: dict[object, str] = {}
+    for key, frag in items:
+        try:
+            info = header_info(frag)
+        except CorruptFragment as exc:
+            rejected[key] = str(exc)
+            continue
+        except (TypeError, ValueError, BufferError):
+            rejected[key] = f"not a bytes-like object: {type(frag).__name__}"
+            continue
+        why = _screen(key, info, keyed, stripe)
+        if why is not None:
+            rejected[key] = why
+        else:
+            cands.setdefault(info.index, []).append((key, info, frag))
+    _no_mix(c[0][1] for c in cands.values())
+
+    def drop(key, info) -> None:
+        rejected[key] = f"checksum mismatch in fragment {info.index}"
+        cands[info.index].pop(0)
+        if not cands[info.index]:
+            del cands[info.index]
+
+    verified: set[int] = set()  # id() of fragments whose payload passed
+
+    while len(cands) >= K:
+        fast = all(i in cands for i in range(K))
+        chosen = list(range(K)) if fast else sorted(cands)[:K]
+        picks = [cands[i][0] for i in chosen]
+        length = picks[0][1].length
+        out, oks = decode_payloads([p[2] for p in picks], [p[1] for p in picks], length, fast)
+        if out is not None:
+            return out
+        for (key, info, frag), ok in zip(picks, oks, strict=True):
+            if ok:
+                verified.add(id(frag))
+            else:
+                drop(key, info)
+    # too few: verify what is left so `.valid` names only fragments known to be good
+    for index in sorted(cands):
+        while index in cands:
+            key, info, frag = cands[index][0]
+            if id(frag) in verified or payload_ok(frag, info):
+                break
+            drop(key, info)
+    valid = sorted(cands)
+    reasons = "; ".join(f"{key}: {why}" for key, why in rejected.items()) or "none rejected"
+    raise NotEnoughFragments(f"{len(valid)} valid fragments, {K} needed ({reasons})", valid, rejected)
