@@ -152,3 +152,35 @@ def test_node_key_command_creates_once_and_prints_the_same_key(tmp_path):
     first = subprocess.run(run, capture_output=True, text=True, check=True).stdout.strip()
     second = subprocess.run(run, capture_output=True, text=True, check=True).stdout.strip()
     assert first == second and len(first) == 44 and (tmp_path / "k" / "node_identity.pem").exists()
+
+
+@pytest.mark.parametrize("impl", IMPLS, ids=lambda m: m.__name__.split(".")[1])
+@settings(max_examples=25, deadline=None)
+@given(st.integers(0, 2**32), st.integers(1, 30), st.floats(0, 1))
+def test_signatures_checked_beforehand_give_the_same_admission(impl, seed, n, share):
+    """Verdicts from verify_signatures (off the loop), whole or partial, change nothing."""
+    from shoal.crdt.replica import verify_signatures
+
+    rng = random.Random(seed)
+    writer = make_replicas(impl, 2, 4)[0]
+    frames = []
+    for i in range(n):
+        op = writer.create("peer", f"k{rng.randrange(4)}", "", b"%d" % i)
+        writer.admit([op])
+        frames.append(op.sig + op.blob)
+        if rng.random() < 0.3:
+            frames.append(bytes(64) + op.blob)  # forged copy
+        if rng.random() < 0.2:
+            frames.append(op.sig[:-1] + bytes([op.sig[-1] ^ 1]) + op.blob)
+    rng.shuffle(frames)
+    outcomes = []
+    for mode in ("inline", "beforehand"):
+        r = make_replicas(impl, 2, 4)[1]
+        ops, malformed = impl.parse_frames(frames)
+        signatures = None
+        if mode == "beforehand":
+            todo = r.to_verify(ops)
+            signatures = verify_signatures(rng.sample(todo, int(len(todo) * share)))
+        got = r.admit_parsed(ops, malformed, signatures)
+        outcomes.append(([o.id for o in got.applied], got.rejected, dict(r.rejected), r.registers, r.heads))
+    assert outcomes[0] == outcomes[1]

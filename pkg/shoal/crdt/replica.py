@@ -33,6 +33,16 @@ REMEMBER_REJECTED = 100_000
 TRANSIENT = frozenset({"bad signature", "clock too far ahead"})
 
 
+Signatures = dict[tuple[bytes, bytes], bool]  # (op id, signature) -> does it hold
+
+
+def verify_signatures(ops: Sequence[Any]) -> Signatures:
+    """Ed25519 verdicts for ops, keyed by (id, signature): a pure function of the ops, so it can
+    run on a worker thread while the event loop serves (`cryptography` holds the GIL for each
+    ~80 us verify, so the loop gets the GIL back at the next switch interval, not after the batch)."""
+    return {(op.id, op.sig): verify_op(op.author, op.id, op.sig) for op in ops}
+
+
 @dataclass
 class Admission:
     """What one batch did: applied ops in causal order (and which won their register)."""
@@ -108,16 +118,36 @@ class Replica:
     # -- admission ------------------------------------------------------------------------
     def admit_frames(self, frames: Sequence[bytes]) -> Admission:
         ops, malformed = self.core.parse_frames(frames)
+        return self.admit_parsed(ops, malformed)
+
+    def admit_parsed(
+        self, ops: Sequence[Any], malformed: Sequence[tuple[int, str]], signatures: Signatures | None = None
+    ) -> Admission:
+        """admit() for the output of core.parse_frames (malformed frames are counted)."""
         result = Admission()
         for _, reason in malformed:
             self.rejected["malformed: " + reason] += 1
             result.rejected.append((b"", "malformed: " + reason))
-        return self.admit(ops, result)
+        return self.admit(ops, result, signatures=signatures)
+
+    def to_verify(self, ops: Sequence[Any]) -> list[Any]:
+        """The ops whose signature admit() would check now (new, from a trusted author)."""
+        if not self.verify:
+            return []
+        seen = self.dag, self.buffer, self.rejected_ids
+        return [op for op in ops if op.author in self.trusted and not any(op.id in s for s in seen)]
 
     def admit(
-        self, ops: Sequence[Any], result: Admission | None = None, trusted_source: bool = False
+        self,
+        ops: Sequence[Any],
+        result: Admission | None = None,
+        trusted_source: bool = False,
+        signatures: Signatures | None = None,
     ) -> Admission:
-        """Check and apply what can be applied; buffer what waits for a dependency."""
+        """Check and apply what can be applied; buffer what waits for a dependency.
+
+        `signatures` holds verdicts computed beforehand off the event loop (verify_signatures);
+        an op it lacks is verified here, so the outcome is the same either way."""
         result = result or Admission()
         fresh = []
         now_ms = self.clock.wall_ms()
@@ -128,7 +158,7 @@ class Replica:
             if op.id in self.rejected_ids:
                 result.duplicate += 1
                 continue
-            reason = None if trusted_source else self._check(op, now_ms)
+            reason = None if trusted_source else self._check(op, now_ms, signatures)
             if reason is None:
                 fresh.append(op)
             elif reason in TRANSIENT:  # not a property of the op id: refused, not remembered
@@ -162,11 +192,15 @@ class Replica:
         result.missing = {d for d in self.waiting_on if d not in self.known}
         return result
 
-    def _check(self, op: Any, now_ms: int) -> str | None:
+    def _check(self, op: Any, now_ms: int, signatures: Signatures | None = None) -> str | None:
         if op.author not in self.trusted:
             return "unknown author"
-        if self.verify and not verify_op(op.author, op.id, op.sig):
-            return "bad signature"
+        if self.verify:
+            ok = None if signatures is None else signatures.get((op.id, op.sig))
+            if ok is None:
+                ok = verify_op(op.author, op.id, op.sig)
+            if not ok:
+                return "bad signature"
         if (op.hlc >> SHIFT) > now_ms + self.max_skew_ms:
             return "clock too far ahead"
         if self.validate is not None:

@@ -25,6 +25,7 @@ import asyncio
 import dataclasses
 import logging
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 from urllib.parse import quote
 
@@ -32,7 +33,7 @@ import msgspec
 import orjson
 
 from shoal.crdt.clock import to_seconds
-from shoal.crdt.replica import Admission, Replica
+from shoal.crdt.replica import Admission, Replica, verify_signatures
 from shoal.kv import KvStore, TransactionOp
 from shoal.state.entities import SPECS
 from shoal.state.store import Operation, StateStore, doc_key, index_key, meta_key, refs_key, valid_id
@@ -45,6 +46,16 @@ SHADOW = "/crdt/shadow/"
 CLAIM = "/crdt/claim/"
 MAX_TXN_OPS = 65_535
 BATCH = 2_000  # ops per kv transaction when applying remote operations
+OFFLOAD_VERIFY = 4  # signatures to check before it is worth a hop to the verifier thread
+_VERIFIER: ThreadPoolExecutor | None = None
+
+
+def _verifier() -> ThreadPoolExecutor:
+    """One thread for every journal of the process: verification holds the GIL anyway."""
+    global _VERIFIER
+    if _VERIFIER is None:
+        _VERIFIER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="crdt-verify")
+    return _VERIFIER
 
 
 def log_key(seq: int) -> str:
@@ -176,9 +187,20 @@ class StateJournal:
 
     # -- remote operations ---------------------------------------------------------------------
     async def apply_frames(self, frames: list[bytes]) -> Admission:
-        """Check, order and apply operations from a peer; persist what was applied."""
+        """Check, order and apply operations from a peer; persist what was applied.
+
+        Signatures are verified on a worker thread first (a sync of thousands of ops costs
+        ~80 us each), so the event loop keeps serving; the verdicts are then used by the same
+        admission code as ever, under the lock, so what is accepted or rejected is unchanged."""
+        ops, malformed = self.core.parse_frames(frames)
+        todo = self.replica.to_verify(ops)
+        signatures = None
+        if len(todo) >= OFFLOAD_VERIFY:
+            signatures = await asyncio.get_running_loop().run_in_executor(
+                _verifier(), verify_signatures, todo
+            )
         async with self.lock:
-            admission = self.replica.admit_frames(frames)
+            admission = self.replica.admit_parsed(ops, malformed, signatures)
             try:
                 await self._persist(admission)
             except Exception:
