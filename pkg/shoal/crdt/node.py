@@ -98,6 +98,7 @@ class SyncReply(msgspec.Struct):
     upto: int
     more: bool
     seq: int
+    log_id: bytes = b""  # which log `upto` and `seq` count in (new when a node lost its data)
 
 
 def add_replication_arguments(parser: argparse.ArgumentParser) -> None:
@@ -120,6 +121,10 @@ class PeerState:
     last_sync: float | None = None
     last_error: str | None = None
     rounds: int = 0
+    log_id: bytes = b""  # its log's id, from its replies: our `since` counts in that log
+    restored: int | None = None  # `since` as loaded from the kv store at start
+    saved: tuple = ()
+    received: int = 0  # ops it sent us by anti-entropy since start
     queue: list[bytes] = field(default_factory=list)
     wake: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -153,6 +158,14 @@ class ReplicationNode:
     async def start(self, store: Any) -> None:
         self.journal = await StateJournal.attach(store, self.replica)
         self.journal.on_local.append(self._queue_push)
+        for peer in self.peers:  # where we stopped reading each peer's log (kept in the kv store)
+            pos = await self.journal.load_position(peer.url)
+            if isinstance(pos, dict):
+                with contextlib.suppress(TypeError, ValueError):
+                    peer.since, peer.mark = int(pos["since"]), min(int(pos["mark"]), self.journal.seq)
+                    peer.log_id = bytes.fromhex(pos["log_id"])
+                    peer.restored = peer.since
+                    peer.saved = (peer.since, peer.mark, peer.log_id)
         if self.peers:
             logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per sync round otherwise
             self.http = httpx.AsyncClient(timeout=httpx.Timeout(30.0, connect=2.0))
@@ -262,6 +275,12 @@ class ReplicationNode:
             reply = await self._call(
                 peer, "/replication/sync", SyncRequest(heads, bloom, peer.since), SyncReply
             )
+            if reply.log_id != peer.log_id:
+                known_log, peer.log_id = peer.log_id, reply.log_id
+                if known_log and peer.since:  # not the log we read before (it lost its data)
+                    peer.since = 0
+                    continue
+            peer.received += len(reply.ops)
             if reply.ops:
                 await journal.apply_frames(reply.ops)
             peer.since, peer.remote_seq = reply.upto, reply.seq
@@ -275,6 +294,12 @@ class ReplicationNode:
         peer.mark = mark
         peer.last_sync = time.time()
         peer.rounds += 1
+        position = (peer.since, peer.mark, peer.log_id)
+        if position != peer.saved:
+            await journal.save_position(
+                peer.url, {"since": peer.since, "mark": peer.mark, "log_id": peer.log_id.hex()}
+            )
+            peer.saved = position
 
     async def _fetch_missing(self, peer: PeerState, heads: list[bytes]) -> None:
         journal = self.journal
@@ -371,7 +396,7 @@ class ReplicationNode:
                 if absent is None or i in absent or any(d in sent for d in op.deps):
                     out.append(frames[i])
                     sent.add(op.id)
-            reply = SyncReply(node.replica.dag.heads(), out, upto, len(frames) >= limit, j.seq)
+            reply = SyncReply(node.replica.dag.heads(), out, upto, len(frames) >= limit, j.seq, j.log_id)
             await node._reply(send, sig, reply)
 
         @api.get("/replication/status", summary="Replication state: heads, peers, lag, buffered, rejected")
@@ -402,6 +427,9 @@ class ReplicationNode:
                     "url": p.url,
                     "node_key": p.key,
                     "lag": max(0, p.remote_seq - p.since),
+                    "since": p.since,
+                    "since_restored": p.restored,
+                    "received": p.received,
                     "last_sync": p.last_sync,
                     "last_sync_age": None if p.last_sync is None else round(time.time() - p.last_sync, 3),
                     "rounds": p.rounds,

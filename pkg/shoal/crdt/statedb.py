@@ -10,6 +10,8 @@ Layout in the State Service's kv store, beside shoal.state's keys:
   /crdt/id/<op id hex>                      its seq (fetch by hash)
   /crdt/shadow/<kind>/<id>                  a live document hidden by a unique-field conflict
   /crdt/claim/<kind>/<field>/<value>/<id>   every live document holding a unique value
+  /crdt/meta/log-id                         random id of this log (a peer that lost its data has a new one)
+  /crdt/peer/<url, quoted>                  how far we read that peer's log: {since, mark, log_id}
 
 Unique fields across replicas (two nodes create peers with one public key concurrently): every
 live document keeps its register, but only the one with the smallest id holds the value: it is
@@ -24,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -44,6 +47,8 @@ LOG = "/crdt/log/"
 IDS = "/crdt/id/"
 SHADOW = "/crdt/shadow/"
 CLAIM = "/crdt/claim/"
+PEERS = "/crdt/peer/"
+LOG_ID = "/crdt/meta/log-id"
 MAX_TXN_OPS = 65_535
 BATCH = 2_000  # ops per kv transaction when applying remote operations
 OFFLOAD_VERIFY = 4  # signatures to check before it is worth a hop to the verifier thread
@@ -137,6 +142,7 @@ class StateJournal:
         self.lock = asyncio.Lock()
         self.seq = 0
         self.log_ids: list[bytes] = []  # op id of seq i + 1
+        self.log_id = b""  # identifies this log (and its seq numbers) to peers
         self.on_local: list[Callable[[bytes], None]] = []  # frames of new local ops (push to peers)
         kv = self.kv
         if kv.limits.max_txn_ops < MAX_TXN_OPS:  # a batch of remote ops commits in one transaction
@@ -151,6 +157,8 @@ class StateJournal:
 
     async def load(self) -> None:
         """Rebuild the replica (known ops, heads, registers) from the persisted log."""
+        await self.kv.create_if_not_exists(LOG_ID, os.urandom(16))
+        self.log_id = (await self.kv.require(LOG_ID)).value
         entries = await self.kv.entries(LOG)
         frames = [e.value for e in entries]
         self.replica.restore(frames)
@@ -313,6 +321,13 @@ class StateJournal:
                 if frame is not None:
                     out.append(frame.value)
         return out
+
+    # -- per-peer sync positions (durable, so a restart does not start reading peers from 0) ----
+    async def load_position(self, url: str) -> dict[str, Any] | None:
+        return await self.kv.get_json(PEERS + quote(url, safe=""))
+
+    async def save_position(self, url: str, position: dict[str, Any]) -> None:
+        await self.kv.set_json(PEERS + quote(url, safe=""), position)
 
     def ids_after(self, mark: int) -> list[bytes]:
         return self.log_ids[mark:]
