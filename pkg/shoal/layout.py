@@ -3,7 +3,9 @@
 Every process of the platform, its port, flags and data directory, computed from defaults, an
 optional config file (TOML or JSON, see docs/deploy.md) and command-line flags, so the three
 commands agree on the URLs for any --port-offset. Services are handed each other's URLs here
-(storage nodes, the uploader and the dashboard get --metadata-url), offset applied.
+(storage nodes, the uploader and the dashboard get --metadata-url), offset applied. Each process
+also carries its liveness settings (`[liveness]`, overridden by `[services.<name>.liveness]`):
+how `shoal up` tells a hung service from a slow one.
 """
 
 from __future__ import annotations
@@ -41,13 +43,44 @@ PREFIXES = {  # path prefixes behind a reverse proxy (storage-N -> /storage/N/)
     "manager": "/manager",
 }
 
-_TOP = {"data_root", "host", "port_offset", "only", "admin_address", "forwarded_allow_ips", "services"}
-_PER_SERVICE = {"enabled", "port", "args"}
+_TOP = {
+    "data_root",
+    "host",
+    "port_offset",
+    "only",
+    "admin_address",
+    "forwarded_allow_ips",
+    "services",
+    "liveness",
+}
+_PER_SERVICE = {"enabled", "port", "args", "liveness"}
 _EXTRA = {"storage": {"ports"}, "manager": {"command"}}
 
 
 class ConfigError(ValueError):
     """The config file (or a flag) is not a valid layout; the message says which key and why."""
+
+
+@dataclass(frozen=True)
+class Liveness:
+    """When `shoal up` restarts a service that runs but no longer answers (deadlock, SIGSTOP).
+
+    `GET /health` every `interval` s, each allowed `timeout` s; failures in the first `grace` s
+    after a (re)start do not count (a service still starting is not fought); `failures` in a
+    row after that kill its process group (SIGTERM, SIGKILL after `kill_timeout` s) and restart
+    it with the exit path's backoff. `enabled = false` keeps probing for the summary but never
+    kills (e.g. while a debugger holds the process).
+    """
+
+    enabled: bool = True
+    interval: float = 2.0
+    timeout: float = 2.0
+    grace: float = 60.0
+    failures: int = 3
+    kill_timeout: float = 5.0
+
+
+_LIVENESS_KEYS = {f for f in Liveness.__dataclass_fields__}
 
 
 @dataclass
@@ -59,9 +92,14 @@ class Settings:
     admin_address: str | None = None
     forwarded_allow_ips: str = ""
     services: dict[str, dict[str, Any]] = field(default_factory=dict)
+    liveness: dict[str, Any] = field(default_factory=dict)  # the [liveness] table, checked
 
     def service(self, name: str) -> dict[str, Any]:
         return self.services.get(name, {})
+
+    def liveness_for(self, name: str) -> Liveness:
+        """[liveness] defaults, then [services.<name>.liveness] on top (storage: every node)."""
+        return Liveness(**{**self.liveness, **self.service(name).get("liveness", {})})
 
     def port(self, name: str) -> int:
         default = PORTS.get(name) or SERVICES[name].default_port
@@ -95,6 +133,7 @@ class Child:
     url: str
     prefix: str  # behind a reverse proxy
     notes: list[str] = field(default_factory=list)
+    liveness: Liveness = field(default_factory=Liveness)
 
 
 def load_config(path: str | Path) -> dict[str, Any]:
@@ -135,6 +174,7 @@ def settings_from(config: dict[str, Any], **flags: Any) -> Settings:
     only = merged.get("only", [])
     s.only = [x for x in (only.split(",") if isinstance(only, str) else _str_list("only", only)) if x]
     s.services = _services(merged.get("services", {}))
+    s.liveness = _liveness("liveness", merged.get("liveness", {}))
     known = set(SERVICES) | {f"storage-{i + 1}" for i in range(len(s.storage_ports()))}
     for name in s.only:
         if name not in known:
@@ -183,12 +223,40 @@ def _services(raw: Any) -> dict[str, dict[str, Any]]:
             ports = conf["ports"]
             if not isinstance(ports, list) or not ports or not all(type(p) is int for p in ports):
                 raise ConfigError(f"{where}.ports must be a non-empty list of port numbers")
+        if "liveness" in conf:
+            conf = {**conf, "liveness": _liveness(f"{where}.liveness", conf["liveness"])}
         if "command" in conf and (
             not _str_list(f"{where}.command", conf["command"]) or not conf["command"][0]
         ):
             raise ConfigError(f"{where}.command must name a program")
         out[name] = dict(conf)
     return out
+
+
+def _liveness(where: str, raw: Any) -> dict[str, Any]:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where} must be a table: [{where}]")
+    bad = set(raw) - _LIVENESS_KEYS
+    if bad:
+        raise ConfigError(
+            f"{where}: unknown key(s) {', '.join(sorted(bad))}; known: {', '.join(sorted(_LIVENESS_KEYS))}"
+        )
+    for key, value in raw.items():
+        name = f"{where}.{key}"
+        if key == "enabled":
+            if not isinstance(value, bool):
+                raise ConfigError(f"{name} must be true or false")
+        elif key == "failures":
+            if type(value) is not int or value < 1:
+                raise ConfigError(f"{name} must be a whole number of probes, at least 1, not {value!r}")
+        elif (
+            not isinstance(value, int | float)
+            or isinstance(value, bool)
+            or not (value >= 0 if key == "grace" else value > 0)
+        ):
+            least = "0 or more" if key == "grace" else "more than 0"
+            raise ConfigError(f"{name} must be a number of seconds, {least}, not {value!r}")
+    return {k: float(v) if k not in ("enabled", "failures") else v for k, v in raw.items()}
 
 
 def layout(s: Settings, *, check_built: bool = True) -> tuple[list[Child], list[str]]:
@@ -222,7 +290,8 @@ def layout(s: Settings, *, check_built: bool = True) -> tuple[list[Child], list[
                 f"/storage/{inst.split('-')[1]}" if name == "storage" else f"/{name}"
             )
             url = f"http://{s.reach}:{port}"
-            children.append(Child(inst, name, port, args, str(data_dir), url, prefix, notes))
+            live = s.liveness_for(name)
+            children.append(Child(inst, name, port, args, str(data_dir), url, prefix, notes, live))
     return children, missing
 
 

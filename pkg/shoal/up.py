@@ -3,10 +3,13 @@
 Each process of the layout (shoal.layout: State Service, kv, metadata, five storage nodes,
 uploader, dashboard, Compute API, State Manager) runs as its own `shoal serve` with data under
 DATA_ROOT/<name> and its log in DATA_ROOT/logs/<name>.log. A process that exits on its own is
-restarted with backoff (1 s doubling to 30 s, back to 1 s once it has run for a minute). When
-every service answers /health (and the storage nodes have registered) one summary of URLs is
-printed, ending with the line `shoal up: ready`. Ctrl-C or SIGTERM stops everything (SIGTERM
-first so in-flight requests finish; a second Ctrl-C kills at once).
+restarted with backoff (1 s doubling to 30 s, back to 1 s once it has run for a minute). A process
+that runs but stops answering (deadlock, SIGSTOP) is caught by liveness probes (`GET /health`,
+shoal.layout.Liveness): after its start grace, N failed probes in a row kill its process group
+and it goes through the same restart path. When every service answers /health (and the storage
+nodes have registered) one summary of URLs is printed, ending with the line `shoal up: ready`.
+Ctrl-C or SIGTERM stops everything (SIGTERM first so in-flight requests finish; a second Ctrl-C
+kills at once); nothing is restarted or probed once stopping has begun.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import fcntl
+import http.client
 import json
 import os
 import signal
@@ -21,9 +25,12 @@ import socket
 import subprocess
 import sys
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
+from urllib.parse import urlsplit
 
 import httpx
 
@@ -34,6 +41,7 @@ STABLE_AFTER = 60.0  # a process that ran this long before exiting restarts afte
 MAX_BACKOFF = 30.0
 FIRST = ("metadata",)  # started before the others, which need it at start-up
 FIRST_WAIT = 30.0
+STARTUP_PROBE = 0.25  # until a (re)started process first answers, probe this often (readiness)
 
 
 def add_layout_arguments(p: argparse.ArgumentParser) -> None:
@@ -88,8 +96,17 @@ class Proc:
     restarts: int = 0
     next_start: float = 0.0
     backoff: float = 1.0
-    healthy: bool = False
+    healthy: bool = False  # the last probe got a 200
     held: bool = False  # not started yet: waits for the services started first
+    answered: bool = False  # has answered /health since its last (re)start
+    probe: Future | None = None  # the liveness probe in flight
+    probe_started: float = 0.0
+    next_probe: float = 0.0
+    failures: int = 0  # liveness probes failed in a row, after the start grace
+    kill_reason: str | None = None  # set while a hung process is being killed
+    kill_deadline: float = 0.0  # then SIGKILL
+    last_reason: str | None = None  # why it was last restarted
+    last_restart_at: str | None = None  # when (UTC, ISO 8601)
 
     @property
     def name(self) -> str:
@@ -106,6 +123,9 @@ class Supervisor:
         ]
         self.out = out
         self.http = httpx.Client(timeout=2.0)
+        # a thread per probe in flight (and room for probes of killed processes still timing out):
+        # a hung service's timeout never delays the others' probes
+        self.probes = ThreadPoolExecutor(max_workers=2 * len(children) + 1, thread_name_prefix="liveness")
         self.layout_flags = ""  # what `shoal demo` / `shoal status` need to find this layout
 
     def say(self, text: str) -> None:
@@ -129,7 +149,8 @@ class Supervisor:
                     start_new_session=True,
                 )
         p.started = time.monotonic()
-        p.healthy = False
+        p.healthy = p.answered = False
+        p.probe, p.failures, p.next_probe = None, 0, p.started  # a probe of the old process is dropped
         self.write_state()
 
     def write_state(self) -> None:
@@ -145,6 +166,8 @@ class Supervisor:
                     "prefix": p.child.prefix,
                     "pid": p.proc.pid if p.proc else None,
                     "restarts": p.restarts,
+                    "last_reason": p.last_reason,
+                    "last_restart_at": p.last_restart_at,
                     "log": str(p.log_path) if p.log_path else None,
                 }
                 for p in self.procs
@@ -155,31 +178,95 @@ class Supervisor:
         tmp.replace(self.root / "up.json")
 
     def check_exits(self, now: float) -> None:
+        """Restart what exited (on its own, or killed by a failed liveness) after its backoff."""
         for p in self.procs:
             if p.held:
                 continue
+            if p.proc is not None and p.kill_reason and p.proc.poll() is None and now >= p.kill_deadline:
+                self.say(
+                    f"shoal up: {p.name} did not stop {p.child.liveness.kill_timeout:g} s after SIGTERM; "
+                    "SIGKILL to its process group"
+                )
+                _signal_group(p.proc.pid, signal.SIGKILL)
+                p.kill_deadline = float("inf")  # once
             if p.proc is not None and p.proc.poll() is not None:
                 code, ran = p.proc.returncode, now - p.started
-                p.proc = None
+                killed = p.kill_reason
+                _signal_group(p.proc.pid, signal.SIGKILL)  # workers that outlived it would hold the port
+                p.proc, p.probe, p.kill_reason = None, None, None
+                p.healthy = False
+                p.last_reason = killed or f"exited with {code}"
+                p.last_restart_at = datetime.now(UTC).isoformat(timespec="seconds")
                 if ran >= STABLE_AFTER:
                     p.backoff = 1.0
                 p.next_start = now + p.backoff
                 where = f"; log: {p.log_path}" if p.log_path else ""
+                why = f" (killed: {killed})" if killed else ""
                 self.say(
-                    f"shoal up: {p.name} exited with {code} after {ran:.0f} s; "
+                    f"shoal up: {p.name} exited with {code} after {ran:.0f} s{why}; "
                     f"restarting in {p.backoff:.0f} s{where}"
                 )
                 for line in _tail(p.log_path, 3):
                     self.say(f"    {line}")
                 p.backoff = min(p.backoff * 2, MAX_BACKOFF)
+                self.write_state()
             elif p.proc is None and now >= p.next_start:
                 p.restarts += 1
                 self.start(p)
 
-    def probe(self) -> None:
+    def check_liveness(self, now: float) -> None:
+        """Probe every running process; one that keeps failing after its grace is killed."""
         for p in self.procs:
-            if not p.healthy and p.proc is not None:
-                p.healthy = _healthy(self.http, p.child.url)
+            if p.held or p.proc is None or p.kill_reason:
+                continue
+            live = p.child.liveness
+            if p.probe is not None:
+                if not p.probe.done():
+                    continue
+                try:
+                    reason = p.probe.result()
+                except Exception as exc:  # a bug in a probe must not stop the supervisor
+                    reason = f"{type(exc).__name__}: {exc}"
+                p.probe = None
+                self.probed(p, reason, now)
+                if p.kill_reason:
+                    continue
+            if now >= p.next_probe:
+                p.probe_started = now
+                starting = not p.answered and now - p.started < live.grace
+                p.next_probe = now + (min(live.interval, STARTUP_PROBE) if starting else live.interval)
+                p.probe = self.probes.submit(probe_health, p.child.url, live.timeout)
+
+    def probed(self, p: Proc, reason: str | None, now: float) -> None:
+        """Count a probe's result; kill the group once `failures` in a row follow the grace."""
+        live = p.child.liveness
+        p.healthy = reason is None
+        if reason is None:
+            p.answered, p.failures = True, 0
+            return
+        if p.probe_started - p.started < live.grace:  # still starting: not counted
+            return
+        p.failures += 1
+        if p.failures < live.failures or not live.enabled:
+            return
+        assert p.proc is not None
+        p.kill_reason = f"liveness: {p.failures} probes failed ({reason})"
+        p.kill_deadline = now + live.kill_timeout
+        self.say(
+            "shoal up: liveness failed "
+            + _logfmt(
+                service=p.name,
+                pid=p.proc.pid,
+                failures=p.failures,
+                reason=reason,
+                timeout=f"{live.timeout:g}s",
+                up_for=f"{now - p.started:.1f}s",
+                grace=f"{live.grace:g}s",
+                action=f"SIGTERM process group, SIGKILL after {live.kill_timeout:g}s, restart",
+            )
+        )
+        _signal_group(p.proc.pid, signal.SIGTERM)
+        _signal_group(p.proc.pid, signal.SIGCONT)  # a stopped process acts on SIGTERM only once resumed
 
     def registered_nodes(self) -> int | None:
         meta = next((p for p in self.procs if p.child.service == "metadata"), None)
@@ -198,10 +285,11 @@ class Supervisor:
         return storage == 0 or nodes is None or nodes >= storage
 
     def stop_all(self, timeout: float = 60.0) -> None:
+        self.probes.shutdown(wait=False, cancel_futures=True)
         for p in self.procs:
             if p.proc and p.proc.poll() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(p.proc.pid, signal.SIGTERM)
+                _signal_group(p.proc.pid, signal.SIGTERM)
+                _signal_group(p.proc.pid, signal.SIGCONT)  # a SIGSTOPped service must stop too
         deadline = time.monotonic() + timeout
         for p in self.procs:
             if p.proc is None:
@@ -221,11 +309,42 @@ class Supervisor:
                     os.killpg(p.proc.pid, signal.SIGKILL)
 
 
-def _healthy(http: httpx.Client, url: str) -> bool:
+def probe_health(url: str, timeout: float) -> str | None:
+    """One liveness probe: None if `GET url/health` answers 200 within `timeout` s, else why not
+    ("timeout", "connection refused", "status 503", ...). A fresh connection each time, so a
+    service that accepts no new connections is caught too."""
+    parts = urlsplit(url)
+    conn = http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port, timeout=timeout)
     try:
-        return http.get(url + "/health").status_code == 200
-    except httpx.HTTPError:
-        return False
+        conn.request("GET", "/health", headers={"Connection": "close"})
+        r = conn.getresponse()
+        r.read()
+        return None if r.status == 200 else f"status {r.status}"
+    except TimeoutError:
+        return "timeout"
+    except ConnectionRefusedError:
+        return "connection refused"
+    except http.client.RemoteDisconnected:
+        return "connection closed"
+    except (http.client.HTTPException, OSError) as exc:
+        return f"{type(exc).__name__}: {exc}"
+    finally:
+        conn.close()
+
+
+def _signal_group(pgid: int, sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, sig)
+
+
+def _logfmt(**fields: object) -> str:
+    """key=value pairs, quoted when needed: one line people read and scripts split."""
+    out = []
+    for k, v in fields.items():
+        text = str(v)
+        quote = not text or any(c in text for c in ' ="')
+        out.append(f"{k}={json.dumps(text) if quote else text}")
+    return " ".join(out)
 
 
 def _tail(path: Path | None, lines: int) -> list[str]:
@@ -340,8 +459,8 @@ def _supervise(sup: Supervisor, signals: dict, missing: list[str]) -> int:
                     p.held = False
                     sup.start(p)
         sup.check_exits(time.monotonic())
+        sup.check_liveness(time.monotonic())
         if not announced:
-            sup.probe()
             if sup.ready() or time.monotonic() - began > READY_TIMEOUT:
                 announced = True
                 sup.say(summary(sup, missing))
@@ -437,6 +556,10 @@ def run_status(args: argparse.Namespace, out: IO[str] = sys.stdout) -> int:
     children, _ = layout(settings, check_built=False)
     with httpx.Client(timeout=3.0) as http:
         rows = [service_health(c, http) for c in children]
+    supervised = _up_state(Path(settings.data_root))
+    for row in rows:
+        if row["name"] in supervised:
+            row.update(supervised[row["name"]])
     if args.json:
         print(json.dumps(rows, indent=1), file=out)
     else:
@@ -446,8 +569,25 @@ def run_status(args: argparse.Namespace, out: IO[str] = sys.stdout) -> int:
     return 0 if all(r["healthy"] for r in rows) else 1
 
 
+def _up_state(root: Path) -> dict[str, dict[str, Any]]:
+    """Restart counts and reasons from the running `shoal up`'s up.json (none if it is not running)."""
+    try:
+        state = json.loads((root / "up.json").read_text())
+        os.kill(int(state["pid"]), 0)
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
+    return {
+        s["name"]: {k: s.get(k) for k in ("pid", "restarts", "last_reason", "last_restart_at")}
+        for s in state.get("services", [])
+        if isinstance(s, dict) and "name" in s
+    }
+
+
 def _status_extra(row: dict) -> str:
     parts = []
+    if row.get("restarts"):
+        last = f" (last: {row['last_reason']} at {row['last_restart_at']})" if row.get("last_reason") else ""
+        parts.append(f"restarts: {row['restarts']}{last}")
     if "nodes" in row and isinstance(row["nodes"], dict):
         n = row["nodes"]
         parts.append(
