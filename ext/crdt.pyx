@@ -1010,6 +1010,75 @@ cdef class Dag:
                 raise MemoryError()
         return won
 
+    def export(self):
+        """Every applied op as a 40-byte record (id, hlc u64 big-endian), sorted: a snapshot's cover."""
+        cdef size_t i
+        cdef int w
+        cdef uint8_t rec[40]
+        cdef list out = []
+        for i in range(self.kcap):
+            if self.ks[i].used:
+                memcpy(rec, self.ks[i].id, 32)
+                for w in range(8):
+                    rec[32 + w] = (self.ks[i].hlc >> (56 - 8 * w)) & 0xFF
+                out.append(PyBytes_FromStringAndSize(<char *> rec, 40))
+        out.sort()
+        return b"".join(out)
+
+    def cover(self, const uint8_t[:] records, heads, ops):
+        """Adopt a snapshot on an empty Dag: the `export` records are known ops, `heads` its heads,
+        and `ops` (each covered, with the same hlc) fill the registers. ValueError if inconsistent
+        (then discard the Dag)."""
+        cdef Py_ssize_t n = records.shape[0], at
+        cdef KSlot *s
+        cdef Parsed p
+        cdef uint8_t key[REG_MAX]
+        cdef const uint8_t *blob
+        cdef Op o
+        if self.kcount:
+            raise ValueError("cover is for an empty Dag")
+        if n % 40:
+            raise ValueError("records are 40 bytes each")
+        if self._kreserve(n // 40) < 0:
+            raise MemoryError()
+        for at in range(0, n, 40):
+            s = &self.ks[self._kslot(&records[at])]
+            if not s.used:
+                memcpy(s.id, &records[at], 32)
+                s.used = 1
+                s.head = -1
+                self.kcount += 1
+            s.hlc = _u64(&records[at + 32])
+            if s.hlc > self.max_hlc:
+                self.max_hlc = s.hlc
+        for head in heads:
+            if type(head) is not bytes or PyBytes_GET_SIZE(head) != 32:
+                raise ValueError("a head is not covered")
+            s = self._kfind(<const uint8_t *> PyBytes_AS_STRING(head))
+            if s == NULL:
+                raise ValueError("a head is not covered")
+            if s.head >= 0:
+                continue
+            if self.hcount == self.hcap:
+                hd = <uint8_t *> realloc(self.hd, self.hcap * 2 * 32)
+                if hd == NULL:
+                    raise MemoryError()
+                self.hd = hd
+                self.hcap *= 2
+            s.head = self.hcount
+            memcpy(self.hd + self.hcount * 32, s.id, 32)
+            self.hcount += 1
+        for op in ops:
+            o = <Op?> op
+            s = self._kfind(<const uint8_t *> PyBytes_AS_STRING(o.id))
+            if s == NULL or s.hlc != o.hlc:
+                raise ValueError("a register's op is not covered")
+            blob = <const uint8_t *> PyBytes_AS_STRING(o.blob)
+            if _scan(blob, PyBytes_GET_SIZE(o.blob), &p) != E_OK:
+                raise ValueError("not a decoded operation")
+            if self._merge(key, _regkey(blob, &p, key), o.hlc, <const uint8_t *> PyBytes_AS_STRING(o.id)) < 0:
+                raise MemoryError()
+
     def ingest(self, frames, rejected=frozenset()):
         """parse + hash + `order` + `apply` a batch of signed frames (no signature checks).
 

@@ -157,3 +157,34 @@ def test_sync_positions_survive_a_restart(trio):
     state = wait_converged(urls, timeout=15, min_items=62)
     assert len(state["cidrs"]) == 62
     assert all(p["received"] <= 2 for p in _peers(urls[2]).values())  # nothing resent
+
+
+def test_emptied_node_bootstraps_from_a_snapshot(tmp_path):
+    """--bootstrap snapshot: a node that lost its data adopts a peer's snapshot, then its log."""
+    c = StateCluster(tmp_path, 3, sync_interval=0.3, extra_args=("--insecure-dev", "--bootstrap", "snapshot"))
+    c.start()
+    try:
+        urls = c.urls()
+        for i, u in enumerate(urls):
+            create_cidrs(u, i, 15)
+        target = listing(urls[0])["cidrs"][0]["id"]
+        assert (
+            httpx.post(urls[0] + "/cidrs/update", json={"id": target, "name": "renamed"}).status_code == 200
+        )
+        before = wait_converged(urls, timeout=15, min_items=45)
+        c.nodes[1].kill()
+        shutil.rmtree(c.nodes[1].data_dir)
+        c.nodes[1].start()
+        after = wait_converged(urls, timeout=20, min_items=45)
+        assert after == before
+        status = httpx.get(urls[1] + "/replication/status").json()
+        assert status["base"] is not None and status["base"]["winners"] == 45, status
+        assert status["ops"] == 46 and status["rejected"] == 0
+        create_cidrs(urls[1], 9, 2)  # it writes on top of the snapshot, and the others take it
+        assert len(wait_converged(urls, timeout=15, min_items=47)["cidrs"]) == 47
+        c.nodes[1].stop()  # and restarts from its base plus its log
+        c.nodes[1].start()
+        assert len(wait_converged(urls, timeout=15, min_items=47)["cidrs"]) == 47
+        assert httpx.get(urls[1] + "/replication/status").json()["ops"] == 48
+    finally:
+        c.stop()

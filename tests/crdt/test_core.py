@@ -325,3 +325,30 @@ def test_dag_grows_past_its_initial_tables(crdt):
     ready, won, *_ = dag.ingest(frames)
     assert len(ready) == 5000 and all(won) and dag.register_count == 5000 and len(dag.heads()) == 5000
     assert dag.ingest(frames) == ([], [], [], [], [])
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(0, 2**32), st.integers(1, 60))
+def test_dag_export_and_cover_agree_and_rebuild_the_state(seed, n):
+    rng = random.Random(seed)
+    frames = _dag(rng, n)
+    states = []
+    for mod in filter(None, (PURE, NATIVE)):
+        dag = mod.Dag()
+        dag.ingest(frames)
+        records = dag.export()
+        ops, _ = mod.parse_frames(frames)
+        winners = [o for o in ops if dag.register(o.kind, o.key) == (o.hlc, o.id)]
+        copy = mod.Dag()
+        copy.cover(records, dag.heads(), winners)
+        assert _dag_state(copy) == _dag_state(dag)
+        states.append((records, _dag_state(copy)))
+        with pytest.raises(ValueError):
+            mod.Dag().cover(records[:-1], [], [])
+        with pytest.raises(ValueError):
+            mod.Dag().cover(records, [b"\1" * 32], [])
+        with pytest.raises(ValueError):
+            mod.Dag().cover(b"", [], winners[:1])
+        with pytest.raises(ValueError):
+            copy.cover(records, [], [])  # not empty
+    assert all(s == states[0] for s in states)

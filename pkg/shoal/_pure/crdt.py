@@ -385,6 +385,36 @@ class Dag:
                 self.max_hlc = op.hlc
         return won
 
+    def export(self) -> bytes:
+        """Every applied op as a 40-byte record (id, hlc u64 big-endian), sorted: a snapshot's cover."""
+        return b"".join(sorted(op_id + hlc.to_bytes(8, "big") for op_id, hlc in self._known.items()))
+
+    def cover(self, records: bytes, heads: Sequence[bytes], ops: Sequence[Op]) -> None:
+        """Adopt a snapshot on an empty Dag: the `export` records are known ops, `heads` its heads,
+        and `ops` (each covered, with the same hlc) fill the registers. ValueError if inconsistent
+        (then discard the Dag)."""
+        if self._known:
+            raise ValueError("cover is for an empty Dag")
+        if len(records) % 40:
+            raise ValueError("records are 40 bytes each")
+        known = self._known
+        for at in range(0, len(records), 40):
+            hlc = int.from_bytes(records[at + 32 : at + 40], "big")
+            known[records[at : at + 32]] = hlc
+            if hlc > self.max_hlc:
+                self.max_hlc = hlc
+        for head in heads:
+            if head not in known:
+                raise ValueError("a head is not covered")
+            self._heads.add(head)
+        for op in ops:
+            if known.get(op.id) != op.hlc:
+                raise ValueError("a register's op is not covered")
+            reg = (op.kind, op.key)
+            cur = self._registers.get(reg)
+            if cur is None or (op.hlc, op.id) > cur:
+                self._registers[reg] = (op.hlc, op.id)
+
     def ingest(
         self, frames: Sequence[bytes], rejected: set[bytes] | frozenset = frozenset()
     ) -> tuple[list[int], list[bool], list[int], list[tuple[int, str]], list[tuple[int, str]]]:

@@ -85,6 +85,18 @@ class FetchReply(msgspec.Struct):
     ops: list[bytes]
 
 
+class SnapshotRequest(msgspec.Struct):
+    pass
+
+
+class SnapshotReply(msgspec.Struct):
+    records: bytes  # 40 bytes per covered op: id, hlc (Dag.export)
+    heads: list[bytes]
+    winners: list[bytes]  # the op ids holding the registers (fetched by hash next, each verified)
+    upto: int  # the server's log seq the snapshot covers
+    log_id: bytes
+
+
 class SyncRequest(msgspec.Struct):
     heads: list[bytes]
     bloom: bytes
@@ -109,6 +121,13 @@ def add_replication_arguments(parser: argparse.ArgumentParser) -> None:
     )
     g.add_argument("--node-key-dir", default=None, help="directory of node_identity.pem (default: data dir)")
     g.add_argument("--sync-interval", type=float, default=1.0, help="seconds between anti-entropy rounds")
+    g.add_argument(
+        "--bootstrap",
+        choices=("log", "snapshot"),
+        default="log",
+        help="how an empty node catches up: replay a peer's whole log (every op verified), or adopt a "
+        "trusted peer's snapshot (winner ops verified, the ops it covers trusted) and the log after it",
+    )
 
 
 @dataclass
@@ -145,6 +164,9 @@ class ReplicationNode:
         self.trusted = trusted | {signer.public}
         self.peers = [PeerState(url.rstrip("/")) for url in options.get("peer") or []]
         self.interval = float(options.get("sync_interval") or 1.0)
+        self.bootstrap = options.get("bootstrap") or "log"
+        self.snapshot_refused: dict[str, str] = {}  # peer url -> why its snapshot was not adopted
+        self.bootstrapping = asyncio.Lock()  # one snapshot adoption at a time, whatever the peer
         self.replica = Replica(signer, self.trusted, validate_value)
         self.journal: StateJournal | None = None
         self.off: str | None = None  # why replication is off (--store etcd), or None
@@ -268,6 +290,13 @@ class ReplicationNode:
         """One anti-entropy round (see the module docstring)."""
         journal = self.journal
         assert journal is not None
+        if (
+            self.bootstrap == "snapshot"
+            and journal.seq == 0
+            and not len(self.replica.dag)
+            and peer.url not in self.snapshot_refused
+        ):
+            await self._bootstrap_from(peer)
         mark = journal.seq
         bloom = self.core.bloom_build(journal.ids_after(peer.mark))
         while True:
@@ -300,6 +329,33 @@ class ReplicationNode:
                 peer.url, {"since": peer.since, "mark": peer.mark, "log_id": peer.log_id.hex()}
             )
             peer.saved = position
+
+    async def _bootstrap_from(self, peer: PeerState) -> None:
+        """Adopt the peer's snapshot, then read its log after the point the snapshot covers."""
+        journal = self.journal
+        assert journal is not None
+        async with self.bootstrapping:
+            if journal.seq or len(self.replica.dag):
+                return  # another peer's snapshot (or a pushed op) came first
+            await self._adopt_from(peer, journal)
+
+    async def _adopt_from(self, peer: PeerState, journal: StateJournal) -> None:
+        snap = await self._call(peer, "/replication/snapshot", SnapshotRequest(), SnapshotReply)
+        if not snap.records:
+            return  # it has nothing yet: nothing to adopt, ask again next round
+        frames: list[bytes] = []
+        for i in range(0, len(snap.winners), FETCH_BATCH):
+            reply = await self._call(
+                peer, "/replication/fetch", FetchRequest(snap.winners[i : i + FETCH_BATCH]), FetchReply
+            )
+            frames += reply.ops
+        why = await journal.adopt_snapshot(snap.records, snap.heads, frames, peer.url, snap.upto)
+        if why is not None:
+            log.warning("snapshot from %s refused: %s (replaying its log instead)", peer.url, why)
+            self.snapshot_refused[peer.url] = why
+            return
+        log.info("bootstrapped from the snapshot of %s: %d ops covered", peer.url, len(snap.records) // 40)
+        peer.since, peer.log_id = snap.upto, snap.log_id
 
     async def _fetch_missing(self, peer: PeerState, heads: list[bytes]) -> None:
         journal = self.journal
@@ -399,6 +455,13 @@ class ReplicationNode:
             reply = SyncReply(node.replica.dag.heads(), out, upto, len(frames) >= limit, j.seq, j.log_id)
             await node._reply(send, sig, reply)
 
+        @api.raw("POST", "/replication/snapshot", summary="A snapshot for a bootstrapping node")
+        async def snapshot(scope: dict, receive: Any, send: Any) -> None:
+            _, sig = await node._read_signed(scope, receive, SnapshotRequest)
+            j = journal()
+            records, heads, winners, upto = await j.snapshot()
+            await node._reply(send, sig, SnapshotReply(records, heads, winners, upto, j.log_id))
+
         @api.get("/replication/status", summary="Replication state: heads, peers, lag, buffered, rejected")
         async def status(request: Any) -> dict:
             return node.status()
@@ -421,6 +484,11 @@ class ReplicationNode:
             "dropped": r.dropped,
             "rejected": sum(r.rejected.values()),
             "rejected_by_reason": dict(r.rejected),
+            "bootstrap": self.bootstrap,
+            "base": None
+            if self.journal is None or self.journal.base is None
+            else {k: self.journal.base[k] for k in ("source", "upto", "winners")},
+            "snapshot_refused": self.snapshot_refused,
             "trusted_nodes": sorted(base64.b64encode(k).decode() for k in self.trusted),
             "peers": [
                 {

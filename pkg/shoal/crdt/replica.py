@@ -192,6 +192,27 @@ class Replica:
         result.missing = {d for d in self.waiting_on if d not in self.known}
         return result
 
+    def check_snapshot(
+        self, records: bytes, heads: list[bytes], ops: Sequence[Any], signatures: Signatures | None = None
+    ) -> tuple[Any, str | None]:
+        """A Dag for a snapshot from a trusted peer, or why it is refused. Every winner op is checked
+        as if new (author, signature, clock, value); what the snapshot says it covers is trusted."""
+        now_ms = self.clock.wall_ms()
+        regs = set()
+        for op in ops:
+            reason = self._check(op, now_ms, signatures)
+            if reason is not None:
+                return None, f"winner {op.id.hex()[:12]}: {reason}"
+            if (op.kind, op.key) in regs:
+                return None, "two winners for one register"
+            regs.add((op.kind, op.key))
+        dag = self.core.Dag()
+        try:
+            dag.cover(records, heads, ops)
+        except (ValueError, TypeError) as exc:
+            return None, str(exc)
+        return dag, None
+
     def _check(self, op: Any, now_ms: int, signatures: Signatures | None = None) -> str | None:
         if op.author not in self.trusted:
             return "unknown author"
@@ -260,10 +281,19 @@ class Replica:
                     break
         return out
 
-    def restore(self, frames: Sequence[bytes]) -> None:
+    def restore(self, frames: Sequence[bytes], base: tuple[bytes, list[bytes], int] | None = None) -> None:
         """Rebuild from a persisted op log (checked when first applied): one Dag.ingest, no
-        Python object per op, so a restart with a long log is quick."""
+        Python object per op, so a restart with a long log is quick. `base` is an adopted
+        snapshot (records, heads, w): it covers the ops before the log, and the log's first w
+        frames are the registers' winners it came with."""
         dag = self.core.Dag()
+        if base is not None:
+            records, heads, w = base
+            winners, malformed = self.core.parse_frames(frames[:w])
+            if malformed or len(winners) != w:
+                raise RuntimeError("damaged snapshot winners in the operation log")
+            dag.cover(records, heads, winners)
+            frames = frames[w:]
         _, _, waiting, bad, malformed = dag.ingest(frames)
         if malformed:
             raise RuntimeError(f"damaged operation log entries: {malformed[:3]}")

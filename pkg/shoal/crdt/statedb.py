@@ -12,6 +12,10 @@ Layout in the State Service's kv store, beside shoal.state's keys:
   /crdt/claim/<kind>/<field>/<value>/<id>   every live document holding a unique value
   /crdt/meta/log-id                         random id of this log (a peer that lost its data has a new one)
   /crdt/peer/<url, quoted>                  how far we read that peer's log: {since, mark, log_id}
+  /crdt/base/meta, /crdt/base/cover/<n>     an adopted snapshot: {heads, winners, chunks, source,
+                                            upto} and its covered (id, hlc) records in chunks;
+                                            the log's first `winners` entries are its winner ops
+  /crdt/base/pending                        an adoption is being written (wiped on restart if so)
 
 Unique fields across replicas (two nodes create peers with one public key concurrently): every
 live document keeps its register, but only the one with the smallest id holds the value: it is
@@ -48,6 +52,11 @@ IDS = "/crdt/id/"
 SHADOW = "/crdt/shadow/"
 CLAIM = "/crdt/claim/"
 PEERS = "/crdt/peer/"
+BASE_META = "/crdt/base/meta"
+BASE_COVER = "/crdt/base/cover/"
+BASE_PENDING = "/crdt/base/pending"
+COVER_CHUNK = 12_000  # 40-byte records per kv value (the store's values are at most 1 MiB)
+WIPE_PREFIXES = ("/crdt/", "/state/", "/state-meta/", "/state-index/", "/state-refs/")
 LOG_ID = "/crdt/meta/log-id"
 MAX_TXN_OPS = 65_535
 BATCH = 2_000  # ops per kv transaction when applying remote operations
@@ -143,6 +152,7 @@ class StateJournal:
         self.seq = 0
         self.log_ids: list[bytes] = []  # op id of seq i + 1
         self.log_id = b""  # identifies this log (and its seq numbers) to peers
+        self.base: dict | None = None  # the snapshot this node was bootstrapped from, if any
         self.on_local: list[Callable[[bytes], None]] = []  # frames of new local ops (push to peers)
         kv = self.kv
         if kv.limits.max_txn_ops < MAX_TXN_OPS:  # a batch of remote ops commits in one transaction
@@ -157,11 +167,20 @@ class StateJournal:
 
     async def load(self) -> None:
         """Rebuild the replica (known ops, heads, registers) from the persisted log."""
+        if await self.kv.exists(BASE_PENDING):  # a snapshot adoption died half-written: start empty
+            log.warning("an interrupted snapshot adoption is wiped; this node bootstraps again")
+            await self._wipe()
         await self.kv.create_if_not_exists(LOG_ID, os.urandom(16))
         self.log_id = (await self.kv.require(LOG_ID)).value
         entries = await self.kv.entries(LOG)
         frames = [e.value for e in entries]
-        self.replica.restore(frames)
+        base = None
+        meta = await self.kv.get_json(BASE_META)
+        if meta is not None:
+            chunks = [(await self.kv.require(f"{BASE_COVER}{i:06d}")).value for i in range(meta["chunks"])]
+            base = (b"".join(chunks), [bytes.fromhex(h) for h in meta["heads"]], meta["winners"])
+        self.base = meta
+        self.replica.restore(frames, base)
         self.log_ids = self.core.digest_many(frames, self.core.SIG_LEN)
         self.seq = int(entries[-1].key[len(LOG) :], 16) if entries else 0
         if self.seq != len(entries):
@@ -321,6 +340,70 @@ class StateJournal:
                 if frame is not None:
                     out.append(frame.value)
         return out
+
+    # -- snapshots ------------------------------------------------------------------------------
+    async def snapshot(self) -> tuple[bytes, list[bytes], list[bytes], int]:
+        """What a bootstrapping peer needs: (covered records, heads, winner op ids, our seq)."""
+        async with self.lock:
+            dag = self.replica.dag
+            return dag.export(), dag.heads(), [op_id for _, op_id in dag.registers().values()], self.seq
+
+    async def adopt_snapshot(
+        self, records: bytes, heads: list[bytes], frames: list[bytes], source: str, upto: int
+    ) -> str | None:
+        """Become the state of a trusted peer's snapshot (this node must be empty); why not, or None.
+
+        Written in this order: a pending mark, the covered records, then the winners (log entries
+        and the documents they make) in batches, and last the base record, which drops the mark.
+        A node that dies half-way wipes the partial state at its next start and bootstraps again."""
+        ops, malformed = self.core.parse_frames(frames)
+        if malformed:
+            return f"malformed winner: {malformed[0][1]}"
+        signatures = await asyncio.get_running_loop().run_in_executor(_verifier(), verify_signatures, ops)
+        async with self.lock:
+            if self.seq or len(self.replica.dag):
+                return "this node is not empty any more"
+            dag, why = self.replica.check_snapshot(records, heads, ops, signatures)
+            if why is not None:
+                return why
+            await self.kv.set(BASE_PENDING, b"")
+            chunk = COVER_CHUNK * 40
+            parts = [records[i : i + chunk] for i in range(0, len(records), chunk)]
+            for i, part in enumerate(parts):
+                await self.kv.set(f"{BASE_COVER}{i:06d}", part)
+            self.replica.reset(dag)
+            meta = {"heads": [h.hex() for h in heads], "winners": len(ops), "chunks": len(parts),
+                    "source": source, "upto": upto}  # fmt: skip
+            try:
+                await self._persist_winners(ops, meta)
+            except Exception:
+                log.exception("adopting a snapshot failed; wiping it")
+                await self._wipe()
+                await self.load()
+                raise
+            self.base = meta
+        return None
+
+    async def _persist_winners(self, ops: list[Any], meta: dict) -> None:
+        for start in range(0, max(1, len(ops)), BATCH):
+            overlay = _Overlay(self.kv)
+            seq = self.seq
+            for op in ops[start : start + BATCH]:
+                await self._materialize(overlay, op)
+                seq += 1
+                self._append(overlay, op, seq)
+            last = start + BATCH >= len(ops)
+            extra = [TransactionOp.set(BASE_META, orjson.dumps(meta)), TransactionOp.delete(BASE_PENDING)]
+            await self.kv.transaction(overlay.ops() + (extra if last else []))
+            self.log_ids += [op.id for op in ops[start : start + BATCH]]
+            self.seq = seq
+
+    async def _wipe(self) -> None:
+        """Delete this node's replicated state (only ever on a node that was empty before)."""
+        for prefix in WIPE_PREFIXES:
+            keys = await self.kv.list(prefix)
+            for i in range(0, len(keys), 10_000):
+                await self.kv.transaction([TransactionOp.delete(k) for k in keys[i : i + 10_000]])
 
     # -- per-peer sync positions (durable, so a restart does not start reading peers from 0) ----
     async def load_position(self, url: str) -> dict[str, Any] | None:
