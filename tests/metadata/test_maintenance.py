@@ -168,6 +168,77 @@ def test_maintenance_route_shape(tmp_path):
             "repaired",
             "failed",
             "deleted_pieces",
+            "collected",
             "last_error",
             "events",
         }
+
+
+def test_leftover_copies_on_a_node_back_from_the_dead_are_collected(tmp_path):
+    """Kill a node, let repair rebuild its pieces elsewhere, restart it: the copies it still
+    holds are deleted once their grace is over; committed copies and an upload in flight stay."""
+    erasure = erasure_or_skip()
+    args = (
+        "--maintenance-interval", "0.5", "--degraded-after", "0.8", "--down-after", "1.5",
+        "--repair-grace", "1", "--migrate-settle", "600", "--gc-grace", "1", "--gc-interval", "0",
+    )  # fmt: skip
+    with Cluster(tmp_path, nodes=6, meta_args=args, heartbeat=0.3) as c:
+        m = c.meta.url
+        vid = new_video(m)
+        rep = blob(60, 120_000)
+        for u in c.urls[:3]:
+            c.put(u, "gc-r0", rep)
+        assert commit(m, "gc-r0", vid, 0, rep, c.urls[:3]).status_code == 200
+        ec = blob(61, 120_000)
+        frags = erasure.encode(ec)
+        meta = []
+        for i, (u, f) in enumerate(zip(c.urls[1:], frags, strict=True)):
+            c.put(u, f"gc-e0-frag-{i}", f)
+            meta.append({"fragment_index": i, "node_url": u, "size_bytes": len(f), "checksum": sha(f)})
+        r = commit(
+            m, "gc-e0", vid, 1, ec, c.urls[1:], redundancy_mode="erasure_coding", fragments_metadata=meta
+        )
+        assert r.status_code == 200, r.text
+        dead = c.urls[1]
+        c.put(dead, "gc-upload", blob(62, 50_000))  # written by an upload that has not committed
+
+        c.nodes[1].kill()
+        wait_for(lambda: all(dead not in x["replicas"] for x in manifest(m, vid).values()))
+        c.restart_node(1)
+        assert status_of(dead, "gc-r0") == 200 and status_of(dead, "gc-e0-frag-0") == 200  # leftovers
+
+        wait_for(lambda: status_of(dead, "gc-r0") == 404 and status_of(dead, "gc-e0-frag-0") == 404)
+        assert status_of(dead, "gc-upload") == 200  # no committed record: never touched
+        assert httpx.get(f"{m}/maintenance").json()["collected"] >= 2
+        chunks = manifest(m, vid)
+        assert all(httpx.get(f"{u}/chunk/gc-r0").content == rep for u in chunks["gc-r0"]["replicas"])
+        got = [
+            httpx.get(f"{f['node_url']}/chunk/{f['fragment_id']}").content
+            for f in chunks["gc-e0"]["fragments"]
+        ]
+        assert [sha(g) for g in got] == [f["checksum"] for f in chunks["gc-e0"]["fragments"]]
+        assert erasure.decode(got[:3]) == ec
+        listing = httpx.get(f"{dead}/chunks").json()
+        assert listing["chunk_ids"] == ["gc-upload"] and listing["next_after"] is None
+
+
+def test_a_leftover_is_kept_while_the_committed_placement_is_not_whole(tmp_path):
+    """Periodic scans delete a copy no placement names only when every committed piece is there."""
+    args = (
+        "--maintenance-interval", "0.3", "--migrate-settle", "600", "--gc-grace", "0.5",
+        "--gc-interval", "0.5", "--repair-grace", "600",
+    )  # fmt: skip
+    with Cluster(tmp_path, nodes=4, meta_args=args, heartbeat=0.3) as c:
+        m = c.meta.url
+        vid = new_video(m)
+        data = blob(70, 80_000)
+        for u in c.urls:  # written to 4 nodes, committed on 3: the 4th copy is a leftover
+            c.put(u, "gc-k0", data)
+        assert commit(m, "gc-k0", vid, 0, data, c.urls[1:]).status_code == 200
+        assert httpx.delete(f"{c.urls[3]}/chunk/gc-k0").status_code == 204  # a committed replica lost
+        before = httpx.get(f"{m}/maintenance").json()["passes"]
+        wait_for(lambda: httpx.get(f"{m}/maintenance").json()["passes"] >= before + 8)  # >= 2 s of scans
+        assert status_of(c.urls[0], "gc-k0") == 200  # possibly the copy repair will need: kept
+        c.put(c.urls[3], "gc-k0", data)  # the placement is whole again
+        wait_for(lambda: status_of(c.urls[0], "gc-k0") == 404)
+        assert all(status_of(u, "gc-k0") == 200 for u in c.urls[1:])

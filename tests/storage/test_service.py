@@ -160,3 +160,18 @@ async def test_openapi_documents_the_chunk_routes(client):
     assert set(ops) >= {"get", "put", "head", "delete"}
     assert "507" in ops["put"]["responses"] and "409" in ops["put"]["responses"]
     assert "head" in doc["paths"]["/ping"]
+
+
+async def test_chunk_listing_pages_in_id_order(client):
+    """GET /chunks: what the metadata service reads to collect leftover copies."""
+    for k in (3, 1, 2):
+        assert (await client.put(f"/chunk/ls-{k}", content=blob(k, 1000))).status_code == 201
+    assert (await client.delete("/chunk/ls-2")).status_code == 204
+    first = (await client.get("/chunks", params={"limit": 1})).json()
+    assert first == {"node_id": "node-t", "count": 2, "chunk_ids": ["ls-1"], "next_after": "ls-1"}
+    rest = (await client.get("/chunks", params={"after": "ls-1"})).json()
+    assert rest["chunk_ids"] == ["ls-3"] and rest["next_after"] is None
+    for bad in ({"limit": 0}, {"limit": 100_001}, {"after": "x" * 129}, {"limit": "many"}):
+        r = await client.get("/chunks", params=bad)
+        assert r.status_code == 400 and "detail" in r.json(), bad
+    assert "/chunks" in (await client.get("/openapi.json")).json()["paths"]

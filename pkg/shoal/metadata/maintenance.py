@@ -2,7 +2,8 @@
 
 Both build the new pieces first, commit the new placement through ChunkPaxos (next epoch), and
 only then delete the pieces the new placement no longer uses: a crash at any point leaves the
-committed placement whole (at worst an orphan copy stays behind).
+committed placement whole (at worst an orphan copy stays behind). Copies left on nodes that
+were down at the time are collected later (shoal.metadata.leftovers).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from shoal.paxos import ERASURE, REPLICATION, REPLICATION_FACTOR, Placement, Pla
 from shoal.paxos.placement import ERASURE_TOTAL, parse_fragment_id
 
 from .chunks import ChunkService, CommitFailed
+from .leftovers import LeftoverCollector
 from .mover import Mover, sha256_tag
 from .nodes import NodeRegistry
 from .records import ChunkRecord, ModeState
@@ -33,6 +35,7 @@ class Counters:
     repaired: int = 0
     failed: int = 0
     deleted_pieces: int = 0
+    collected: int = 0  # leftover copies deleted from nodes that were down during a repair
     last_error: str = ""
     events: list[str] = field(default_factory=list)
 
@@ -54,6 +57,8 @@ class Maintenance:
         repair_grace: float = 60.0,
         batch: int = 64,
         parallel: int = 4,
+        gc_grace: float = 300.0,
+        gc_interval: float = 3600.0,
     ) -> None:
         self.store = store
         self.registry = registry
@@ -65,6 +70,9 @@ class Maintenance:
         self.batch = batch
         self.parallel = parallel
         self.counters = Counters()
+        self.collector = LeftoverCollector(
+            store, registry, chunks, mover.client, grace=gc_grace, interval=gc_interval
+        )
         self.started = time.time()
         self._task: asyncio.Task | None = None
 
@@ -91,6 +99,10 @@ class Maintenance:
         self.counters.passes += 1
         await self.repair_pass()
         await self.migrate_pass()
+        collected = await self.collector.run()
+        if collected:
+            self.counters.collected += collected
+            self.counters.note(f"deleted {collected} leftover copies")
 
     # -- repair -------------------------------------------------------------------------------
     def _lost_nodes(self) -> set[str]:

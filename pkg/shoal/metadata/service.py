@@ -66,6 +66,12 @@ def add_arguments(parser) -> None:
     parser.add_argument("--down-after", type=float, default=15.0, help="heartbeat age (s) -> down")
     parser.add_argument("--repair-grace", type=float, default=60.0, help="seconds down before repair")
     parser.add_argument("--maintenance-interval", type=float, default=10.0, help="0 disables the loop")
+    parser.add_argument(
+        "--gc-grace", type=float, default=300.0, help="seconds a leftover copy waits before deletion"
+    )
+    parser.add_argument(
+        "--gc-interval", type=float, default=3600.0, help="seconds between leftover scans of all nodes"
+    )
     parser.add_argument("--popularity-threshold", type=int, default=1000, help="views above -> replication")
     parser.add_argument("--migrate-settle", type=float, default=60.0, help="seconds a mode must hold")
     parser.add_argument("--paxos-timeout", type=float, default=2.0, help="acceptor request timeout (s)")
@@ -122,6 +128,8 @@ class Metadata:
             self.policy,
             interval=float(_opt(o, "maintenance_interval", 10.0)),
             repair_grace=float(_opt(o, "repair_grace", 60.0)),
+            gc_grace=float(_opt(o, "gc_grace", 300.0)),
+            gc_interval=float(_opt(o, "gc_interval", 3600.0)),
         )
         self.maintenance.start()
         log.info("metadata service up: proposer %s, %d nodes", self.proposer_id, len(self.registry.nodes))
@@ -541,11 +549,14 @@ def make_api(m: Metadata) -> Api:
             "repaired": c.repaired,
             "failed": c.failed,
             "deleted_pieces": c.deleted_pieces,
+            "collected": c.collected,
             "last_error": c.last_error,
             "events": c.events,
         }
 
-    @api.post("/maintenance/run", summary="Run one repair + migration pass now", timeout=300)
+    @api.post(
+        "/maintenance/run", summary="Run one repair + migration + leftover collection pass now", timeout=300
+    )
     async def maintenance_run(request: Any) -> dict:
         await m.maintenance.run_once()
         return await maintenance(request)

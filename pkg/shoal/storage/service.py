@@ -13,7 +13,7 @@ import logging
 import time
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 from starlette.responses import Response
@@ -87,6 +87,20 @@ class Health(msgspec.Struct):
     superblocks: int
     corrupt_chunks: int
     native: bool
+
+
+class ChunkListQuery(msgspec.Struct):
+    after: Annotated[str, msgspec.Meta(max_length=128)] = ""
+    limit: Annotated[int, msgspec.Meta(ge=1, le=100_000)] = 10_000
+
+
+class ChunkList(msgspec.Struct):
+    """Live chunk ids in id order, one page; `next_after` continues the listing (null: done)."""
+
+    node_id: str
+    count: int  # live chunks on the node in all
+    chunk_ids: list[str]
+    next_after: str | None
 
 
 class StorageNode:
@@ -299,6 +313,24 @@ def make_api(node: StorageNode) -> Api:
         except StoreError as exc:
             raise ApiError(500, str(exc)) from None
         return Response(status_code=204)
+
+    @api.get(
+        "/chunks",
+        query=ChunkListQuery,
+        response=ChunkList,
+        summary="Live chunk and fragment ids here, in id order, paginated (after=, limit=)",
+        description=(
+            "For the metadata service's collection of leftover copies: after a repair or a "
+            "migration a node that was down still holds pieces no committed placement names."
+        ),
+    )
+    async def list_chunks(request: Any, query: ChunkListQuery) -> ChunkList:
+        store = node.store
+        assert store is not None
+        ids = sorted(k for k in list(store.live) if k > query.after)
+        page = ids[: query.limit]
+        more = len(ids) > query.limit
+        return ChunkList(node.node_id, store.chunk_count, page, page[-1] if more else None)
 
     @api.raw("HEAD", "/ping", media_type="text/plain", summary="Latency probe: node figures in headers")
     async def ping(scope: dict, receive: Any, send: Any) -> None:

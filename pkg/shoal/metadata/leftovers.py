@@ -1,0 +1,186 @@
+"""Collect leftover copies: pieces a storage node holds that no committed placement names.
+
+A node that was down while its pieces were repaired elsewhere (or while a video migrated)
+comes back with copies the committed placement no longer uses; a failed commit, or an upload
+that committed fewer nodes than it wrote to, leaves some too. They are deleted here, and only
+when deleting them can never lose data or disturb a commit in progress:
+
+- the chunk has a committed record (a copy of a chunk with none may be an upload or commit
+  still in flight: it is never touched);
+- the copy is not a piece the committed placement puts on that node;
+- it was seen as a leftover at least `grace` seconds ago, under the same epoch, and the
+  placement was committed at least `grace` seconds ago (pieces written for a migration or
+  repair not yet committed are named by the placement by then);
+- no proposal for the chunk is running or failed in this process, and the node's own
+  acceptor holds no state for an epoch newer than the committed one (a value a minority
+  accepted may still be adopted, and must find its pieces);
+- every piece of the committed placement is on its node, with the recorded checksum
+  (so a leftover is never the last good copy: repair runs first, collection later).
+
+Nodes are collected when they come back (down -> healthy), while they have leftovers
+waiting for their grace, and every `interval` seconds for all healthy nodes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+import httpx
+
+from shoal.paxos.placement import ERASURE_TOTAL, parse_fragment_id, pieces
+
+from .chunks import ChunkService
+from .nodes import DOWN, HEALTHY, NodeRegistry
+from .records import ChunkRecord
+from .store import MetadataStore
+
+log = logging.getLogger("shoal.metadata")
+
+PAGE = 10_000
+
+
+class LeftoverCollector:
+    """Finds and deletes leftover copies on storage nodes (see the module docstring)."""
+
+    def __init__(
+        self,
+        store: MetadataStore,
+        registry: NodeRegistry,
+        chunks: ChunkService,
+        client: httpx.AsyncClient,
+        *,
+        grace: float = 300.0,
+        interval: float = 3600.0,
+    ) -> None:
+        self.store = store
+        self.registry = registry
+        self.chunks = chunks
+        self.client = client
+        self.grace = grace
+        self.interval = interval
+        self.seen: dict[tuple[str, str], tuple[float, int]] = {}  # (node, id) -> (first seen, epoch)
+        self.last_status: dict[str, str] = {}
+        self.last_full = time.time()
+        self.deleted = 0
+
+    def due(self, now: float | None = None) -> set[str]:
+        """Node URLs to collect in this pass: returned, with leftovers pending, or all if due."""
+        now = now or time.time()
+        healthy = set()
+        returned = set()
+        for node in self.registry.all():
+            status = self.registry.status(node, now)
+            if status == HEALTHY:
+                healthy.add(node.node_url)
+                if self.last_status.get(node.node_url) == DOWN:
+                    returned.add(node.node_url)
+            self.last_status[node.node_url] = status
+        pending = {url for url, _ in self.seen}
+        todo = returned | pending
+        if self.interval > 0 and now - self.last_full >= self.interval:
+            self.last_full = now
+            todo |= healthy
+        return todo & healthy
+
+    async def run(self, now: float | None = None) -> int:
+        """One pass over the nodes that are due; returns how many copies were deleted."""
+        urls = sorted(self.due(now))
+        done = await asyncio.gather(*(self.collect(u) for u in urls), return_exceptions=True)
+        total = 0
+        for url, n in zip(urls, done, strict=True):
+            if isinstance(n, BaseException):
+                log.warning("collecting leftovers on %s failed: %s", url, n)
+            else:
+                total += n
+        return total
+
+    async def list_ids(self, node_url: str) -> list[str] | None:
+        """Every live id on the node (GET /chunks, paginated); None if it cannot be listed."""
+        ids: list[str] = []
+        after = ""
+        while True:
+            try:
+                r = await self.client.get(f"{node_url}/chunks", params={"after": after, "limit": PAGE})
+            except httpx.HTTPError:
+                return None
+            if r.status_code != 200:
+                return None
+            body = r.json()
+            ids += body["chunk_ids"]
+            if not body.get("next_after"):
+                return ids
+            after = body["next_after"]
+
+    async def collect(self, node_url: str) -> int:
+        """Delete the leftover copies on one node that are safe to delete now."""
+        ids = await self.list_ids(node_url)
+        if ids is None:
+            return 0
+        now = time.time()
+        by_chunk: dict[str, list[str]] = {}
+        for stored_id in ids:
+            chunk_id, index = parse_fragment_id(stored_id)
+            if index is None or 0 <= index < ERASURE_TOTAL:  # anything else is not a piece
+                by_chunk.setdefault(chunk_id, []).append(stored_id)
+        listed = set(ids)
+        for key in [k for k in self.seen if k[0] == node_url and k[1] not in listed]:
+            del self.seen[key]  # gone by other means
+        deleted = 0
+        for chunk_id, stored in by_chunk.items():
+            record = await self.store.chunk(chunk_id)
+            if record is None:
+                continue  # never committed (yet): an upload or commit may be in flight
+            keep = {s for u, s, _ in pieces(record.placement, chunk_id) if u == node_url}
+            extra = [s for s in stored if s not in keep]
+            for s in keep:
+                self.seen.pop((node_url, s), None)
+            ready = []
+            for s in extra:
+                first, epoch = self.seen.get((node_url, s), (now, record.epoch))
+                if epoch != record.epoch:  # the placement moved on: start the clock again
+                    first, epoch = now, record.epoch
+                self.seen[(node_url, s)] = (first, epoch)
+                if now - first >= self.grace and now - record.committed_at >= self.grace:
+                    ready.append(s)
+            if not ready or not await self._safe(node_url, record):
+                continue
+            for s in ready:
+                if await self._delete(node_url, s):
+                    self.seen.pop((node_url, s), None)
+                    deleted += 1
+                    log.info("deleted leftover %s on %s (chunk at epoch %d)", s, node_url, record.epoch)
+        self.deleted += deleted
+        return deleted
+
+    async def _safe(self, node_url: str, record: ChunkRecord) -> bool:
+        chunk_id = record.chunk_id
+        if chunk_id in self.chunks.phases or self.chunks.lock(chunk_id).locked():
+            return False  # a proposal for this chunk is running here, or failed
+        try:
+            r = await self.client.get(f"{node_url}/paxos/{chunk_id}")
+        except httpx.HTTPError:
+            return False
+        if r.status_code != 200:
+            return False
+        if any(i["epoch"] > record.epoch for i in r.json().get("instances", [])):
+            return False  # a newer instance exists: its value may name this copy
+        held = await asyncio.gather(*(self._holds(u, s, c) for u, s, c in pieces(record.placement, chunk_id)))
+        return all(held)
+
+    async def _holds(self, node_url: str, stored_id: str, checksum: str) -> bool:
+        """Whether the node has the piece with the checksum the placement records."""
+        try:
+            r = await self.client.head(f"{node_url}/chunk/{stored_id}")
+        except httpx.HTTPError:
+            return False
+        etag = r.headers.get("etag", "").strip('"')
+        return r.status_code == 200 and checksum == f"sha256:{etag}"
+
+    async def _delete(self, node_url: str, stored_id: str) -> bool:
+        try:
+            r = await self.client.delete(f"{node_url}/chunk/{stored_id}")
+        except httpx.HTTPError:
+            return False
+        return r.status_code in (204, 404)
