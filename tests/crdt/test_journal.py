@@ -114,3 +114,35 @@ async def test_an_interrupted_adoption_is_wiped_at_start(pair, tmp_path):
         assert (await b2.store.list("cidr"))[0] == 0
     finally:
         await b2.store.close()
+
+
+async def test_compaction_drops_superseded_ops_and_keeps_state(pair, tmp_path):
+    a, b = pair
+    await write_cidrs(a, 20)
+    ids = [orjson.loads(d)["id"] for d in (await a.store.list("cidr", limit=1000))[1]]
+    for i in ids[:8]:
+        await a.store.apply(Write("cidr", "update", "test", id=i, changes={"name": f"n-{i}"}))
+    await a.store.apply(Write("cidr", "delete", "test", id=ids[9]))
+    before = await a.store.list("cidr", limit=1000)
+    registers, known = a.replica.dag.registers(), len(a.replica.dag)
+    assert await a.compact(stable_seq=5) <= 5  # only what every peer has
+    assert await a.compact(stable_seq=a.seq) > 0
+    assert await a.compact(stable_seq=a.seq) == 0
+    frames, _ = await a.frames_after(0, 1000)
+    assert len(frames) == 20  # one winner per register (the tombstone included)
+    assert a.ids_after(0) == [a.core.digest(f[64:]) for f in frames]
+    await write_cidrs(a, 3, prefix=3)  # it goes on writing after compaction
+    assert a.seq == 32 and len((await a.frames_after(0, 1000))[0]) == 23
+    await a.store.close()
+    a2 = await open_node(tmp_path / "a.lmdb", 0)  # restart: base + compacted log
+    try:
+        assert a2.seq == 32 and len(a2.replica.dag) == known + 3
+        assert {k: v for k, v in a2.replica.dag.registers().items() if k in registers} == registers
+        assert len((await a2.store.list("cidr", limit=1000))[1]) == len(before[1]) + 3
+        # a compacted node still serves a snapshot an empty node can adopt
+        records, heads, winners, upto = await a2.snapshot()
+        assert await b.adopt_snapshot(records, heads, await a2.frames_by_id(winners), "a", upto) is None
+        assert await b.store.list("cidr", limit=1000) == await a2.store.list("cidr", limit=1000)
+        assert b.replica.dag.registers() == a2.replica.dag.registers()
+    finally:
+        await a2.store.close()

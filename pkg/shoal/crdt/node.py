@@ -122,6 +122,13 @@ def add_replication_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--node-key-dir", default=None, help="directory of node_identity.pem (default: data dir)")
     g.add_argument("--sync-interval", type=float, default=1.0, help="seconds between anti-entropy rounds")
     g.add_argument(
+        "--compact-interval",
+        type=float,
+        default=0.0,
+        help="seconds between log compactions (0: never): drop ops that lost their register once "
+        "every peer has them (a node that lost its data then needs --bootstrap snapshot)",
+    )
+    g.add_argument(
         "--bootstrap",
         choices=("log", "snapshot"),
         default="log",
@@ -165,6 +172,8 @@ class ReplicationNode:
         self.peers = [PeerState(url.rstrip("/")) for url in options.get("peer") or []]
         self.interval = float(options.get("sync_interval") or 1.0)
         self.bootstrap = options.get("bootstrap") or "log"
+        self.compact_interval = float(options.get("compact_interval") or 0.0)
+        self.compacted = 0
         self.snapshot_refused: dict[str, str] = {}  # peer url -> why its snapshot was not adopted
         self.bootstrapping = asyncio.Lock()  # one snapshot adoption at a time, whatever the peer
         self.replica = Replica(signer, self.trusted, validate_value)
@@ -188,6 +197,8 @@ class ReplicationNode:
                     peer.log_id = bytes.fromhex(pos["log_id"])
                     peer.restored = peer.since
                     peer.saved = (peer.since, peer.mark, peer.log_id)
+        if self.compact_interval > 0:
+            self.tasks.append(asyncio.create_task(self._compact_forever()))
         if self.peers:
             logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per sync round otherwise
             self.http = httpx.AsyncClient(timeout=httpx.Timeout(30.0, connect=2.0))
@@ -329,6 +340,23 @@ class ReplicationNode:
                 peer.url, {"since": peer.since, "mark": peer.mark, "log_id": peer.log_id.hex()}
             )
             peer.saved = position
+
+    def stable_seq(self) -> int:
+        """Our log position every peer has caught up to: the ops before it are in every peer's
+        DAG (a completed round pushes a peer everything we held when it started)."""
+        assert self.journal is not None
+        if any(p.rounds == 0 and p.mark == 0 for p in self.peers):
+            return 0
+        return min([p.mark for p in self.peers], default=self.journal.seq)
+
+    async def _compact_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.compact_interval)
+            try:
+                if self.journal is not None:
+                    self.compacted += await self.journal.compact(self.stable_seq())
+            except Exception:
+                log.exception("log compaction failed")
 
     async def _bootstrap_from(self, peer: PeerState) -> None:
         """Adopt the peer's snapshot, then read its log after the point the snapshot covers."""
@@ -485,6 +513,8 @@ class ReplicationNode:
             "rejected": sum(r.rejected.values()),
             "rejected_by_reason": dict(r.rejected),
             "bootstrap": self.bootstrap,
+            "compacted": self.compacted,
+            "stable_seq": self.stable_seq() if self.journal is not None else 0,
             "base": None
             if self.journal is None or self.journal.base is None
             else {k: self.journal.base[k] for k in ("source", "upto", "winners")},

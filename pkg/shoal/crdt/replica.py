@@ -281,19 +281,26 @@ class Replica:
                     break
         return out
 
-    def restore(self, frames: Sequence[bytes], base: tuple[bytes, list[bytes], int] | None = None) -> None:
+    def restore(
+        self,
+        frames: Sequence[bytes],
+        ids: Sequence[bytes] = (),
+        base: tuple[bytes, list[bytes]] | None = None,
+    ) -> None:
         """Rebuild from a persisted op log (checked when first applied): one Dag.ingest, no
-        Python object per op, so a restart with a long log is quick. `base` is an adopted
-        snapshot (records, heads, w): it covers the ops before the log, and the log's first w
-        frames are the registers' winners it came with."""
+        Python object per op, so a restart with a long log is quick. `base` (records, heads) is
+        a snapshot or compaction point covering ops before or inside the log; the log's frames
+        it covers (`ids` are the frames' op ids) only refill the registers."""
         dag = self.core.Dag()
         if base is not None:
-            records, heads, w = base
-            winners, malformed = self.core.parse_frames(frames[:w])
-            if malformed or len(winners) != w:
-                raise RuntimeError("damaged snapshot winners in the operation log")
-            dag.cover(records, heads, winners)
-            frames = frames[w:]
+            records, heads = base
+            covered = {records[i : i + 32] for i in range(0, len(records), 40)}
+            inside = [f for f, i in zip(frames, ids, strict=True) if i in covered]
+            ops, malformed = self.core.parse_frames(inside)
+            if malformed:
+                raise RuntimeError(f"damaged operation log entries: {malformed[:3]}")
+            dag.cover(records, heads, ops)
+            frames = [f for f, i in zip(frames, ids, strict=True) if i not in covered]
         _, _, waiting, bad, malformed = dag.ingest(frames)
         if malformed:
             raise RuntimeError(f"damaged operation log entries: {malformed[:3]}")

@@ -12,10 +12,14 @@ Layout in the State Service's kv store, beside shoal.state's keys:
   /crdt/claim/<kind>/<field>/<value>/<id>   every live document holding a unique value
   /crdt/meta/log-id                         random id of this log (a peer that lost its data has a new one)
   /crdt/peer/<url, quoted>                  how far we read that peer's log: {since, mark, log_id}
-  /crdt/base/meta, /crdt/base/cover/<n>     an adopted snapshot: {heads, winners, chunks, source,
-                                            upto} and its covered (id, hlc) records in chunks;
-                                            the log's first `winners` entries are its winner ops
-  /crdt/base/pending                        an adoption is being written (wiped on restart if so)
+  /crdt/base/meta                           the base: {gen, chunks, heads, seq, source, upto, ...}
+  /crdt/base/cover/<gen>/<n>                its covered (id, hlc) records (Dag.export), in chunks
+  /crdt/base/pending                        a snapshot adoption is being written (wiped on restart)
+
+A base is written by a snapshot adoption (it covers the peer's ops; the winners it came with are
+the first log entries) or by compaction (it covers every op known then, and the log entries of
+ops that lost their register are dropped). Loading = cover the base, refill the registers from
+the covered log entries still there, then replay the rest of the log.
 
 Unique fields across replicas (two nodes create peers with one public key concurrently): every
 live document keeps its register, but only the one with the smallest id holds the value: it is
@@ -70,6 +74,10 @@ def _verifier() -> ThreadPoolExecutor:
     if _VERIFIER is None:
         _VERIFIER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="crdt-verify")
     return _VERIFIER
+
+
+def cover_key(gen: int, i: int) -> str:
+    return f"{BASE_COVER}{gen:06d}/{i:06d}"
 
 
 def log_key(seq: int) -> str:
@@ -177,14 +185,19 @@ class StateJournal:
         base = None
         meta = await self.kv.get_json(BASE_META)
         if meta is not None:
-            chunks = [(await self.kv.require(f"{BASE_COVER}{i:06d}")).value for i in range(meta["chunks"])]
-            base = (b"".join(chunks), [bytes.fromhex(h) for h in meta["heads"]], meta["winners"])
+            gen = meta["gen"]
+            chunks = [(await self.kv.require(cover_key(gen, i))).value for i in range(meta["chunks"])]
+            base = (b"".join(chunks), [bytes.fromhex(h) for h in meta["heads"]])
         self.base = meta
-        self.replica.restore(frames, base)
-        self.log_ids = self.core.digest_many(frames, self.core.SIG_LEN)
-        self.seq = int(entries[-1].key[len(LOG) :], 16) if entries else 0
-        if self.seq != len(entries):
+        ids = self.core.digest_many(frames, self.core.SIG_LEN)
+        self.replica.restore(frames, ids, base)
+        seqs = [int(e.key[len(LOG) :], 16) for e in entries]
+        self.seq = max(seqs[-1] if seqs else 0, meta["seq"] if meta else 0)
+        if meta is None and self.seq != len(entries):
             raise RuntimeError(f"operation log has gaps: {len(entries)} entries up to seq {self.seq}")
+        self.log_ids = [b""] * self.seq  # b"": dropped by compaction
+        for seq, op_id in zip(seqs, ids, strict=True):
+            self.log_ids[seq - 1] = op_id
 
     # -- local writes (called by StateStore._attempt) ------------------------------------------
     async def commit(
@@ -367,13 +380,9 @@ class StateJournal:
             if why is not None:
                 return why
             await self.kv.set(BASE_PENDING, b"")
-            chunk = COVER_CHUNK * 40
-            parts = [records[i : i + chunk] for i in range(0, len(records), chunk)]
-            for i, part in enumerate(parts):
-                await self.kv.set(f"{BASE_COVER}{i:06d}", part)
             self.replica.reset(dag)
-            meta = {"heads": [h.hex() for h in heads], "winners": len(ops), "chunks": len(parts),
-                    "source": source, "upto": upto}  # fmt: skip
+            meta = await self._write_cover(records, heads)
+            meta.update(winners=len(ops), source=source, upto=upto, seq=len(ops))
             try:
                 await self._persist_winners(ops, meta)
             except Exception:
@@ -394,9 +403,57 @@ class StateJournal:
                 self._append(overlay, op, seq)
             last = start + BATCH >= len(ops)
             extra = [TransactionOp.set(BASE_META, orjson.dumps(meta)), TransactionOp.delete(BASE_PENDING)]
+            extra += self._old_cover()
             await self.kv.transaction(overlay.ops() + (extra if last else []))
             self.log_ids += [op.id for op in ops[start : start + BATCH]]
             self.seq = seq
+
+    async def _write_cover(self, records: bytes, heads: list[bytes]) -> dict:
+        """Write the records of a new base generation; the caller writes its meta (which makes it
+        the base) and deletes the old generation's chunks (_old_cover) in one transaction."""
+        gen = (self.base or {}).get("gen", 0) + 1
+        chunk = COVER_CHUNK * 40
+        parts = [records[i : i + chunk] for i in range(0, len(records), chunk)]
+        for i, part in enumerate(parts):
+            await self.kv.set(cover_key(gen, i), part)
+        return {"gen": gen, "chunks": len(parts), "heads": [h.hex() for h in heads]}
+
+    def _old_cover(self) -> list[TransactionOp]:
+        if self.base is None:
+            return []
+        return [TransactionOp.delete(cover_key(self.base["gen"], i)) for i in range(self.base["chunks"])]
+
+    async def compact(self, stable_seq: int) -> int:
+        """Drop the log entries up to `stable_seq` (every peer has those ops) of ops that no longer
+        hold their register; a new base covers every op known now. How many were dropped.
+
+        Winners stay (snapshots serve them); peers behind read the rest of the log as before, and
+        a node that lost its data bootstraps from a snapshot (--bootstrap snapshot)."""
+        async with self.lock:
+            dag = self.replica.dag
+            winners = {op_id for _, op_id in dag.registers().values()}
+            stable_seq = min(stable_seq, self.seq)
+            drop = [(seq, op_id) for seq, op_id in enumerate(self.log_ids[:stable_seq], 1)
+                    if op_id and op_id not in winners]  # fmt: skip
+            if not drop:
+                return 0
+            meta = await self._write_cover(dag.export(), dag.heads())
+            meta.update(
+                seq=self.seq,
+                source="compaction",
+                upto=self.seq,
+                dropped=(self.base or {}).get("dropped", 0) + len(drop),
+                winners=(self.base or {}).get("winners", 0),
+            )
+            await self.kv.transaction([TransactionOp.set(BASE_META, orjson.dumps(meta)), *self._old_cover()])
+            self.base = meta
+            for i in range(0, len(drop), 10_000):
+                txn = []
+                for seq, op_id in drop[i : i + 10_000]:
+                    txn += [TransactionOp.delete(log_key(seq)), TransactionOp.delete(IDS + op_id.hex())]
+                    self.log_ids[seq - 1] = b""
+                await self.kv.transaction(txn)
+        return len(drop)
 
     async def _wipe(self) -> None:
         """Delete this node's replicated state (only ever on a node that was empty before)."""
@@ -413,4 +470,4 @@ class StateJournal:
         await self.kv.set_json(PEERS + quote(url, safe=""), position)
 
     def ids_after(self, mark: int) -> list[bytes]:
-        return self.log_ids[mark:]
+        return [i for i in self.log_ids[mark:] if i]
