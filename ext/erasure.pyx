@@ -129,6 +129,13 @@ cdef inline void _finish_header(unsigned char *h, const unsigned char *sid, uint
     h[O_LAST] = 0
 
 
+cdef inline void _hash_output_newest_first(shoal_task *tasks, Py_ssize_t per) noexcept nogil:
+    """Hash fragments 4..0 in the reverse order pyeclib wrote them: the newest is in L2 still."""
+    cdef int i
+    for i in range(N - 1, -1, -1):
+        shoal_run_tasks(&tasks[i], 1)
+
+
 def encode(data) -> list:
     """The k+m fragments of `data` (any bytes-like object)."""
     require_layout()
@@ -163,14 +170,19 @@ def encode(data) -> list:
             tasks[i].p = PyBytes_AS_STRING(inner[i]) + HSIZE
             tasks[i].n = per
             tasks[i].zeros = 0
+        if not posted:  # hashed here: from pyeclib's output, which is still in cache
+            for i in range(K):
+                tasks[i].p = PyBytes_AS_STRING(inner[i]) + HSIZE
+                tasks[i].n = per
+                tasks[i].zeros = 0
         with nogil:
             if posted:  # normally long done: hand it parity 4 and hash parity 3 here meanwhile
                 shoal_worker_wait()
                 posted = 0
                 posted4 = _post(&tasks[4], 1, per * K)
                 shoal_run_tasks(&tasks[3], 1 if posted4 else 2)
-            else:  # the worker is busy with another thread's call, or the input is small
-                shoal_run_tasks(tasks, N)
+            else:  # the worker is busy (another thread, another process), or the input is small
+                _hash_output_newest_first(tasks, per)
     finally:
         with nogil:
             if posted or posted4:

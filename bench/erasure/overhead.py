@@ -38,6 +38,12 @@ def interleaved(cases: dict, rounds: int) -> dict[str, float]:
     return {name: statistics.median(ts) for name, ts in times.items()}
 
 
+def _cell(med: dict[str, float], key: str, width: int) -> str:
+    if key not in med:
+        return f"{'-':>{width}}"
+    return f"{med[key] * 1e6:>7.0f} us {med[key] / med['bare']:.3f}".rjust(width)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=400)
@@ -72,13 +78,9 @@ def main() -> int:
         if native is not None:
             native.use_worker(True)
 
-        def cell(key: str, width: int) -> str:
-            if key not in med:
-                return f"{'-':>{width}}"
-            return f"{med[key] * 1e6:>7.0f} us {med[key] / med['bare']:.3f}".rjust(width)
-
         print(
-            f"{name:<18} {med['bare'] * 1e6:>7.0f} us {cell('native', 16)} {cell('native-1', 18)} {cell('twin', 16)}"
+            f"{name:<18} {med['bare'] * 1e6:>7.0f} us {_cell(med, 'native', 16)} "
+            f"{_cell(med, 'native-1', 18)} {_cell(med, 'twin', 16)}"
         )
     payload = memoryview(frags[3])[HEADER_SIZE:]
     hashed = interleaved({"xxh3": lambda: format.xxh3(payload), "copy": lambda: bytes(payload)}, args.rounds)
