@@ -965,6 +965,8 @@ cdef class Dag:
         cdef Op o
         cdef Parsed p
         cdef const uint8_t *blob
+        if isinstance(ops, (list, tuple)) and self._kreserve(self.kcount + len(ops)) < 0:
+            raise MemoryError()
         for op in ops:
             if type(op) is Op:  # C fields; kind and key straight from the blob
                 o = <Op> op

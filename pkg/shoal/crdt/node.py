@@ -10,20 +10,27 @@ Flags (added to `shoal serve state`):
   --node-key-dir DIR  where node_identity.pem lives (default: the data dir); keep it outside the
                       data dir to let a node that lost its data rejoin under the same key
   --sync-interval S   seconds between anti-entropy rounds (default 1)
+  --bootstrap MODE    log (default): an empty node replays a peer's whole log, every op verified;
+                      snapshot: it adopts a trusted peer's snapshot (winner ops verified, the ops
+                      it covers trusted), then reads that peer's log after it
+  --compact-interval S  seconds between log compactions (default 0: never)
 
 Routes (every request and reply signed with the sender's node key, see shoal.crdt.signing):
 
   POST /replication/push    {ops}                       -> {applied, buffered, duplicate, rejected, missing}
   POST /replication/fetch   {ids}                       -> {ops}
-  POST /replication/sync    {heads, bloom, since, limit} -> {heads, ops, upto, more, seq}
+  POST /replication/sync    {heads, bloom, since, limit} -> {heads, ops, upto, more, seq, log_id}
+  POST /replication/snapshot {}                         -> {records, heads, winners, upto, log_id}
   GET  /replication/status  heads, peers, lag, buffered and rejected counts (no signature needed)
 
 A sync round with a peer: send our heads and a Bloom filter of the ops we added since the last
 round with it, plus how far we read its log last time; it answers with the ops of its log after
 that point that our filter lacks, plus every op built on those (so a false positive costs one
 fetch, not a lost op), in pages. Then we fetch by hash whatever its heads or our buffered ops
-still miss, and push it what its heads show it lacks. A new or emptied node bootstraps the same
-way: its read position is 0, so the peer streams its whole log, in causal order, page by page.
+still miss, and push it what its heads show it lacks. Read positions are kept in the kv store
+(with the peer's log id: a peer that lost its data has a new log, read from 0 again). A new or
+emptied node bootstraps the same way (its read position is 0, so the peer streams its whole log,
+page by page), or with --bootstrap snapshot from a snapshot and the log after it (docs/crdt.md).
 """
 
 from __future__ import annotations
