@@ -12,7 +12,8 @@ What makes the framing nearly free (docs/erasure.md has the figures):
   second reference the fragment is copied instead);
 - the payload hashes are XXH3-64 (ext/xxhash, runtime AVX2 dispatch), computed without the
   GIL; a data fragment's payload is the input itself (systematic code), so a worker thread
-  (ext/xxhash/shoal_xxh.h) hashes it on the second core while pyeclib encodes;
+  (ext/xxhash/shoal_xxh.h) hashes it on the second core while pyeclib encodes (used only
+  while it measures faster than hashing inline: a busy second core makes it slower);
 - decode hashes only the 3 fragments it uses, on the worker while pyeclib decodes, and
   copies-and-hashes data fragments in one pass when 0, 1 and 2 are all there.
 """
@@ -22,6 +23,7 @@ from cpython.list cimport PyList_GET_ITEM
 from cpython.object cimport PyObject
 from libc.stdint cimport uint8_t, uint32_t, uint64_t
 from libc.string cimport memcmp, memcpy, memset
+from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
 
 from shoal.erasure.format import (
     DRIVER,
@@ -88,10 +90,48 @@ def use_worker(bint on) -> None:
 
 cdef enum:
     WORKER_MIN = 192 * 1024  # below this a wake-up costs more than the hashing it saves
+    EXPLORE = 16  # every 16th large call tries the mode not in favour
+
+# The worker only pays when the second core is free; when it is busy (another process) the
+# worker time-slices with the caller and costs more than hashing inline. So each operation
+# keeps a moving average of its time per byte with the worker (1) and inline (0), uses the
+# faster one, and tries the other every EXPLORE calls so it notices when the core frees up.
+cdef double _ns_per_byte[2][2]  # [operation: encode, decode][mode]
+cdef unsigned long _calls[2]
 
 
-cdef inline int _post(shoal_task *t, int n, size_t total) noexcept nogil:
-    return shoal_worker_post(t, n) if _worker_on and total >= WORKER_MIN else 0
+cdef inline int _choose(int op, size_t total) noexcept:
+    if not _worker_on or total < WORKER_MIN:
+        return 0
+    _calls[op] += 1
+    cdef int best = 1 if _ns_per_byte[op][1] <= _ns_per_byte[op][0] else 0
+    return 1 - best if _calls[op] % EXPLORE == 0 else best
+
+
+cdef inline void _learn(int op, int mode, size_t total, uint64_t t0) noexcept:
+    if total < WORKER_MIN or not _worker_on:
+        return
+    cdef double sample = <double> (_now_ns() - t0) / <double> total
+    cdef double *avg = &_ns_per_byte[op][mode]
+    avg[0] = sample if avg[0] == 0 else 0.8 * avg[0] + 0.2 * sample
+
+
+cdef inline uint64_t _now_ns() noexcept nogil:
+    cdef timespec ts
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return <uint64_t> ts.tv_sec * 1000000000 + <uint64_t> ts.tv_nsec
+
+
+def worker_figures() -> dict:
+    """The moving averages behind the worker/inline choice (ns per byte), for the bench."""
+    return {
+        op: {"worker": _ns_per_byte[i][1], "inline": _ns_per_byte[i][0]}
+        for i, op in enumerate(("encode", "decode"))
+    }
+
+
+cdef inline int _post(shoal_task *t, int n, int mode) noexcept nogil:
+    return shoal_worker_post(t, n) if mode else 0
 cdef int _VERSION = VERSION
 
 
@@ -153,8 +193,10 @@ def encode(data) -> list:
         tasks[i].n = take
         tasks[i].zeros = per - take
     cdef int posted, posted4 = 0
+    cdef uint64_t t0 = _now_ns()
+    cdef int mode = _choose(0, length)
     with nogil:
-        posted = _post(tasks, K, length)
+        posted = _post(tasks, K, mode)
     try:
         inner = DRIVER.encode(data)  # holds the GIL; the worker hashes the data meanwhile
         if type(inner) is not list or len(inner) != N:
@@ -179,7 +221,7 @@ def encode(data) -> list:
             if posted:  # normally long done: hand it parity 4 and hash parity 3 here meanwhile
                 shoal_worker_wait()
                 posted = 0
-                posted4 = _post(&tasks[4], 1, per * K)
+                posted4 = _post(&tasks[4], 1, 1)
                 shoal_run_tasks(&tasks[3], 1 if posted4 else 2)
             else:  # the worker is busy (another thread, another process), or the input is small
                 _hash_output_newest_first(tasks, per)
@@ -211,6 +253,7 @@ def encode(data) -> list:
         h = <unsigned char *> PyBytes_AS_STRING(frag_b)
         _finish_header(h, sid, tasks[i].out)
         out.append(frag_b)
+    _learn(0, mode, length, t0)
     return out
 
 
@@ -320,8 +363,10 @@ def _decode_payloads(list frags, list infos, uint64_t length, bint fast):
         tasks[i].n = PyBytes_GET_SIZE(ins[i]) - HSIZE
         tasks[i].zeros = 0
         want[i] = infos[i].checksum
+    cdef uint64_t t0 = _now_ns()
+    cdef int mode = _choose(1, length)
     with nogil:
-        posted = _post(tasks, K, tasks[0].n * K)
+        posted = _post(tasks, K, mode)
     out = None
     try:
         try:
@@ -334,6 +379,7 @@ def _decode_payloads(list frags, list infos, uint64_t length, bint fast):
                 shoal_worker_wait()
             else:
                 shoal_run_tasks(tasks, K)
+    _learn(1, mode, length, t0)
     oks = [tasks[i].out == want[i] for i in range(K)]
     if not all(oks):
         return None, oks

@@ -89,6 +89,14 @@ def main() -> int:
         f"one payload of {n} bytes: xxh3 {hashed['xxh3'] * 1e6:.1f} us ({n / hashed['xxh3'] / 1e9:.1f} GB/s), "
         f"copy {hashed['copy'] * 1e6:.1f} us ({n / hashed['copy'] / 1e9:.1f} GB/s)"
     )
+    if native is not None:
+        figures = native.worker_figures()
+        print(
+            "worker choice (ns/byte, moving averages): "
+            + "; ".join(
+                f"{op}: worker {f['worker']:.3f}, inline {f['inline']:.3f}" for op, f in figures.items()
+            )
+        )
     print("ratio = framed / bare time (<= 1.10 is the target; < 1 is faster than bare pyeclib)")
     return 0
 

@@ -12,7 +12,6 @@
 #include <pthread.h>
 #include <stdint.h>
 #include <string.h>
-#include <time.h>
 #include <unistd.h>
 
 #define XXH_STATIC_LINKING_ONLY
@@ -85,21 +84,8 @@ static struct {
     shoal_task *tasks;
     int ntasks, has_job, done, started;
     pid_t pid;
-    int skip; /* calls left to hash inline after the worker was seen not to run in parallel */
 } shoal_w = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER,
-             PTHREAD_COND_INITIALIZER, NULL, 0, 0, 0, 0, 0, 0};
-
-/* When the caller waits this long for the worker, the second core was busy (another process,
- * or the worker was queued behind the caller): hash inline for the next SHOAL_SKIP calls, then
- * try again. Keeps the worker from ever costing much more than hashing inline would. */
-#define SHOAL_WAIT_TOO_LONG_NS 30000
-#define SHOAL_SKIP 16
-
-static inline uint64_t shoal_now_ns(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
-}
+             PTHREAD_COND_INITIALIZER, NULL, 0, 0, 0, 0, 0};
 
 static inline void shoal_run_tasks(shoal_task *t, int n) {
     for (int i = 0; i < n; i++) t[i].out = shoal_xxh3_padded(t[i].p, t[i].n, t[i].zeros);
@@ -136,11 +122,6 @@ static void shoal_after_fork_child(void) {
  * or releasing the buffers), 0 if the caller must hash them itself (worker busy or unavailable). */
 static inline int shoal_worker_post(shoal_task *t, int n) {
     if (pthread_mutex_trylock(&shoal_w.owner) != 0) return 0;
-    if (shoal_w.skip > 0) {
-        shoal_w.skip--;
-        pthread_mutex_unlock(&shoal_w.owner);
-        return 0;
-    }
     if (!shoal_w.started || shoal_w.pid != getpid()) {
         pthread_t th;
         pthread_attr_t attr;
@@ -167,12 +148,9 @@ static inline int shoal_worker_post(shoal_task *t, int n) {
 }
 
 static inline void shoal_worker_wait(void) {
-    uint64_t start = 0;
     pthread_mutex_lock(&shoal_w.mu);
-    if (!shoal_w.done) start = shoal_now_ns();
     while (!shoal_w.done) pthread_cond_wait(&shoal_w.done_cv, &shoal_w.mu);
     pthread_mutex_unlock(&shoal_w.mu);
-    if (start && shoal_now_ns() - start > SHOAL_WAIT_TOO_LONG_NS) shoal_w.skip = SHOAL_SKIP;
     pthread_mutex_unlock(&shoal_w.owner);
 }
 
