@@ -223,7 +223,8 @@ def test_leftover_copies_on_a_node_back_from_the_dead_are_collected(tmp_path):
 
 
 def test_a_leftover_is_kept_while_the_committed_placement_is_not_whole(tmp_path):
-    """Periodic scans delete a copy no placement names only when every committed piece is there."""
+    """Periodic scans delete a copy no placement names only when every committed piece is there,
+    and never one of a chunk with a newer Paxos instance on that node."""
     args = (
         "--maintenance-interval", "0.3", "--migrate-settle", "600", "--gc-grace", "0.5",
         "--gc-interval", "0.5", "--repair-grace", "600",
@@ -232,9 +233,17 @@ def test_a_leftover_is_kept_while_the_committed_placement_is_not_whole(tmp_path)
         m = c.meta.url
         vid = new_video(m)
         data = blob(70, 80_000)
+        other = blob(71, 80_000)
         for u in c.urls:  # written to 4 nodes, committed on 3: the 4th copy is a leftover
             c.put(u, "gc-k0", data)
+            c.put(u, "gc-p0", other)
         assert commit(m, "gc-k0", vid, 0, data, c.urls[1:]).status_code == 200
+        assert commit(m, "gc-p0", vid, 1, other, c.urls[1:]).status_code == 200
+        # node 0's acceptor sees a proposal for the next epoch of gc-p0 (say from another
+        # metadata process): its value may name node 0's copy, which must then stay
+        prep = {"epoch": 1, "ballot": {"round": 7, "proposer": "elsewhere.1"}}
+        r = httpx.post(f"{c.urls[0]}/paxos/gc-p0/prepare", json=prep, timeout=10)
+        assert r.status_code == 200 and r.json()["ok"], r.text
         assert httpx.delete(f"{c.urls[3]}/chunk/gc-k0").status_code == 204  # a committed replica lost
         before = httpx.get(f"{m}/maintenance").json()["passes"]
         wait_for(lambda: httpx.get(f"{m}/maintenance").json()["passes"] >= before + 8)  # >= 2 s of scans
@@ -242,3 +251,4 @@ def test_a_leftover_is_kept_while_the_committed_placement_is_not_whole(tmp_path)
         c.put(c.urls[3], "gc-k0", data)  # the placement is whole again
         wait_for(lambda: status_of(c.urls[0], "gc-k0") == 404)
         assert all(status_of(u, "gc-k0") == 200 for u in c.urls[1:])
+        assert status_of(c.urls[0], "gc-p0") == 200  # a newer Paxos instance: kept

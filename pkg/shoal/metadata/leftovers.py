@@ -62,6 +62,7 @@ class LeftoverCollector:
         self.interval = interval
         self.seen: dict[tuple[str, str], tuple[float, int]] = {}  # (node, id) -> (first seen, epoch)
         self.last_status: dict[str, str] = {}
+        self.last_scan: dict[str, float] = {}
         self.last_full = time.time()
         self.deleted = 0
 
@@ -77,7 +78,9 @@ class LeftoverCollector:
                 if self.last_status.get(node.node_url) == DOWN:
                     returned.add(node.node_url)
             self.last_status[node.node_url] = status
-        pending = {url for url, _ in self.seen}
+        # nodes with leftovers waiting: again once their grace may be over, not every pass
+        again = max(self.grace / 2, 0.0)
+        pending = {url for url, _ in self.seen if now - self.last_scan.get(url, 0.0) >= again}
         todo = returned | pending
         if self.interval > 0 and now - self.last_full >= self.interval:
             self.last_full = now
@@ -115,6 +118,7 @@ class LeftoverCollector:
 
     async def collect(self, node_url: str) -> int:
         """Delete the leftover copies on one node that are safe to delete now."""
+        self.last_scan[node_url] = time.time()
         ids = await self.list_ids(node_url)
         if ids is None:
             return 0
@@ -146,6 +150,9 @@ class LeftoverCollector:
                     ready.append(s)
             if not ready or not await self._safe(node_url, record):
                 continue
+            latest = await self.store.chunk(chunk_id)
+            if latest is None or latest.epoch != record.epoch or chunk_id in self.chunks.phases:
+                continue  # moved on while we checked: look again next time
             for s in ready:
                 if await self._delete(node_url, s):
                     self.seen.pop((node_url, s), None)

@@ -75,6 +75,7 @@ class Maintenance:
         )
         self.started = time.time()
         self._task: asyncio.Task | None = None
+        self._pass = asyncio.Lock()  # the loop and POST /maintenance/run never overlap
 
     def start(self) -> None:
         if self.interval > 0:
@@ -96,6 +97,10 @@ class Maintenance:
                 self.counters.last_error = f"{type(exc).__name__}: {exc}"
 
     async def run_once(self) -> None:
+        async with self._pass:  # leftovers are judged between repairs, never during one
+            await self._run_once()
+
+    async def _run_once(self) -> None:
         self.counters.passes += 1
         await self.repair_pass()
         await self.migrate_pass()
