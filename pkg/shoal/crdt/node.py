@@ -372,7 +372,11 @@ class ReplicationNode:
         async with self.bootstrapping:
             if journal.seq or len(self.replica.dag):
                 return  # another peer's snapshot (or a pushed op) came first
-            await self._adopt_from(peer, journal)
+            try:
+                await self._adopt_from(peer, journal)
+            except PeerError as exc:  # e.g. a peer without the route: replay its log instead
+                log.warning("no snapshot from %s: %s (replaying its log instead)", peer.url, exc)
+                self.snapshot_refused[peer.url] = str(exc)
 
     async def _adopt_from(self, peer: PeerState, journal: StateJournal) -> None:
         snap = await self._call(peer, "/replication/snapshot", SnapshotRequest(), SnapshotReply)
