@@ -80,12 +80,15 @@ from shoal.erasure import format as _format
 assert MAGIC == b"SHEC" and (_format.K, _format.M, _format.N) == (K, M, N) and VERSION == 2
 cdef const char *_MAGIC = b"SHEC"
 cdef bint _worker_on = True
+cdef bint _adaptive = True
 
 
-def use_worker(bint on) -> None:
-    """Hash on the worker thread (default) or inline; for the bench's with/without figures."""
-    global _worker_on
+def use_worker(bint on, bint adaptive=True) -> None:
+    """Allow the worker thread (default) or hash inline; adaptive=False forces the worker for
+    every large call instead of choosing by measured speed (the bench's forced column)."""
+    global _worker_on, _adaptive
     _worker_on = on
+    _adaptive = adaptive
 
 
 cdef enum:
@@ -103,13 +106,15 @@ cdef unsigned long _calls[2]
 cdef inline int _choose(int op, size_t total) noexcept:
     if not _worker_on or total < WORKER_MIN:
         return 0
+    if not _adaptive:
+        return 1
     _calls[op] += 1
     cdef int best = 1 if _ns_per_byte[op][1] <= _ns_per_byte[op][0] else 0
     return 1 - best if _calls[op] % EXPLORE == 0 else best
 
 
 cdef inline void _learn(int op, int mode, size_t total, uint64_t t0) noexcept:
-    if total < WORKER_MIN or not _worker_on:
+    if total < WORKER_MIN or not _worker_on or not _adaptive:
         return
     cdef double sample = <double> (_now_ns() - t0) / <double> total
     cdef double *avg = &_ns_per_byte[op][mode]
