@@ -318,12 +318,21 @@ def _no_mix(infos: Iterable[FragmentInfo]) -> None:
 
 def check_with(fragment_info: Callable, fragments, stripe: str | None):
     """check(): verify every fragment fully; ({index: (info, frag)}, {key: reason})."""
-    items, keyed = items_of(fragments)
     valid: dict[int, tuple[FragmentInfo, object]] = {}
     rejected: dict[object, str] = {}
+    for _key, info, frag in _screened(fragment_info, fragments, stripe, rejected):
+        if info.index not in valid:
+            valid[info.index] = (info, frag)
+    _no_mix(info for info, _ in valid.values())
+    return valid, rejected
+
+
+def _screened(read_info: Callable, fragments, stripe: str | None, rejected: dict[object, str]):
+    """(key, info, fragment) of each fragment whose header reads and fits; the others go to `rejected`."""
+    items, keyed = items_of(fragments)
     for key, frag in items:
         try:
-            info = fragment_info(frag)
+            info = read_info(frag)
         except CorruptFragment as exc:
             rejected[key] = str(exc)
             continue
@@ -333,10 +342,8 @@ def check_with(fragment_info: Callable, fragments, stripe: str | None):
         why = _screen(key, info, keyed, stripe)
         if why is not None:
             rejected[key] = why
-        elif info.index not in valid:
-            valid[info.index] = (info, frag)
-    _no_mix(info for info, _ in valid.values())
-    return valid, rejected
+        else:
+            yield key, info, frag
 
 
 def decode_with(header_info: Callable, payload_ok: Callable, decode_payloads: Callable, fragments, stripe):
@@ -348,23 +355,10 @@ def decode_with(header_info: Callable, payload_ok: Callable, decode_payloads: Ca
     [ok per fragment]); a fragment that fails is rejected and the next candidate is tried.
     Stripes are told apart by their (checked) headers.
     """
-    items, keyed = items_of(fragments)
     cands: dict[int, list[tuple[object, FragmentInfo, object]]] = {}
     rejected: dict[object, str] = {}
-    for key, frag in items:
-        try:
-            info = header_info(frag)
-        except CorruptFragment as exc:
-            rejected[key] = str(exc)
-            continue
-        except (TypeError, ValueError, BufferError):
-            rejected[key] = f"not a bytes-like object: {type(frag).__name__}"
-            continue
-        why = _screen(key, info, keyed, stripe)
-        if why is not None:
-            rejected[key] = why
-        else:
-            cands.setdefault(info.index, []).append((key, info, frag))
+    for key, info, frag in _screened(header_info, fragments, stripe, rejected):
+        cands.setdefault(info.index, []).append((key, info, frag))
     _no_mix(c[0][1] for c in cands.values())
 
     def drop(key, info) -> None:
