@@ -361,67 +361,30 @@ class LmdbStore(KvStore):
     async def set(self, key: str, value: bytes) -> int:
         raw = check_key(key)
         value = self.limits.check_value(value)
-        if self._writer is None and len(raw) < SHORT and not self._closed:
-            # The common case in one frame (bench/kv: the call chain of the general path cost
-            # about a fifth of a non-durable set). Anything unusual aborts with nothing
-            # committed and takes the general path, which grows the map or reports the error.
-            try:
-                version = self._set_inline(raw, value)
-            except (_Grow, lmdb.Error):
-                pass
-            else:
-                hub = self._hub
-                if hub is not None:
-                    hub.kick()
-                return version
         return await self._write(self._wtxn, lambda txn: self._set(txn, raw, value))
 
-    def _set_inline(self, raw: bytes, value: bytes) -> int:
-        txn = self._env.begin(write=True)
-        try:
-            cur = txn.get(raw)
-            c = txn.cursor()
-            rev = 1
-            if c.last():
-                k = c.key()
-                if k[0] == LOG:
-                    rev = (SEQ.unpack(k)[1] >> 16) + 1
-            now = time.time()
-            if cur is None:
-                version, created = 1, now
-            else:
-                version = record_version(cur) + 1
-                created = HDR.unpack_from(cur)[2]
-            txn.put(raw, encode_record(version, rev, created, now, value))
-            txn.put(
-                SEQ.pack(LOG, rev << 16),
-                encode_change(1 if version == 1 else 2, version, raw, value),
-                append=True,
-            )
-            if trim_floor(rev, self.limits.history):
-                self._trim(txn, rev)
-            txn.commit()
-        except BaseException:
-            txn.abort()
-            raise
-        return version
-
     def _set(self, txn: lmdb.Transaction, raw: bytes, value: bytes) -> int:
-        kv = self._kv
-        cur = txn.get(raw, db=kv) if len(raw) < SHORT else _read_rec(txn, kv, raw)
+        short = len(raw) < SHORT
+        cur = txn.get(raw) if short else _read_rec(txn, self._kv, raw)
         rev = self._bump(txn)
         now = time.time()
         if cur is None:
             version, created = 1, now
         else:
-            version, _, created, _ = HDR.unpack_from(cur)
-            version += 1
+            version = record_version(cur) + 1
+            created = HDR.unpack_from(cur)[2]
         rec = encode_record(version, rev, created, now, value)
-        if len(raw) < SHORT:
-            txn.put(raw, rec, db=kv)
+        if short:
+            txn.put(raw, rec)
         else:
-            _write_rec(txn, kv, raw, rec)
-        self._log(txn, rev, [(1 if version == 1 else 2, raw, version, value)])
+            _write_rec(txn, self._kv, raw, rec)
+        txn.put(
+            SEQ.pack(LOG, rev << 16),
+            encode_change(1 if version == 1 else 2, version, raw, value),
+            append=True,
+        )
+        if trim_floor(rev, self.limits.history):
+            self._trim(txn, rev)
         return version
 
     async def delete(self, key: str) -> bool:
