@@ -192,16 +192,20 @@ def parse_frames(frames: Sequence[bytes]) -> tuple[list[Op], list[tuple[int, str
     ops: list[Op] = []
     errors: list[tuple[int, str]] = []
     for i, frame in enumerate(frames):
-        frame = bytes(frame)
-        if len(frame) <= SIG_LEN:
-            errors.append((i, "truncated"))
-            continue
-        blob = frame[SIG_LEN:]
         try:
-            ops.append(decode(blob, frame[:SIG_LEN], blake3(blob).digest()))
+            ops.append(_decode_frame(frame))
         except MalformedOp as exc:
             errors.append((i, str(exc)))
     return ops, errors
+
+
+def _decode_frame(frame: bytes) -> Op:
+    """One signed frame (signature + blob) as an Op, or MalformedOp ("truncated" when too short)."""
+    frame = bytes(frame)
+    if len(frame) <= SIG_LEN:
+        raise MalformedOp("truncated")
+    blob = frame[SIG_LEN:]
+    return decode(blob, frame[:SIG_LEN], blake3(blob).digest())
 
 
 def order(
@@ -427,13 +431,8 @@ class Dag:
         first: dict[bytes, int] = {}
         malformed: list[tuple[int, str]] = []
         for i, frame in enumerate(frames):
-            frame = bytes(frame)
-            if len(frame) <= SIG_LEN:
-                malformed.append((i, "truncated"))
-                continue
-            blob = frame[SIG_LEN:]
             try:
-                op = decode(blob, frame[:SIG_LEN], blake3(blob).digest())
+                op = _decode_frame(frame)
             except MalformedOp as exc:
                 malformed.append((i, str(exc)))
                 continue
