@@ -1,30 +1,36 @@
 # cython: language_level=3
 # distutils: sources = ext/xxhash/xxhash.c ext/xxhash/shoal_dispatch.c
 # distutils: include_dirs = ext/xxhash
-"""Reed-Solomon 3+2 fragment framing and stripe assembly around pyeclib.
+"""Reed-Solomon 3+2 coding, fragment framing and stripe assembly, without the GIL.
 
-Twin: shoal/_pure/erasure.py (same functions, byte-identical fragments, same errors). The
-format, the driver, the errors and the decode logic live in shoal.erasure.format.
+Twin: shoal/_pure/erasure.py (same functions, byte-identical fragments, same errors), which
+codes through pyeclib. The format, the driver, the errors and the decode logic live in
+shoal.erasure.format.
 
-What makes the framing nearly free (docs/erasure.md has the figures):
-- no copy: shoal's fields go into pyeclib's own 80-byte header, written in place into the
-  bytes objects pyeclib just returned (nothing else can see them yet; if anything holds a
-  second reference the fragment is copied instead);
-- the payload hashes are XXH3-64 (ext/xxhash, runtime AVX2 dispatch), computed without the
-  GIL; a data fragment's payload is the input itself (systematic code), so a worker thread
-  (ext/xxhash/shoal_xxh.h) hashes it on the second core while pyeclib encodes (used only
-  while it measures faster than hashing inline: a busy second core makes it slower);
-- decode hashes only the 3 fragments it uses, on the worker while pyeclib decodes, and
-  copies-and-hashes data fragments in one pass when 0, 1 and 2 are all there.
+The native module codes with ISA-L itself: the very library pyeclib's isa_l_rs_vand backend
+loads (found in this process, not a second copy), the same Vandermonde matrix, so fragments
+are byte-identical to pyeclib's (checked at import; any difference, or no ISA-L, and it codes
+through pyeclib instead). Going to ISA-L directly is what makes the framing cheap:
+- pyeclib codes into liberasurecode's buffers, zeroes them first and then copies every
+  fragment into a bytes object (57% of its encode time is memset + memcpy); here ISA-L
+  writes straight into the bytes objects that are returned;
+- the work goes column by column (64 KiB of each fragment): a column of the input is copied
+  into the data fragments, coded into the parities and hashed (XXH3-64, ext/xxhash, runtime
+  AVX2 dispatch) while it is still in cache, so memory is read once;
+- decode reads the 3 fragments it uses once too: hash, copy the data fragments into the
+  output, rebuild the missing ones, column by column;
+- all of it runs without the GIL, so other threads run meanwhile (and several threads
+  can code at once).
 """
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
-from cpython.list cimport PyList_GET_ITEM
-from cpython.object cimport PyObject
 from libc.stdint cimport uint8_t, uint32_t, uint64_t
+from libc.stdlib cimport free, malloc
 from libc.string cimport memcmp, memcpy, memset
-from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
 
+import os
+
+from shoal.erasure import format as _format
 from shoal.erasure.format import (
     DRIVER,
     HEADER_SIZE,
@@ -42,24 +48,31 @@ from shoal.erasure.format import (
     require_layout,
 )
 
-__all__ = ["assemble", "check", "decode", "encode", "fragment_info", "header_info"]
+__all__ = ["assemble", "check", "decode", "encode", "engine", "fragment_info", "header_info"]
 
 cdef extern from "shoal_xxh.h" nogil:
-    ctypedef struct shoal_task:
-        const char *p
-        size_t n
-        size_t zeros
-        uint64_t out
+    ctypedef struct XXH3_state_t:
+        pass
+    void XXH3_64bits_reset(XXH3_state_t *st)
+    uint64_t XXH3_64bits_digest(const XXH3_state_t *st)
+    void SHOAL_XXH3_UPDATE(XXH3_state_t *st, const void *p, size_t n)
     uint64_t shoal_xxh3(const void *p, size_t n)
-    uint64_t shoal_xxh3_padded(const void *p, size_t n, size_t zeros)
     uint64_t shoal_copy_xxh3(char *dst, const char *src, size_t take, size_t total)
     uint32_t shoal_crc32(const unsigned char *p, size_t n)
-    void shoal_run_tasks(shoal_task *t, int n)
-    int shoal_worker_post(shoal_task *t, int n)
-    void shoal_worker_wait()
 
-cdef extern from "Python.h":
-    Py_ssize_t _refcnt "Py_REFCNT"(PyObject *o)
+cdef extern from "dlfcn.h" nogil:
+    void *dlopen(const char *path, int flags)
+    void *dlsym(void *handle, const char *name)
+    int RTLD_NOW
+    int RTLD_NOLOAD
+
+# ISA-L's API (isa-l/include/erasure_code.h)
+ctypedef void (*gen_matrix_f)(unsigned char *a, int m, int k) noexcept nogil
+ctypedef void (*init_tables_f)(int k, int rows, unsigned char *a, unsigned char *gftbls) noexcept nogil
+ctypedef void (*encode_data_f)(
+    int length, int k, int rows, unsigned char *gftbls, unsigned char **data, unsigned char **coding
+) noexcept nogil
+ctypedef int (*invert_matrix_f)(unsigned char *inp, unsigned char *out, const int n) noexcept nogil
 
 cdef enum:
     K = 3
@@ -73,71 +86,20 @@ cdef enum:
     META = 59
     O_CHECK = 71
     O_LAST = 79
+    COLUMN = 64 * 1024  # bytes of each fragment per step: 5 of them (320 KiB) stay in L2
 
 assert HEADER_SIZE == HSIZE and OFF_MAGIC == O_MAGIC and OFF_CHECK == O_CHECK and OFF_META_CRC == O_META_CRC
-from shoal.erasure import format as _format
-
 assert MAGIC == b"SHEC" and (_format.K, _format.M, _format.N) == (K, M, N) and VERSION == 2
 cdef const char *_MAGIC = b"SHEC"
-cdef bint _worker_on = True
-cdef bint _adaptive = True
-
-
-def use_worker(bint on, bint adaptive=True) -> None:
-    """Allow the worker thread (default) or hash inline; adaptive=False forces the worker for
-    every large call instead of choosing by measured speed (the bench's forced column)."""
-    global _worker_on, _adaptive
-    _worker_on = on
-    _adaptive = adaptive
-
-
-cdef enum:
-    WORKER_MIN = 192 * 1024  # below this a wake-up costs more than the hashing it saves
-    EXPLORE = 16  # every 16th large call tries the mode not in favour
-
-# The worker only pays when the second core is free; when it is busy (another process) the
-# worker time-slices with the caller and costs more than hashing inline. So each operation
-# keeps a moving average of its time per byte with the worker (1) and inline (0), uses the
-# faster one, and tries the other every EXPLORE calls so it notices when the core frees up.
-cdef double _ns_per_byte[2][2]  # [operation: encode, decode][mode]
-cdef unsigned long _calls[2]
-
-
-cdef inline int _choose(int op, size_t total) noexcept:
-    if not _worker_on or total < WORKER_MIN:
-        return 0
-    if not _adaptive:
-        return 1
-    _calls[op] += 1
-    cdef int best = 1 if _ns_per_byte[op][1] <= _ns_per_byte[op][0] else 0
-    return 1 - best if _calls[op] % EXPLORE == 0 else best
-
-
-cdef inline void _learn(int op, int mode, size_t total, uint64_t t0) noexcept:
-    if total < WORKER_MIN or not _worker_on or not _adaptive:
-        return
-    cdef double sample = <double> (_now_ns() - t0) / <double> total
-    cdef double *avg = &_ns_per_byte[op][mode]
-    avg[0] = sample if avg[0] == 0 else 0.8 * avg[0] + 0.2 * sample
-
-
-cdef inline uint64_t _now_ns() noexcept nogil:
-    cdef timespec ts
-    clock_gettime(CLOCK_MONOTONIC, &ts)
-    return <uint64_t> ts.tv_sec * 1000000000 + <uint64_t> ts.tv_nsec
-
-
-def worker_figures() -> dict:
-    """The moving averages behind the worker/inline choice (ns per byte), for the bench."""
-    return {
-        op: {"worker": _ns_per_byte[i][1], "inline": _ns_per_byte[i][0]}
-        for i, op in enumerate(("encode", "decode"))
-    }
-
-
-cdef inline int _post(shoal_task *t, int n, int mode) noexcept nogil:
-    return shoal_worker_post(t, n) if mode else 0
 cdef int _VERSION = VERSION
+
+cdef encode_data_f _ec_encode_data = NULL
+cdef init_tables_f _ec_init_tables = NULL
+cdef invert_matrix_f _gf_invert_matrix = NULL
+cdef unsigned char _matrix[N * K]  # rows 0..2 identity, 3..4 the parity coefficients
+cdef unsigned char _encode_tables[K * M * 32]
+cdef unsigned char _templates[N][HSIZE]  # pyeclib's header of fragment i (fields set per encode)
+cdef bint _direct = False
 
 
 cdef inline void _put_u32(unsigned char *p, uint32_t v) noexcept nogil:
@@ -174,11 +136,162 @@ cdef inline void _finish_header(unsigned char *h, const unsigned char *sid, uint
     h[O_LAST] = 0
 
 
-cdef inline void _hash_output_newest_first(shoal_task *tasks, Py_ssize_t per) noexcept nogil:
-    """Hash fragments 4..0 in the reverse order pyeclib wrote them: the newest is in L2 still."""
+cdef inline void _seal(unsigned char **frags, uint64_t length, const uint64_t *hashes) noexcept nogil:
+    """Write shoal's fields (stripe id, payload hashes) into the k+m headers and seal them."""
+    cdef unsigned char ids[8 + 8 * N]
+    cdef unsigned char sid[8]
     cdef int i
-    for i in range(N - 1, -1, -1):
-        shoal_run_tasks(&tasks[i], 1)
+    _put_u64(ids, length)
+    for i in range(N):
+        _put_u64(ids + 8 + 8 * i, hashes[i])
+    _put_u64(sid, shoal_xxh3(ids, 8 + 8 * N))
+    for i in range(N):
+        _finish_header(frags[i], sid, hashes[i])
+
+
+# ---- ISA-L, found where pyeclib's backend loaded it ----
+
+
+def _loaded_isal() -> bytes | None:
+    """Path of the libisal this process already has mapped (pyeclib's backend dlopens it)."""
+    try:
+        with open("/proc/self/maps") as maps:
+            for line in maps:  # address perms offset dev inode [path]
+                fields = line.split(maxsplit=5)
+                if len(fields) == 6 and os.path.basename(fields[5].strip()).startswith("libisal"):
+                    return fields[5].strip().encode()
+    except OSError:
+        pass
+    return None
+
+
+cdef bint _bind_isal():
+    global _ec_encode_data, _ec_init_tables, _gf_invert_matrix
+    if _format.backend() != "isa_l_rs_vand" or not _format.LAYOUT_OK:
+        return False
+    path = _loaded_isal()
+    if path is None:
+        return False
+    cdef void *lib = dlopen(path, RTLD_NOW | RTLD_NOLOAD)  # the same copy pyeclib uses, never a new one
+    if lib == NULL:
+        return False
+    cdef gen_matrix_f gen = <gen_matrix_f> dlsym(lib, "gf_gen_rs_matrix")  # isa_l_rs_vand's matrix
+    _ec_init_tables = <init_tables_f> dlsym(lib, "ec_init_tables")
+    _ec_encode_data = <encode_data_f> dlsym(lib, "ec_encode_data")
+    _gf_invert_matrix = <invert_matrix_f> dlsym(lib, "gf_invert_matrix")
+    if gen == NULL or _ec_init_tables == NULL or _ec_encode_data == NULL or _gf_invert_matrix == NULL:
+        return False
+    gen(_matrix, N, K)
+    _ec_init_tables(K, M, &_matrix[K * K], _encode_tables)
+    cdef int i
+    probe = DRIVER.encode(b"\0\0\0")
+    for i in range(N):
+        memcpy(_templates[i], PyBytes_AS_STRING(probe[i]), HSIZE)
+    return True
+
+
+cdef bint _direct_agrees():
+    """Whether coding with ISA-L here gives pyeclib's fragments and decodes them back."""
+    cdef int length
+    for length in (0, 1, 5, 96, 1001, 65537, 3 * COLUMN + 7):
+        data = bytes([(i * 7 + 3) & 0xFF for i in range(length)])
+        frags = _encode_direct(data)
+        if frags != _encode_pyeclib(data):
+            return False
+        for keep in ((2, 3, 4), (0, 3, 4), (1, 2, 4), (0, 1, 3)):
+            out, oks = _decode_direct([frags[i] for i in keep], list(keep), length, None)
+            if out != data or not all(oks):
+                return False
+    return True
+
+
+def engine() -> str:
+    """What codes: 'isa-l' (directly, the library pyeclib loaded) or 'pyeclib' (fallback)."""
+    return "isa-l" if _direct else "pyeclib"
+
+
+# ---- encode ----
+
+
+cdef void _encode_columns(
+    const char *src, Py_ssize_t length, Py_ssize_t per, unsigned char **frags, uint64_t *hashes
+) noexcept nogil:
+    """Fill the 5 payloads (after each header) and hash them, one cache-sized column at a time."""
+    cdef XXH3_state_t st[N]
+    cdef unsigned char *data[K]
+    cdef unsigned char *parity[M]
+    cdef Py_ssize_t o = 0, n, start, take
+    cdef int i
+    for i in range(N):
+        XXH3_64bits_reset(&st[i])
+    while o < per:
+        n = min(<Py_ssize_t> COLUMN, per - o)
+        for i in range(K):
+            data[i] = frags[i] + HSIZE + o
+            start = i * per + o
+            take = 0 if start >= length else min(n, length - start)
+            if take > 0:
+                memcpy(data[i], src + start, take)
+            if take < n:
+                memset(data[i] + take, 0, n - take)  # the last data fragment's zero padding
+            SHOAL_XXH3_UPDATE(&st[i], data[i], n)
+        for i in range(M):
+            parity[i] = frags[K + i] + HSIZE + o
+        _ec_encode_data(<int> n, K, M, _encode_tables, data, parity)
+        for i in range(M):
+            SHOAL_XXH3_UPDATE(&st[K + i], parity[i], n)
+        o += n
+    for i in range(N):
+        hashes[i] = XXH3_64bits_digest(&st[i])
+
+
+cdef list _encode_direct(bytes data):
+    cdef Py_ssize_t length = PyBytes_GET_SIZE(data)
+    cdef Py_ssize_t per = (length + K - 1) // K
+    if per > 0x7FFFFFFF:  # ISA-L and liberasurecode's header take an int / u32
+        raise ErasureError(f"cannot encode {length} bytes in one stripe (payload over 2 GiB)")
+    cdef list out = [PyBytes_FromStringAndSize(NULL, HSIZE + per) for _ in range(N)]
+    cdef unsigned char *frags[N]
+    cdef uint64_t hashes[N]
+    cdef const char *src = PyBytes_AS_STRING(data)
+    cdef int i
+    for i in range(N):
+        frags[i] = <unsigned char *> PyBytes_AS_STRING(out[i])
+    with nogil:
+        _encode_columns(src, length, per, frags, hashes)
+        for i in range(N):
+            memcpy(frags[i], _templates[i], HSIZE)
+            _put_u32(frags[i] + 4, <uint32_t> per)
+            _put_u64(frags[i] + 12, <uint64_t> length)
+        _seal(frags, <uint64_t> length, hashes)
+    return out
+
+
+cdef list _encode_pyeclib(bytes data):
+    """The fallback: pyeclib codes, shoal hashes and writes its fields into copies of its bytes."""
+    cdef Py_ssize_t length = PyBytes_GET_SIZE(data)
+    cdef Py_ssize_t per = (length + K - 1) // K
+    inner = DRIVER.encode(data)
+    if type(inner) is not list or len(inner) != N:
+        raise ErasureError("pyeclib returned an unexpected fragment list")
+    cdef list out = []
+    cdef unsigned char *frags[N]
+    cdef uint64_t hashes[N]
+    cdef int i
+    for i in range(N):
+        frag = inner[i]
+        if type(frag) is not bytes or PyBytes_GET_SIZE(frag) != HSIZE + per:
+            raise ErasureError("pyeclib returned fragments of an unexpected shape")
+        if _get_u32(<const unsigned char *> PyBytes_AS_STRING(frag)) != i:
+            raise ErasureError("pyeclib returned fragments out of order")
+        frag = PyBytes_FromStringAndSize(PyBytes_AS_STRING(frag), HSIZE + per)  # never write into theirs
+        out.append(frag)
+        frags[i] = <unsigned char *> PyBytes_AS_STRING(frag)
+    with nogil:
+        for i in range(N):
+            hashes[i] = shoal_xxh3(frags[i] + HSIZE, per)
+        _seal(frags, <uint64_t> length, hashes)
+    return out
 
 
 def encode(data) -> list:
@@ -186,101 +299,132 @@ def encode(data) -> list:
     require_layout()
     if type(data) is not bytes:
         data = bytes(data)
-    cdef Py_ssize_t length = PyBytes_GET_SIZE(data)
+    return _encode_direct(data) if _direct else _encode_pyeclib(data)
+
+
+# ---- decode ----
+
+
+cdef int _rebuild_tables(const int *index, unsigned char *tables, int *missing) noexcept nogil:
+    """ISA-L tables that rebuild the data fragments missing from `index` (3 fragment indices).
+
+    Returns how many are missing (their indices in `missing`), or -1 if the rows do not invert.
+    """
+    cdef unsigned char rows[K * K]
+    cdef unsigned char inverse[K * K]
+    cdef unsigned char wanted[K * K]
+    cdef int i, j, n = 0
+    cdef bint have
+    for i in range(K):
+        memcpy(&rows[i * K], &_matrix[index[i] * K], K)
+    if _gf_invert_matrix(rows, inverse, K) != 0:
+        return -1
+    for i in range(K):
+        have = False
+        for j in range(K):
+            have = have or index[j] == i
+        if not have:
+            memcpy(&wanted[n * K], &inverse[i * K], K)  # data i = row i of the inverse . fragments
+            missing[n] = i
+            n += 1
+    if n:
+        _ec_init_tables(K, n, wanted, tables)
+    return n
+
+
+cdef tuple _decode_direct(list frags, list indices, uint64_t length, list want):
+    """(original or None, [payload ok]) from k fragments (ascending indices), in one pass each.
+
+    `want` holds the payload hashes from their headers (None: the probe at import, which
+    hashes nothing and reports every payload ok).
+    """
     cdef Py_ssize_t per = (length + K - 1) // K
-    cdef const char *src = PyBytes_AS_STRING(data)
-    cdef shoal_task tasks[5]
-    cdef Py_ssize_t i, start, take
+    cdef const unsigned char[::1] v0 = frags[0]
+    cdef const unsigned char[::1] v1 = frags[1]
+    cdef const unsigned char[::1] v2 = frags[2]
+    cdef const unsigned char *ins[K]
+    cdef int index[K]
+    cdef int missing[K]
+    cdef unsigned char tables[K * K * 32]
+    cdef int i, nmiss
     for i in range(K):
-        start = min(i * per, length)
-        take = min(per, length - start)
-        tasks[i].p = src + start
-        tasks[i].n = take
-        tasks[i].zeros = per - take
-    cdef int posted, posted4 = 0
-    cdef uint64_t t0 = _now_ns()
-    cdef int mode = _choose(0, length)
+        index[i] = indices[i]
+    for i, size in enumerate((v0.shape[0], v1.shape[0], v2.shape[0])):
+        if size != HSIZE + per:
+            raise CorruptFragment(f"fragment {index[i]} is {size} bytes, {HSIZE + per} expected")
+    ins[0] = &v0[0] + HSIZE
+    ins[1] = &v1[0] + HSIZE
+    ins[2] = &v2[0] + HSIZE
+    nmiss = _rebuild_tables(index, tables, missing)
+    if nmiss < 0:
+        raise ErasureError(f"fragments {indices} do not determine the data")
+    cdef bytes out = PyBytes_FromStringAndSize(NULL, length)
+    cdef char *dst = PyBytes_AS_STRING(out)
+    cdef unsigned char *scratch = <unsigned char *> malloc(K * COLUMN)
+    if scratch == NULL:
+        raise MemoryError()
+    cdef uint64_t got[K]
+    cdef bint hashing = want is not None
     with nogil:
-        posted = _post(tasks, K, mode)
-    try:
-        inner = DRIVER.encode(data)  # holds the GIL; the worker hashes the data meanwhile
-        if type(inner) is not list or len(inner) != N:
-            raise ErasureError("pyeclib returned an unexpected fragment list")
-        for i in range(N):
-            frag = inner[i]
-            if type(frag) is not bytes or PyBytes_GET_SIZE(frag) != HSIZE + per:
-                raise ErasureError("pyeclib returned fragments of an unexpected shape")
-            if _get_u32(<const unsigned char *> PyBytes_AS_STRING(frag)) != i:
-                raise ErasureError("pyeclib returned fragments out of order")
-        frag = None
-        for i in range(K, N):  # not 0..k-1: the worker may be reading those tasks right now
-            tasks[i].p = PyBytes_AS_STRING(inner[i]) + HSIZE
-            tasks[i].n = per
-            tasks[i].zeros = 0
-        if not posted:  # hashed here: from pyeclib's output, which is still in cache
-            for i in range(K):
-                tasks[i].p = PyBytes_AS_STRING(inner[i]) + HSIZE
-                tasks[i].n = per
-                tasks[i].zeros = 0
-        with nogil:
-            if posted:  # normally long done: hand it parity 4 and hash parity 3 here meanwhile
-                shoal_worker_wait()
-                posted = 0
-                posted4 = _post(&tasks[4], 1, 1)
-                shoal_run_tasks(&tasks[3], 1 if posted4 else 2)
-            else:  # the worker is busy (another thread, another process), or the input is small
-                _hash_output_newest_first(tasks, per)
-    finally:
-        with nogil:
-            if posted or posted4:
-                shoal_worker_wait()
-    if not _systematic(inner, data, per):  # never seen; then hash what pyeclib really wrote
-        for i in range(K):
-            tasks[i].p = PyBytes_AS_STRING(inner[i]) + HSIZE
-            tasks[i].n = per
-            tasks[i].zeros = 0
-        with nogil:
-            shoal_run_tasks(tasks, K)
-    cdef unsigned char ids[48]
-    _put_u64(ids, <uint64_t> length)
-    for i in range(N):
-        _put_u64(ids + 8 + 8 * i, tasks[i].out)
-    cdef unsigned char sid[8]
-    _put_u64(sid, shoal_xxh3(ids, 48))
-    cdef list out = []
-    cdef bytes frag_b
-    cdef unsigned char *h
-    for i in range(N):
-        if _refcnt(PyList_GET_ITEM(inner, i)) == 1:  # only the list pyeclib returned holds it
-            frag_b = inner[i]
-        else:  # someone else holds it: never write into a visible object
-            frag_b = PyBytes_FromStringAndSize(PyBytes_AS_STRING(inner[i]), HSIZE + per)
-        h = <unsigned char *> PyBytes_AS_STRING(frag_b)
-        _finish_header(h, sid, tasks[i].out)
-        out.append(frag_b)
-    _learn(0, mode, length, t0)
-    return out
+        _decode_columns(ins, index, missing, nmiss, tables, per, length, dst, scratch, got, hashing)
+    free(scratch)
+    if not hashing:
+        return out, [True] * K
+    oks = [got[i] == want[i] for i in range(K)]
+    return (out if all(oks) else None), oks
 
 
-cdef bint _systematic(list inner, bytes data, Py_ssize_t per):
-    """Spot-check that data fragment i holds input bytes [i*per, ...) (verified at import)."""
-    cdef const char *src = PyBytes_AS_STRING(data)
-    cdef Py_ssize_t length = PyBytes_GET_SIZE(data)
-    cdef Py_ssize_t i, start, take, edge
-    cdef const char *payload
+cdef void _decode_columns(
+    const unsigned char **ins, const int *index, const int *missing, int nmiss, unsigned char *tables,
+    Py_ssize_t per, Py_ssize_t length, char *dst, unsigned char *scratch, uint64_t *got, bint hashing,
+) noexcept nogil:
+    cdef XXH3_state_t st[K]
+    cdef unsigned char *col_in[K]
+    cdef unsigned char *col_out[K]
+    cdef Py_ssize_t o = 0, n, take
+    cdef int i
     for i in range(K):
-        payload = PyBytes_AS_STRING(inner[i]) + HSIZE
-        start = min(i * per, length)
-        take = min(per, length - start)
-        edge = min(take, 64)
-        if memcmp(payload, src + start, edge) != 0:
-            return False
-        if memcmp(payload + take - edge, src + start + take - edge, edge) != 0:
-            return False
-        for start in range(take, per):
-            if payload[start] != 0:
-                return False
-    return True
+        XXH3_64bits_reset(&st[i])
+    while o < per:
+        n = min(<Py_ssize_t> COLUMN, per - o)
+        for i in range(K):
+            col_in[i] = <unsigned char *> ins[i] + o
+            if hashing:
+                SHOAL_XXH3_UPDATE(&st[i], col_in[i], n)
+            if index[i] < K:  # a data fragment: its bytes of this column go to the output
+                take = _inside(index[i], per, length, o, n)
+                if take > 0:
+                    memcpy(dst + index[i] * per + o, col_in[i], take)
+        for i in range(nmiss):  # straight into the output unless the column runs past its end
+            take = _inside(missing[i], per, length, o, n)
+            col_out[i] = <unsigned char *> dst + missing[i] * per + o if take == n else scratch + i * COLUMN
+        if nmiss:
+            _ec_encode_data(<int> n, K, nmiss, tables, col_in, col_out)
+        for i in range(nmiss):
+            take = _inside(missing[i], per, length, o, n)
+            if 0 < take < n:
+                memcpy(dst + missing[i] * per + o, col_out[i], take)
+        o += n
+    for i in range(K):
+        got[i] = XXH3_64bits_digest(&st[i])
+
+
+cdef inline Py_ssize_t _inside(int frag, Py_ssize_t per, Py_ssize_t length, Py_ssize_t o, Py_ssize_t n) noexcept nogil:
+    """How many of data fragment `frag`'s bytes [o, o+n) are original bytes (not padding)."""
+    cdef Py_ssize_t start = frag * per + o
+    return 0 if start >= length else min(n, length - start)
+
+
+def _decode_payloads(list frags, list infos, uint64_t length, bint fast):
+    """(original or None, [payload ok]) for k header-checked fragments; see format.decode_with."""
+    if fast:
+        return _assemble_checked(frags, infos, length)
+    if _direct:
+        return _decode_direct(frags, [info.index for info in infos], length, [info.checksum for info in infos])
+    oks = [_payload_ok(frags[i], infos[i].checksum) for i in range(K)]
+    if not all(oks):
+        return None, oks
+    return pyeclib_decode([f if type(f) is bytes else bytes(f) for f in frags], length), oks
 
 
 def header_info(frag):
@@ -355,44 +499,6 @@ def check(fragments, stripe_id=None):
     return check_with(fragment_info, fragments, stripe_id)
 
 
-def _decode_payloads(list frags, list infos, uint64_t length, bint fast):
-    """(original or None, [payload ok]) for k header-checked fragments; see format.decode_with."""
-    cdef shoal_task tasks[3]
-    cdef uint64_t want[3]
-    cdef int i, posted = 0
-    if fast:
-        return _assemble_checked(frags, infos, length)
-    ins = [f if type(f) is bytes else bytes(f) for f in frags]  # pyeclib takes bytes only
-    for i in range(K):
-        tasks[i].p = PyBytes_AS_STRING(ins[i]) + HSIZE
-        tasks[i].n = PyBytes_GET_SIZE(ins[i]) - HSIZE
-        tasks[i].zeros = 0
-        want[i] = infos[i].checksum
-    cdef uint64_t t0 = _now_ns()
-    cdef int mode = _choose(1, length)
-    with nogil:
-        posted = _post(tasks, K, mode)
-    out = None
-    try:
-        try:
-            out = pyeclib_decode(ins, length)  # holds the GIL; the worker hashes meanwhile
-        except CorruptFragment:
-            out = None  # judged below: a payload that fails its hash explains it
-    finally:
-        with nogil:
-            if posted:
-                shoal_worker_wait()
-            else:
-                shoal_run_tasks(tasks, K)
-    _learn(1, mode, length, t0)
-    oks = [tasks[i].out == want[i] for i in range(K)]
-    if not all(oks):
-        return None, oks
-    if out is None:  # every payload is intact and pyeclib still failed: say so
-        return pyeclib_decode(ins, length), oks
-    return out, oks
-
-
 cdef tuple _assemble_checked(list frags, list infos, uint64_t length):
     """Copy data fragments 0..k-1 into the original and hash each in the same pass."""
     cdef Py_ssize_t per = (length + K - 1) // K
@@ -440,3 +546,8 @@ def assemble(list data_fragments, uint64_t length) -> bytes:
             memcpy(dst + done, &view[HSIZE], take)
         done += take
     return out
+
+
+_direct = _bind_isal()
+if _direct and not _direct_agrees():
+    _direct = False

@@ -1,7 +1,7 @@
 """Erasure coding of one 2 MiB chunk: bare pyeclib (baseline) vs native framing vs twin, one run.
 
-Bare pyeclib is what the framing wraps, so its ratio is the framing overhead (target: the
-framed paths within 10% of it, and >= 1 GB/s). Throughput = ops/s * 2 MiB. Since format 2 a
+Bare pyeclib is the baseline (target: the framed paths within 10% of it, and >= 1 GB/s; the
+native module codes with ISA-L directly, the twin through pyeclib). Throughput = ops/s * 2 MiB. Since format 2 a
 shoal fragment is a pyeclib fragment, so the bare decodes are handed the very same bytes.
 pytest-benchmark runs each member for a while in turn; bench/erasure/overhead.py interleaves
 them call by call, which is the fairer ratio on a shared machine.

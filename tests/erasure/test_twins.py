@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -121,20 +122,93 @@ def test_fast_assembly_equals_pyeclib_decode(length, seed):
 
 
 @needs_native
-def test_hash_worker_off_and_after_fork_gives_the_same_fragments():
-    """The worker thread is an optimisation only: off, or in a forked child, nothing changes."""
-    data = payload(1 << 20, seed=3)
-    frags = NATIVE.encode(data)
-    assert TWIN.encode(data) == frags
+def test_native_codes_with_the_isal_that_pyeclib_loaded():
+    """No silent fallback: the native module codes with ISA-L itself (the fast path)."""
+    assert format.backend() == "isa_l_rs_vand"
+    assert NATIVE.engine() == "isa-l"
+    assert TWIN.engine() == "pyeclib"
+
+
+@needs_native
+@settings(max_examples=40, deadline=None)
+@given(
+    length=lengths, seed=st.integers(0, 2**32), lost=st.sets(st.integers(0, N - 1), min_size=2, max_size=2)
+)
+def test_isal_coding_is_pyeclibs_both_ways(length, seed, lost):
+    """ISA-L called directly gives pyeclib's exact fragments, and each decodes the other's."""
+    data = payload(length, seed)
+    native = NATIVE.encode(data)
+    assert native == TWIN.encode(data)
+    kept = {i: native[i] for i in range(N) if i not in lost}
+    assert format.pyeclib_decode([native[i] for i in sorted(kept)], length) == data
+    assert NATIVE.decode(kept) == data == TWIN.decode(kept)
+
+
+@needs_native
+def test_isal_decode_rebuilds_into_the_output_across_column_edges():
+    """Lengths around the 64 KiB column and the padded last fragment, every 3 of 5."""
+    import itertools
+
+    for length in (1, 2, 3, 4, 3 * 65_536 - 1, 3 * 65_536, 3 * 65_536 + 1, 3 * 65_536 + 2, 6 * 65_536 + 5):
+        data = payload(length, seed=length)
+        frags = NATIVE.encode(data)
+        for keep in itertools.combinations(range(N), K):
+            assert NATIVE.decode({i: frags[i] for i in keep}) == data, (length, keep)
+
+
+@needs_native
+def test_native_coding_in_threads_and_after_fork():
+    """The GIL-free coding is safe from several threads at once, and in a forked child."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    datas = [payload((1 << 20) + i, seed=i) for i in range(8)]
+    want = [TWIN.encode(d) for d in datas]
+
+    def roundtrip(i: int) -> bool:
+        frags = NATIVE.encode(datas[i])
+        return (
+            frags == want[i]
+            and NATIVE.decode(frags[1:4]) == datas[i]
+            and NATIVE.decode(frags[3:] + frags[:1]) == datas[i]
+        )
+
+    with ThreadPoolExecutor(4) as pool:
+        assert all(pool.map(roundtrip, list(range(8)) * 3))
     pid = os.fork()
-    if pid == 0:  # the child has no worker thread until it starts a fresh one
-        ok = NATIVE.encode(data) == frags and NATIVE.decode(frags[2:]) == data
-        os._exit(0 if ok else 1)
+    if pid == 0:
+        os._exit(0 if roundtrip(0) else 1)
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
-    NATIVE.use_worker(False)
+
+
+@needs_native
+def test_native_encode_lets_other_threads_run():
+    """Encode holds no GIL: a Python thread counts on while an 8 MiB encode runs.
+
+    The switch interval is raised to 0.2 s so that an encode holding the GIL (pyeclib: ~20 ms) could
+    not be interrupted: then the counter could not move at all between the two reads.
+    """
+    import threading
+
+    data = payload(8 << 20, seed=1)
+    done = threading.Event()
+    counted = [0]
+
+    def count() -> None:
+        while not done.is_set():
+            counted[0] += 1
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(0.2)
+    t = threading.Thread(target=count)
     try:
-        assert NATIVE.encode(data) == frags
-        assert NATIVE.decode(frags[2:]) == data
+        t.start()
+        time.sleep(0.01)
+        before = counted[0]
+        NATIVE.encode(data)
+        during = counted[0] - before
     finally:
-        NATIVE.use_worker(True)
+        done.set()
+        t.join()
+        sys.setswitchinterval(interval)
+    assert during > 1000

@@ -2,8 +2,8 @@
 
 Twin of ext/erasure.pyx: same functions, byte-identical fragments, same decode results and
 errors. The format, the decode logic and the shared pieces (driver, errors, FragmentInfo)
-are in shoal.erasure.format. Unlike the native module it cannot hash on a second thread
-while pyeclib holds the GIL, and it copies each fragment once to write shoal's fields into
+are in shoal.erasure.format. Unlike the native module (which calls ISA-L itself) it codes
+through pyeclib, holding the GIL, and copies each fragment once to write shoal's fields into
 pyeclib's header (Python bytes are immutable).
 """
 
@@ -29,7 +29,12 @@ from shoal.erasure.format import (
     xxh3,
 )
 
-__all__ = ["assemble", "check", "decode", "encode", "fragment_info", "header_info"]
+__all__ = ["assemble", "check", "decode", "encode", "engine", "fragment_info", "header_info"]
+
+
+def engine() -> str:
+    """What codes: the twin always goes through pyeclib."""
+    return "pyeclib"
 
 
 def encode(data) -> list[bytes]:

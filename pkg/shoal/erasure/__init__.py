@@ -7,9 +7,10 @@
 A fragment is pyeclib's own fragment, with shoal's fields in liberasurecode's 80-byte header:
 its index, the original length, a stripe id shared by the five, an XXH3 hash of the payload
 and a check over the header, so decode drops corrupt or foreign fragments by itself and needs
-nothing but the bytes. pyeclib's ISA-L backend does the coding; the framing is
-ext/erasure.pyx (twin: shoal._pure.erasure). Thread-safe: pyeclib holds the GIL while it
-codes, and the framing only touches its own buffers. Format and figures: docs/erasure.md.
+nothing but the bytes. ISA-L codes: called directly, without the GIL, by ext/erasure.pyx
+(byte-identical to pyeclib's fragments, and 0.7x pyeclib's time), through pyeclib by the twin
+shoal._pure.erasure. Thread-safe: each call touches only its own buffers. Format and figures:
+docs/erasure.md.
 """
 
 from __future__ import annotations

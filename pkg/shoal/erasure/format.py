@@ -26,8 +26,7 @@ Little-endian offsets in the 80-byte header:
     79 reserved    u8   0
 
 The payload hash and the header check together cover every byte. A data fragment's payload
-is the original bytes (the code is systematic, checked at import), so encode hashes the input
-on a second thread while pyeclib codes; only the two parity payloads are hashed afterwards.
+is the original bytes, zero padded (the code is systematic, checked at import).
 """
 
 from __future__ import annotations
