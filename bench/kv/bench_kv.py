@@ -84,11 +84,13 @@ def record(benchmark, group: str, who: str, baseline: bool, ops: int) -> None:
 
 
 def run_store(benchmark, loop, group: str, who: str, batch, ops: int) -> None:
+    benchmark.group = group  # before the run: pytest-benchmark files the result under it then
     benchmark(lambda: loop.run_until_complete(batch()))
     record(benchmark, group, who, False, ops)
 
 
 def run_raw(benchmark, group: str, batch, ops: int) -> None:
+    benchmark.group = group
     benchmark(batch)
     record(benchmark, group, "raw", True, ops)
 
@@ -312,6 +314,7 @@ def test_set(benchmark, loop, stores, raw, kind, who):
         if who == "raw":
             run_raw(benchmark, group, lambda: [set_(k, VALUE) for k in keys], N)
         else:
+            benchmark.group = group
             benchmark(lambda: [set_(k, VALUE) for k in keys])
             record(benchmark, group, who, False, N)
         return
@@ -428,6 +431,7 @@ def test_watch_delivery(benchmark, loop, stores, kind):
             await store.set("/watched", b"x")
             await anext(w)
 
+    benchmark.group = group
     benchmark(lambda: loop.run_until_complete(batch()))
     record(benchmark, group, kind, kind == "memory", 50)
     w.close()
