@@ -252,3 +252,41 @@ async def test_registry_claims_the_names_of_records_from_before_name_keys() -> N
         await registry.claim({**old, "id": "inst-000000000002"})
     await registry.remove(old["id"])
     assert await store.get(NAMES + "old") is None and await registry.all() == []
+
+
+def test_a_node_id_held_by_another_live_node_is_refused_at_start(tmp_path, etcd, templates):
+    """Two hosts with one node id would both act on its instances: the second is refused.
+
+    "Another host" is another data dir here (one machine); a restart of the same data dir after
+    kill -9 is the same node and starts at once; a clean stop frees the id at once.
+    """
+    ns = "compute" + uuid.uuid4().hex[:12]
+    same_id = [*etcd_args(etcd, ns), "--node-id", "twin-host"]
+    a = start_service(tmp_path / "a", NO_DOCKER, "test:///default", templates, same_id)
+    api_a = Api(a.url)
+    try:
+        vm(api_a, "owned", start=False)
+        with pytest.raises(RuntimeError, match="did not start") as refused:
+            start_service(tmp_path / "b", NO_DOCKER, "test:///default", templates, same_id)
+        message = str(refused.value)
+        assert (
+            "compute node id 'twin-host' is in use" in message and str((tmp_path / "a").resolve()) in message
+        )
+
+        a.kill()  # its claim still looks live, but this is the same node (same host, same data dir)
+        a.start()
+        assert api_a.get("/instances/name/owned").status_code == 200
+
+        a.stop()  # a clean stop releases the id: the other data dir may now take it over
+        b = start_service(tmp_path / "b", NO_DOCKER, "test:///default", templates, same_id)
+        api_b = Api(b.url)
+        try:
+            owned = api_b.get("/instances/name/owned").json()
+            assert owned["node"]["id"] == "twin-host"
+            assert api_b.delete(f"/instances/{owned['id']}").status_code == 204  # it now acts as that node
+        finally:
+            api_b.close()
+            b.stop()
+    finally:
+        api_a.close()
+        a.stop()

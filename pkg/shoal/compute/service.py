@@ -46,6 +46,7 @@ from shoal.compute.models import (
     UpdateInstance,
     Usage,
 )
+from shoal.compute.nodes import NodeClaim, NodeIdInUse
 from shoal.compute.registry import InstanceRegistry
 from shoal.kv import StoreBusy, add_store_arguments, open_store
 from shoal.web import COMPUTE_ENVELOPE, Api, ApiError, JSONResponse, read_body
@@ -357,9 +358,16 @@ def create_app(options: dict[str, Any]) -> Any:
             namespace=options.get("etcd_namespace"),
             files={"lmdb": "registry.lmdb", "sqlite": "registry.db"},
         )
+        claim = NodeClaim(store, node["id"], data_dir, node.get("url"))
         try:
+            await claim.claim()  # refuses to start as a node id another live host holds
             registry = await InstanceRegistry(store).load()
+        except NodeIdInUse as exc:
+            await store.close()
+            log.error("%s", exc)
+            raise SystemExit(f"shoal serve compute: {exc}") from None
         except BaseException:
+            await claim.release()
             await store.close()
             raise
         backends = {
@@ -377,6 +385,7 @@ def create_app(options: dict[str, Any]) -> Any:
             yield
         finally:
             await holder.pop("manager").close()
+            await claim.release()
             await store.close()
 
     app = build(
