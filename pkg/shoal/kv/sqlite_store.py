@@ -12,6 +12,8 @@ own busy timeout waits.
 
 Change log: `changes(seq = revision << 16 | index)` holds every event, written in the same
 transaction as the data and trimmed to the last `limits.history` revisions (see base.trim_floor).
+
+WAL checkpoints run on a background thread, not inside commits (kv/sqlite_checkpoint.py).
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from .base import (
 from .errors import KvError, StoreBusy, StoreClosed, VersionConflict
 from .keys import check_key, prefix_end
 from .model import EVENT_TYPES, Entry, Event, Limits, TransactionOp, TxnResult
+from .sqlite_checkpoint import BACKSTOP, Checkpointer
 
 T = TypeVar("T")
 
@@ -90,6 +93,7 @@ class SqliteStore(KvStore):
         self._db: sqlite3.Connection
         self._wdb: sqlite3.Connection | None = None
         self._writer: ThreadPoolExecutor | None = None
+        self._checkpointer: Checkpointer | None = None
 
     @classmethod
     async def open(
@@ -101,13 +105,18 @@ class SqliteStore(KvStore):
         busy_timeout: float = 10.0,
         poll_interval: float = 0.005,
         offload_writes: bool | None = None,
+        checkpoints: str = "background",
+        checkpoint_interval: float = 0.2,
     ) -> SqliteStore:
         """Open (creating if needed) the store file.
 
         durable: synchronous=FULL (fsync per commit: survives power loss) instead of NORMAL
         (survives a process crash). offload_writes: run commits on a writer thread; defaults
-        to `durable`, see the module docstring.
+        to `durable`, see the module docstring. checkpoints: "background" (a thread copies the
+        WAL back, see kv/sqlite_checkpoint.py) or "auto" (SQLite's default: inside commits).
         """
+        if checkpoints not in ("background", "auto"):
+            raise ValueError(f"checkpoints must be 'background' or 'auto', not {checkpoints!r}")
         self = cls()
         self.path = os.fspath(path)
         self.durable = durable
@@ -115,6 +124,7 @@ class SqliteStore(KvStore):
         self.busy_timeout = busy_timeout
         self.poll_interval = poll_interval
         self._offload = durable if offload_writes is None else offload_writes
+        self._autocheckpoint = BACKSTOP if checkpoints == "background" else 1000
         self._db = await asyncio.to_thread(self._connect, self.path, durable, busy_timeout, True)
         self._db.execute("PRAGMA busy_timeout = 0")  # inline: back off in asyncio, never block the loop
         if self._offload:
@@ -123,10 +133,13 @@ class SqliteStore(KvStore):
             self._wdb = await loop.run_in_executor(
                 self._writer, self._connect, self.path, durable, busy_timeout, False
             )
+        if checkpoints == "background":
+            self._checkpointer = Checkpointer(
+                lambda: self._connect(self.path, durable, busy_timeout, False), checkpoint_interval
+            )
         return self
 
-    @staticmethod
-    def _connect(path: str, durable: bool, busy_timeout: float, init: bool) -> sqlite3.Connection:
+    def _connect(self, path: str, durable: bool, busy_timeout: float, init: bool) -> sqlite3.Connection:
         db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, cached_statements=64)
         db.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
         if init:
@@ -139,6 +152,7 @@ class SqliteStore(KvStore):
                     db.execute("ROLLBACK")
                 raise
         db.execute(f"PRAGMA synchronous = {'FULL' if durable else 'NORMAL'}")
+        db.execute(f"PRAGMA wal_autocheckpoint = {self._autocheckpoint}")
         return db
 
     # -- plumbing ------------------------------------------------------------------------------
@@ -183,6 +197,8 @@ class SqliteStore(KvStore):
                 result = fn(self._db, *args)
             except sqlite3.Error as err:
                 result = await self._retry(fn, err, self._db, *args)
+        if self._checkpointer is not None:
+            self._checkpointer.dirty = True
         self._notify()
         return result
 
@@ -391,4 +407,6 @@ class SqliteStore(KvStore):
             if wdb is not None:
                 await asyncio.get_running_loop().run_in_executor(self._writer, wdb.close)
             self._writer.shutdown(wait=True)
+        if self._checkpointer is not None:
+            await asyncio.to_thread(self._checkpointer.close)
         self._db.close()
