@@ -41,11 +41,18 @@ def _binary(*names: str) -> str:
     return "missing"
 
 
+def _erasure() -> str:
+    from shoal import erasure
+
+    return f"{erasure.backend()} backend, coded with {erasure.engine()}"
+
+
 def report() -> dict:
     return {
         "version": __version__,
         "python": sys.version.split()[0],
         "hot_paths": {name: implementation(name) for name in HOT_PATHS},
+        "erasure": _erasure(),
         "pure_python_forced": os.environ.get("SHOAL_PURE_PYTHON", "") not in ("", "0"),
         "services": {name: "built" if available(name) else "not built" for name in SERVICES},
         "components": {
@@ -70,6 +77,7 @@ def run_doctor(as_json: bool = False) -> int:
     print("hot paths:" + (" (SHOAL_PURE_PYTHON forces the twins)" if data["pure_python_forced"] else ""))
     for name, impl in data["hot_paths"].items():
         print(f"  {name:<12} {impl}")
+    print(f"erasure: {data['erasure']}")
     print("services:")
     for name, state in data["services"].items():
         print(f"  {name:<12} {state}")

@@ -83,6 +83,7 @@ def test_cli_version_and_doctor():
     assert report["hot_paths"]["scoring"] == expected
     if native_required():
         assert set(report["hot_paths"].values()) == {"native"}, report["hot_paths"]
+        assert report["erasure"] == "isa_l_rs_vand backend, coded with isa-l"
     assert report["services"]["storage"] == "built"
 
 

@@ -53,6 +53,7 @@ __all__ = [
     "check",
     "decode",
     "encode",
+    "engine",
     "fragment_info",
     "fragment_size",
     "implementation",
@@ -75,6 +76,11 @@ def _mod() -> ModuleType:
 def implementation() -> str:
     """'native' or 'pure-python': which framing is in force."""
     return "native" if _mod().__name__.startswith("shoal._ext.") else "pure-python"
+
+
+def engine() -> str:
+    """What codes: 'isa-l' (the native module calls ISA-L directly) or 'pyeclib'."""
+    return _mod().engine()
 
 
 def encode(data: bytes | bytearray | memoryview) -> list[bytes]:
