@@ -161,3 +161,34 @@ def test_fuzzing_finds_no_server_error(tmp_path):
         assert selected and tested and selected.group(1) == tested.group(1), (
             "some operations were never tried"
         )
+
+
+def test_listed_stored_times_follow_puts_and_are_never_earlier_after_a_restart(tmp_path):
+    """GET /chunks' stored_at: what the metadata service ages uncommitted copies by."""
+    node = storage_node(tmp_path / "node").start()
+    try:
+        t0 = time.time()
+        assert httpx.put(f"{node.url}/chunk/st-a", content=blob(1, 5000)).status_code == 201
+        time.sleep(0.3)
+        assert httpx.put(f"{node.url}/chunk/st-b", content=blob(2, 5000)).status_code == 201
+        first = httpx.get(f"{node.url}/chunks").json()["stored_at"]
+        assert t0 <= first["st-a"] and first["st-a"] + 0.25 < first["st-b"] <= time.time()
+        time.sleep(0.2)
+        # the same bytes again (200): the copy is wanted again, so it is young again
+        assert httpx.put(f"{node.url}/chunk/st-a", content=blob(1, 5000)).status_code == 200
+        again = httpx.get(f"{node.url}/chunks").json()["stored_at"]
+        assert again["st-a"] > first["st-b"] and again["st-b"] == first["st-b"]
+        head = httpx.head(f"{node.url}/chunk/st-a")
+        assert float(head.headers["x-stored-at"]) == again["st-a"]
+        time.sleep(0.1)
+        assert httpx.delete(f"{node.url}/chunk/st-b").status_code == 204
+        assert set(httpx.get(f"{node.url}/chunks").json()["stored_at"]) == {"st-a"}
+    finally:
+        node.kill()
+    node = storage_node(tmp_path / "node", port=node.port).start()
+    try:
+        after = httpx.get(f"{node.url}/chunks").json()
+        assert after["chunk_ids"] == ["st-a"]
+        assert again["st-a"] <= after["stored_at"]["st-a"] <= time.time()  # younger, never older
+    finally:
+        node.stop()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import time
 
 import pytest
 
@@ -168,9 +169,14 @@ async def test_chunk_listing_pages_in_id_order(client):
         assert (await client.put(f"/chunk/ls-{k}", content=blob(k, 1000))).status_code == 201
     assert (await client.delete("/chunk/ls-2")).status_code == 204
     first = (await client.get("/chunks", params={"limit": 1})).json()
+    times = first.pop("stored_at")  # added later: every older field is as it was
     assert first == {"node_id": "node-t", "count": 2, "chunk_ids": ["ls-1"], "next_after": "ls-1"}
+    assert list(times) == ["ls-1"] and times["ls-1"] <= time.time()
     rest = (await client.get("/chunks", params={"after": "ls-1"})).json()
     assert rest["chunk_ids"] == ["ls-3"] and rest["next_after"] is None
+    assert rest["stored_at"]["ls-3"] <= times["ls-1"]  # ls-3 was stored first
+    head = await client.head("/chunk/ls-3")
+    assert float(head.headers["x-stored-at"]) == rest["stored_at"]["ls-3"]
     for bad in ({"limit": 0}, {"limit": 100_001}, {"after": "x" * 129}, {"limit": "many"}):
         r = await client.get("/chunks", params=bad)
         assert r.status_code == 400 and "detail" in r.json(), bad

@@ -95,12 +95,17 @@ class ChunkListQuery(msgspec.Struct):
 
 
 class ChunkList(msgspec.Struct):
-    """Live chunk ids in id order, one page; `next_after` continues the listing (null: done)."""
+    """Live chunk ids in id order, one page; `next_after` continues the listing (null: done).
+
+    `stored_at` (added later, so older readers ignore it): unix seconds each listed copy was
+    stored, never earlier than the truth; the metadata service ages uncommitted copies by it.
+    """
 
     node_id: str
     count: int  # live chunks on the node in all
     chunk_ids: list[str]
     next_after: str | None
+    stored_at: dict[str, float] = {}
 
 
 class StorageNode:
@@ -292,7 +297,11 @@ def make_api(node: StorageNode) -> Api:
             raise ApiError(404, f"chunk {chunk_id} not found")
         if chunk_id in store.corrupt:
             raise ApiError(500, f"chunk {chunk_id} is corrupt on this node", code="CHUNK_CORRUPT")
-        await respond(send, 200, b"", node.chunk_headers(chunk_id, entry), length=entry[E_LEN])
+        headers = node.chunk_headers(chunk_id, entry)
+        stored = store.stored_times([chunk_id]).get(chunk_id)
+        if stored is not None:  # not on GET: the hot path stays as it is
+            headers.append((b"x-stored-at", repr(stored).encode()))
+        await respond(send, 200, b"", headers, length=entry[E_LEN])
 
     @api.delete(
         "/chunk/{chunk_id}",
@@ -321,7 +330,9 @@ def make_api(node: StorageNode) -> Api:
         summary="Live chunk and fragment ids here, in id order, paginated (after=, limit=)",
         description=(
             "For the metadata service's collection of leftover copies: after a repair or a "
-            "migration a node that was down still holds pieces no committed placement names."
+            "migration a node that was down still holds pieces no committed placement names. "
+            "`stored_at` gives each listed copy's stored time (unix s), by which copies of "
+            "uploads that never committed are aged."
         ),
     )
     async def list_chunks(request: Any, query: ChunkListQuery) -> ChunkList:
@@ -330,7 +341,8 @@ def make_api(node: StorageNode) -> Api:
         ids = sorted(k for k in list(store.live) if k > query.after)
         page = ids[: query.limit]
         more = len(ids) > query.limit
-        return ChunkList(node.node_id, store.chunk_count, page, page[-1] if more else None)
+        times = store.stored_times(page)
+        return ChunkList(node.node_id, store.chunk_count, page, page[-1] if more else None, times)
 
     @api.raw("HEAD", "/ping", media_type="text/plain", summary="Latency probe: node figures in headers")
     async def ping(scope: dict, receive: Any, send: Any) -> None:

@@ -124,6 +124,8 @@ class ChunkStore:
         self.commits = 0  # group commits that wrote something (one fsync round each)
         self.live: dict[str, tuple] = {}
         self.tombs: dict[str, tuple] = {}
+        self.put_times: dict[str, float] = {}  # stored time of chunks written since open (PUT, move)
+        self._sb_mtimes: dict[int, float] = {}  # superblock mtimes at open: recovered records' times
         self.files: dict[int, SuperblockFile] = {}
         self.recovery: RecoveryReport = self._open()
         self._writer = threading.Thread(target=self._write_loop, name="shoal-sb-writer", daemon=True)
@@ -138,6 +140,11 @@ class ChunkStore:
         self.seq = state.max_seq
         self.corrupt.update(report.corrupt)
         self.index.open(valid_len)
+        for f in files.values():
+            try:
+                self._sb_mtimes[f.id] = os.stat(f.path).st_mtime
+            except OSError:
+                pass
         if not files:
             f = SuperblockFile.create(self.sb_dir, 1, self.durable)
             self.files[f.id] = f
@@ -328,9 +335,18 @@ class ChunkStore:
             return
         if touched:
             self.commits += 1
+        now = time.time()
         for s in staged:
             if s.apply is not None:
                 self._apply(s.apply)
+            op = s.op
+            if op.kind == "put":  # a repeated PUT of the same bytes too: the copy is wanted again
+                self.put_times[op.chunk_id] = now
+            elif op.kind == "del":
+                self.put_times.pop(op.chunk_id, None)
+            elif op.kind == "move" and s.result and not op.tomb and op.chunk_id not in self.put_times:
+                assert op.expect is not None  # compaction keeps a recovered record's time
+                self.put_times[op.chunk_id] = self._sb_mtimes.get(op.expect[E_SB], now)
         for s in staged:
             s.op.future.set_result(s.result)
         self._closer.run()
@@ -519,6 +535,25 @@ class ChunkStore:
         estimate = (len(self.live) + len(self.tombs)) * 168 + 4096
         if self.index.size > 4 * estimate + (16 << 20):
             self._snapshot_index()
+
+    def stored_times(self, chunk_ids: list[str]) -> dict[str, float]:
+        """When each live chunk was stored (unix s), never earlier than the truth.
+
+        A PUT since this store was opened gives its own time; a record recovered at open, the
+        modification time its superblock file had then (the record was written no later). A
+        restart can only make a copy look younger, which delays, never hastens, its collection.
+        """
+        out: dict[str, float] = {}
+        now = time.time()
+        for cid in chunk_ids:
+            t = self.put_times.get(cid)
+            if t is None:
+                entry = self.live.get(cid)
+                if entry is None:
+                    continue
+                t = self._sb_mtimes.get(entry[E_SB], now)
+            out[cid] = t
+        return out
 
     # ------------------------------------------------------------------ figures
 
