@@ -169,9 +169,20 @@ def test_maintenance_route_shape(tmp_path):
             "failed",
             "deleted_pieces",
             "collected",
+            "orphans_collected",
+            "orphans_waiting",
+            "skipped",
+            "leader",
+            "lease",
             "last_error",
             "events",
         }
+        assert set(body["lease"]) == {"holder", "expires_at", "self", "ttl_sec"}
+        assert body["leader"] is False and body["lease"]["holder"] is None  # loop off: no lease held
+        assert body["lease"]["ttl_sec"] == 30.0
+        ran = httpx.post(c.meta.url + "/maintenance/run", timeout=30).json()
+        assert ran["passes"] == 1  # a pass by hand takes the lease for the pass...
+        assert ran["leader"] is False and ran["lease"]["holder"] is None  # ...and gives it back
 
 
 def test_leftover_copies_on_a_node_back_from_the_dead_are_collected(tmp_path):

@@ -5,8 +5,8 @@ comes back with copies the committed placement no longer uses; a failed commit, 
 that committed fewer nodes than it wrote to, leaves some too. They are deleted here, and only
 when deleting them can never lose data or disturb a commit in progress:
 
-- the chunk has a committed record (a copy of a chunk with none may be an upload or commit
-  still in flight: it is never touched);
+- the chunk has a committed record (copies of a chunk with none are left to
+  shoal.metadata.orphans, which waits a much longer grace for an upload in flight);
 - the copy is not a piece the committed placement puts on that node;
 - it was seen as a leftover at least `grace` seconds ago, under the same epoch, and the
   placement was committed at least `grace` seconds ago (pieces written for a migration or
@@ -18,7 +18,8 @@ when deleting them can never lose data or disturb a commit in progress:
   (so a leftover is never the last good copy: repair runs first, collection later).
 
 Nodes are collected when they come back (down -> healthy), while they have leftovers
-waiting for their grace, and every `interval` seconds for all healthy nodes.
+waiting for their grace, and every `interval` seconds for all healthy nodes. Only the holder
+of the maintenance lease collects (`allowed`, checked again before every delete).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 
 import httpx
 
@@ -33,6 +35,7 @@ from shoal.paxos.placement import ERASURE_TOTAL, parse_fragment_id, pieces
 
 from .chunks import ChunkService
 from .nodes import DOWN, HEALTHY, NodeRegistry
+from .orphans import OrphanCollector
 from .records import ChunkRecord
 from .store import MetadataStore
 
@@ -53,6 +56,8 @@ class LeftoverCollector:
         *,
         grace: float = 300.0,
         interval: float = 3600.0,
+        orphan_grace: float = 86400.0,
+        allowed: Callable[[], bool] = lambda: True,
     ) -> None:
         self.store = store
         self.registry = registry
@@ -65,6 +70,8 @@ class LeftoverCollector:
         self.last_scan: dict[str, float] = {}
         self.last_full = time.time()
         self.deleted = 0
+        self.allowed = allowed
+        self.orphans = OrphanCollector(store, chunks, client, grace=orphan_grace, allowed=allowed)
 
     def due(self, now: float | None = None) -> set[str]:
         """Node URLs to collect in this pass: returned, with leftovers pending, or all if due."""
@@ -81,15 +88,22 @@ class LeftoverCollector:
         # nodes with leftovers waiting: again once their grace may be over, not every pass
         again = max(self.grace / 2, 0.0)
         pending = {url for url, _ in self.seen if now - self.last_scan.get(url, 0.0) >= again}
+        again = min(max(self.orphans.grace / 4, 0.2), 600.0)  # a waiting orphan, once it may be due
+        pending |= {
+            url
+            for (url, _), at in self.orphans.due.items()
+            if at <= now and now - self.last_scan.get(url, 0.0) >= again
+        }
         todo = returned | pending
         if self.interval > 0 and now - self.last_full >= self.interval:
             self.last_full = now
             todo |= healthy
         return todo & healthy
 
-    async def run(self, now: float | None = None) -> int:
-        """One pass over the nodes that are due; returns how many copies were deleted."""
+    async def run(self, now: float | None = None) -> tuple[int, int]:
+        """One pass over the nodes that are due; how many leftover and orphan copies were deleted."""
         urls = sorted(self.due(now))
+        orphans_before = self.orphans.deleted
         done = await asyncio.gather(*(self.collect(u) for u in urls), return_exceptions=True)
         total = 0
         for url, n in zip(urls, done, strict=True):
@@ -97,11 +111,13 @@ class LeftoverCollector:
                 log.warning("collecting leftovers on %s failed: %s", url, n)
             else:
                 total += n
-        return total
+        orphans = self.orphans.deleted - orphans_before
+        return total - orphans, orphans
 
-    async def list_ids(self, node_url: str) -> list[str] | None:
-        """Every live id on the node (GET /chunks, paginated); None if it cannot be listed."""
-        ids: list[str] = []
+    async def list_ids(self, node_url: str) -> dict[str, float | None] | None:
+        """Every live id on the node with its stored time (GET /chunks, paginated; None where the
+        node does not report it); None if the node cannot be listed."""
+        ids: dict[str, float | None] = {}
         after = ""
         while True:
             try:
@@ -111,7 +127,9 @@ class LeftoverCollector:
             if r.status_code != 200:
                 return None
             body = r.json()
-            ids += body["chunk_ids"]
+            times = body.get("stored_at") or {}
+            for stored_id in body["chunk_ids"]:
+                ids[stored_id] = times.get(stored_id)
             if not body.get("next_after"):
                 return ids
             after = body["next_after"]
@@ -131,11 +149,14 @@ class LeftoverCollector:
         listed = set(ids)
         for key in [k for k in self.seen if k[0] == node_url and k[1] not in listed]:
             del self.seen[key]  # gone by other means
+        orphans: set[str] = set()
         deleted = 0
         for chunk_id, stored in by_chunk.items():
             record = await self.store.chunk(chunk_id)
-            if record is None:
-                continue  # never committed (yet): an upload or commit may be in flight
+            if record is None:  # never committed (yet): an upload may be in flight
+                orphans.update(stored)
+                deleted += await self.orphans.collect(node_url, chunk_id, {s: ids[s] for s in stored})
+                continue
             keep = {s for u, s, _ in pieces(record.placement, chunk_id) if u == node_url}
             extra = [s for s in stored if s not in keep]
             for s in keep:
@@ -153,11 +174,14 @@ class LeftoverCollector:
             latest = await self.store.chunk(chunk_id)
             if latest is None or latest.epoch != record.epoch or chunk_id in self.chunks.phases:
                 continue  # moved on while we checked: look again next time
+            if not self.allowed():
+                continue  # the maintenance lease ran out: the next holder decides
             for s in ready:
                 if await self._delete(node_url, s):
                     self.seen.pop((node_url, s), None)
                     deleted += 1
                     log.info("deleted leftover %s on %s (chunk at epoch %d)", s, node_url, record.epoch)
+        self.orphans.forget(node_url, orphans)
         self.deleted += deleted
         return deleted
 

@@ -3,7 +3,9 @@
 Both build the new pieces first, commit the new placement through ChunkPaxos (next epoch), and
 only then delete the pieces the new placement no longer uses: a crash at any point leaves the
 committed placement whole (at worst an orphan copy stays behind). Copies left on nodes that
-were down at the time are collected later (shoal.metadata.leftovers).
+were down at the time are collected later (shoal.metadata.leftovers). With several metadata
+processes on one store, only the holder of the maintenance lease (shoal.metadata.lease) runs
+a pass: two repairs of one chunk, or a repair next to a collection, would step on each other.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from shoal.paxos import ERASURE, REPLICATION, REPLICATION_FACTOR, Placement, Pla
 from shoal.paxos.placement import ERASURE_TOTAL, parse_fragment_id
 
 from .chunks import ChunkService, CommitFailed
+from .lease import Lease
 from .leftovers import LeftoverCollector
 from .mover import Mover, sha256_tag
 from .nodes import NodeRegistry
@@ -36,12 +39,27 @@ class Counters:
     failed: int = 0
     deleted_pieces: int = 0
     collected: int = 0  # leftover copies deleted from nodes that were down during a repair
+    skipped: int = 0  # loop ticks without a pass: another process holds the maintenance lease
     last_error: str = ""
     events: list[str] = field(default_factory=list)
 
     def note(self, text: str) -> None:
         self.events.append(f"{time.strftime('%H:%M:%S')} {text}")
         del self.events[:-50]
+
+
+class NotLeader(Exception):
+    """Another metadata process holds the maintenance lease."""
+
+    def __init__(self, lease: Lease) -> None:
+        cur = lease.current
+        who = f"{cur.holder} (lease expires at {cur.expires_at:.1f})" if cur else "another process"
+        super().__init__(f"maintenance runs in {who}; this process is {lease.holder}")
+
+
+def default_lease_ttl(interval: float) -> float:
+    """3 maintenance intervals (at least 1 s); 30 s when the loop is off (passes by hand)."""
+    return max(3 * interval, 1.0) if interval > 0 else 30.0
 
 
 class Maintenance:
@@ -59,6 +77,8 @@ class Maintenance:
         parallel: int = 4,
         gc_grace: float = 300.0,
         gc_interval: float = 3600.0,
+        orphan_grace: float = 86400.0,
+        lease_ttl: float | None = None,
     ) -> None:
         self.store = store
         self.registry = registry
@@ -70,44 +90,108 @@ class Maintenance:
         self.batch = batch
         self.parallel = parallel
         self.counters = Counters()
+        self.lease = Lease(store.kv, lease_ttl or default_lease_ttl(interval))
         self.collector = LeftoverCollector(
-            store, registry, chunks, mover.client, grace=gc_grace, interval=gc_interval
+            store,
+            registry,
+            chunks,
+            mover.client,
+            grace=gc_grace,
+            interval=gc_interval,
+            orphan_grace=orphan_grace,
+            allowed=self.lease.valid,
         )
         self.started = time.time()
-        self._task: asyncio.Task | None = None
+        self._tasks: list[asyncio.Task] = []
         self._pass = asyncio.Lock()  # the loop and POST /maintenance/run never overlap
 
     def start(self) -> None:
         if self.interval > 0:
-            self._task = asyncio.create_task(self._loop(), name="shoal-metadata-maintenance")
+            self._tasks = [
+                asyncio.create_task(self._keep(), name="shoal-metadata-lease"),
+                asyncio.create_task(self._loop(), name="shoal-metadata-maintenance"),
+            ]
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
+        for task in self._tasks:
+            task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+                await task
+        async with self._pass:  # a pass by hand may still be running: let it end first
+            with contextlib.suppress(Exception):  # the store may be gone; the lease then expires
+                await self.lease.release()
+
+    async def _keep(self) -> None:
+        """Acquire or renew the lease every ttl/3, independent of how long a pass takes."""
+        was = False
+        while True:
+            try:
+                now = await self.lease.tick()
+            except Exception as exc:  # store unreachable: our lease runs out by itself
+                log.warning("maintenance lease: %s", exc)
+                now = False
+            if now != was:
+                holder = self.lease.current.holder if self.lease.current else "nobody"
+                self.counters.note(
+                    "maintenance leader: this process" if now else f"maintenance led by {holder}"
+                )
+                was = now
+            await asyncio.sleep(self.lease.ttl / 3)
 
     async def _loop(self) -> None:
         while True:
             await asyncio.sleep(self.interval)
+            if not self.lease.valid():
+                self.counters.skipped += 1
+                continue
             try:
                 await self.run_once()
+            except NotLeader:
+                self.counters.skipped += 1
             except Exception as exc:  # keep the loop alive; the next pass retries
                 log.exception("maintenance pass failed")
                 self.counters.last_error = f"{type(exc).__name__}: {exc}"
 
     async def run_once(self) -> None:
+        """One pass, if this process holds (or can take) the lease; NotLeader otherwise."""
         async with self._pass:  # leftovers are judged between repairs, never during one
+            if not self._tasks:  # no keeper task: take the lease for this pass only
+                await self._run_by_hand()
+                return
+            if not self.lease.valid() and not await self.lease.tick():
+                raise NotLeader(self.lease)
             await self._run_once()
+
+    async def _run_by_hand(self) -> None:
+        if not await self.lease.tick():
+            raise NotLeader(self.lease)
+        keeper = asyncio.create_task(self._renew_while_running())
+        try:
+            await self._run_once()
+        finally:
+            keeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await keeper
+            await self.lease.release()
+
+    async def _renew_while_running(self) -> None:
+        while True:
+            await asyncio.sleep(self.lease.ttl / 3)
+            with contextlib.suppress(Exception):
+                await self.lease.tick()
 
     async def _run_once(self) -> None:
         self.counters.passes += 1
         await self.repair_pass()
         await self.migrate_pass()
-        collected = await self.collector.run()
+        if not self.lease.valid():  # lost while repairing: collection is for the holder only
+            return
+        collected, orphans = await self.collector.run()
         if collected:
             self.counters.collected += collected
             self.counters.note(f"deleted {collected} leftover copies")
+        if orphans:
+            self.counters.note(f"deleted {orphans} copies of chunks never committed")
 
     # -- repair -------------------------------------------------------------------------------
     def _lost_nodes(self) -> set[str]:

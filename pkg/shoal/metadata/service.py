@@ -30,7 +30,7 @@ from shoal.web import DETAIL_ENVELOPE, Api, ApiError
 from shoal.web import create_app as build_app
 
 from .chunks import ChunkService, CommitFailed, Times
-from .maintenance import Maintenance
+from .maintenance import Maintenance, NotLeader
 from .models import (
     CommitBody,
     CommitResult,
@@ -67,10 +67,22 @@ def add_arguments(parser) -> None:
     parser.add_argument("--repair-grace", type=float, default=60.0, help="seconds down before repair")
     parser.add_argument("--maintenance-interval", type=float, default=10.0, help="0 disables the loop")
     parser.add_argument(
+        "--maintenance-lease-ttl",
+        type=float,
+        default=None,
+        help="seconds the maintenance leader lease lasts unrenewed (default 3 intervals; 30 s if off)",
+    )
+    parser.add_argument(
         "--gc-grace", type=float, default=300.0, help="seconds a leftover copy waits before deletion"
     )
     parser.add_argument(
         "--gc-interval", type=float, default=3600.0, help="seconds between leftover scans of all nodes"
+    )
+    parser.add_argument(
+        "--orphan-grace",
+        type=float,
+        default=86400.0,
+        help="seconds a copy of a never-committed chunk waits before deletion",
     )
     parser.add_argument("--popularity-threshold", type=int, default=1000, help="views above -> replication")
     parser.add_argument("--migrate-settle", type=float, default=60.0, help="seconds a mode must hold")
@@ -130,6 +142,8 @@ class Metadata:
             repair_grace=float(_opt(o, "repair_grace", 60.0)),
             gc_grace=float(_opt(o, "gc_grace", 300.0)),
             gc_interval=float(_opt(o, "gc_interval", 3600.0)),
+            orphan_grace=float(_opt(o, "orphan_grace", 86400.0)),
+            lease_ttl=o.get("maintenance_lease_ttl"),
         )
         self.maintenance.start()
         log.info("metadata service up: proposer %s, %d nodes", self.proposer_id, len(self.registry.nodes))
@@ -540,9 +554,10 @@ def make_api(m: Metadata) -> Api:
         return overhead(await m.store.totals())
 
     # -- maintenance (beyond the spec: observe and trigger repair / migration) --------------------
-    @api.get("/maintenance", summary="Repair and migration counters and recent events")
+    @api.get("/maintenance", summary="Repair and migration counters, the leader lease, recent events")
     async def maintenance(request: Any) -> dict:
-        c = m.maintenance.counters
+        mt = m.maintenance
+        c = mt.counters
         return {
             "passes": c.passes,
             "migrated": c.migrated,
@@ -550,15 +565,26 @@ def make_api(m: Metadata) -> Api:
             "failed": c.failed,
             "deleted_pieces": c.deleted_pieces,
             "collected": c.collected,
+            "orphans_collected": mt.collector.orphans.deleted,
+            "orphans_waiting": mt.collector.orphans.waiting(),
+            "skipped": c.skipped,
+            "leader": mt.lease.valid(),
+            "lease": mt.lease.describe(),
             "last_error": c.last_error,
             "events": c.events,
         }
 
     @api.post(
-        "/maintenance/run", summary="Run one repair + migration + leftover collection pass now", timeout=300
+        "/maintenance/run",
+        summary="Run one repair + migration + leftover collection pass now (lease holder only)",
+        timeout=300,
+        extra_responses={409: "another metadata process holds the maintenance lease (named in detail)"},
     )
     async def maintenance_run(request: Any) -> dict:
-        await m.maintenance.run_once()
+        try:
+            await m.maintenance.run_once()
+        except NotLeader as exc:
+            raise ApiError(409, str(exc)) from None
         return await maintenance(request)
 
     return api
@@ -567,6 +593,10 @@ def make_api(m: Metadata) -> Api:
 def create_app(options: dict[str, Any]) -> Any:
     if options.get("store") == "etcd" and not options.get("etcd"):
         raise SystemExit("--store etcd needs --etcd http://host:2379[,http://host2:2379...]")
+    for name in ("maintenance_lease_ttl", "orphan_grace", "gc_grace"):
+        value = options.get(name)
+        if value is not None and not value >= 0:  # also refuses nan
+            raise SystemExit(f"--{name.replace('_', '-')} must be >= 0 seconds")
     m = Metadata(options)
 
     @asynccontextmanager
