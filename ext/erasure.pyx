@@ -220,7 +220,7 @@ cdef void _encode_columns(
     cdef XXH3_state_t st[N]
     cdef unsigned char *data[K]
     cdef unsigned char *parity[M]
-    cdef Py_ssize_t o = 0, n, start, take
+    cdef Py_ssize_t o = 0, n, take
     cdef int i
     for i in range(N):
         XXH3_64bits_reset(&st[i])
@@ -228,10 +228,9 @@ cdef void _encode_columns(
         n = min(<Py_ssize_t> COLUMN, per - o)
         for i in range(K):
             data[i] = frags[i] + HSIZE + o
-            start = i * per + o
-            take = 0 if start >= length else min(n, length - start)
+            take = _inside(i, per, length, o, n)
             if take > 0:
-                memcpy(data[i], src + start, take)
+                memcpy(data[i], src + i * per + o, take)
             if take < n:
                 memset(data[i] + take, 0, n - take)  # the last data fragment's zero padding
             SHOAL_XXH3_UPDATE(&st[i], data[i], n)
