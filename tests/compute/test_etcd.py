@@ -290,3 +290,57 @@ def test_a_node_id_held_by_another_live_node_is_refused_at_start(tmp_path, etcd,
     finally:
         api_a.close()
         a.stop()
+
+
+def test_a_node_whose_id_was_taken_over_while_it_was_frozen_stops_changing_instances(
+    tmp_path, etcd, templates
+):
+    """A frozen node's claim lapses and another host takes the id; thawed, it must not act (409)."""
+    import os
+    import signal
+    import time
+
+    ns = "compute" + uuid.uuid4().hex[:12]
+    args = [*etcd_args(etcd, ns), "--node-id", "frozen-host", "--node-claim-ttl", "1.5"]
+    a = start_service(tmp_path / "a", NO_DOCKER, "test:///default", templates, args)
+    api_a = Api(a.url)
+    b = None
+    try:
+        inst = vm(api_a, "kept", start=False)
+        os.killpg(a.proc.pid, signal.SIGSTOP)  # a long GC pause, a suspended VM, a partition
+        time.sleep(2.5)
+        try:
+            b = start_service(tmp_path / "b", NO_DOCKER, "test:///default", templates, args)
+        finally:
+            os.killpg(a.proc.pid, signal.SIGCONT)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:  # A's next renewal finds B's live claim
+            r = api_a.post("/instances", json=vm_body("refused"))
+            if r.status_code == 409:
+                break
+            api_a.delete(f"/instances/{r.json()['id']}")
+            time.sleep(0.2)
+        err = error_of(r, 409, "NODE_ID_IN_USE")
+        assert "frozen-host" in err["message"] and str((tmp_path / "b").resolve()) in err["message"]
+        error_of(api_a.put(f"/instances/{inst['id']}/start"), 409, "NODE_ID_IN_USE")
+        assert api_a.get(f"/instances/{inst['id']}").status_code == 200  # reads still answer
+
+        api_b = Api(b.url)
+        try:  # the holder acts as that node
+            assert vm(api_b, "by-b", start=False)["node"]["id"] == "frozen-host"
+        finally:
+            api_b.close()
+        b.stop()  # released: A takes its id back at its next renewal and may act again
+        b = None
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            r = api_a.put(f"/instances/{inst['id']}/stop", json={"force": True})
+            if r.status_code == 200:
+                break
+            time.sleep(0.2)
+        assert r.status_code == 200 and r.json()["state"] == "stopped"
+    finally:
+        api_a.close()
+        if b is not None:
+            b.stop()
+        a.stop()

@@ -76,6 +76,13 @@ class InstanceOnOtherNode(ComputeError):
     code = "INSTANCE_ON_OTHER_NODE"
 
 
+class NodeIdTakenOver(ComputeError):
+    """Another live host now holds this node's id: acting on its instances could double-act."""
+
+    status = 409
+    code = "NODE_ID_IN_USE"
+
+
 class RegistryUnavailable(ComputeError):
     """The registry's store (etcd) did not answer in time: a 503 to retry, not a 500."""
 

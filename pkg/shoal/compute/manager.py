@@ -29,6 +29,7 @@ from shoal.compute.errors import (
     InstanceOnOtherNode,
     InvalidBackend,
     NameConflict,
+    NodeIdTakenOver,
     OperationNotSupported,
     ValidationFailed,
 )
@@ -60,6 +61,7 @@ UNAVAILABLE = Observed("unknown", "backend unavailable")
 MISSING = Observed("error", "missing from backend")
 UNFINISHED = Observed("error", "creation did not finish")
 ACTIVE = ("running", "paused", "restarting", "stopping")
+READ_ONLY = frozenset({"usage"})  # local operations that change nothing
 LEGACY_NODE: dict[str, Any] = {}  # records written before nodes existed: local by definition
 
 
@@ -83,12 +85,15 @@ class ComputeManager:
         backends: dict[str, Backend],
         node: dict[str, Any] | None = None,
         endpoints: dict[str, str] | None = None,
+        claim: Any = None,
     ) -> None:
-        """node: this compute node ({"id", "hostname", "url"}); endpoints: each backend's daemon address."""
+        """node: this compute node ({"id", "hostname", "url"}); endpoints: each backend's daemon address;
+        claim: its NodeClaim (compute/nodes.py), whose `conflict` stops all changes while set."""
         self.registry = registry
         self.backends = backends
         self.node: dict[str, Any] = {k: v for k, v in (node or {"id": "local"}).items() if v is not None}
         self.endpoints = dict(endpoints or {})
+        self.claim = claim
         self._locks: dict[str, asyncio.Lock] = {}
 
     async def close(self) -> None:
@@ -119,9 +124,21 @@ class ComputeManager:
         node = record.get("node") or LEGACY_NODE
         return node.get("id", self.node["id"]) == self.node["id"]
 
+    def require_claim(self, operation: str) -> None:
+        """409 NODE_ID_IN_USE while another live host holds this node's id (a copy of this node)."""
+        other = self.claim.conflict if self.claim is not None else None
+        if other and operation not in READ_ONLY:
+            raise NodeIdTakenOver(
+                f"compute node id {self.node['id']!r} is now held by host {other.get('hostname')!r} "
+                f"(data dir {other.get('dataDir')!r}, pid {other.get('pid')}); this process no longer "
+                f"changes instances ({operation!r} refused): stop it, or give it its own --node-id",
+                {"node": self.node["id"], "operation": operation, "holder": other},
+            )
+
     def require_local(self, record: dict[str, Any], operation: str) -> dict[str, Any]:
         """The record, or 409 INSTANCE_ON_OTHER_NODE naming the owner (and its URL when it gave one)."""
         if self.is_local(record):
+            self.require_claim(operation)
             return record
         owner = record["node"]
         where = f" at {owner['url']}" if owner.get("url") else ""
@@ -297,6 +314,7 @@ class ComputeManager:
         raise RuntimeError("no free instance id after 4 random draws")
 
     async def create(self, spec: CreateInstance) -> Instance:
+        self.require_claim("create")
         backend = self.backend(spec.backend)
         backend.validate(spec)
         if await self.registry.name_taken(spec.name):  # early answer; the claim below decides

@@ -87,6 +87,12 @@ def add_arguments(parser: Any) -> None:
         default=None,
         help="this node's Compute API URL as others should call it (shown to other nodes' clients)",
     )
+    parser.add_argument(
+        "--node-claim-ttl",
+        type=float,
+        default=30.0,
+        help="seconds a node's claim on its id stays live without renewal (renewed every third of it)",
+    )
 
 
 def check_options(options: dict[str, Any]) -> None:
@@ -96,6 +102,9 @@ def check_options(options: dict[str, Any]) -> None:
     node_id = options.get("node_id")
     if node_id is not None and not NODE_ID.match(node_id):
         raise SystemExit(f"--node-id {node_id!r}: 1-63 letters, digits, '_', '.', '-'")
+    ttl = options.get("node_claim_ttl") or 30.0
+    if not 0.3 <= ttl <= 86400:  # also refuses NaN
+        raise SystemExit(f"--node-claim-ttl {ttl}: between 0.3 and 86400 seconds")
 
 
 def node_identity(options: dict[str, Any], data_dir: Path) -> dict[str, Any]:
@@ -358,7 +367,8 @@ def create_app(options: dict[str, Any]) -> Any:
             namespace=options.get("etcd_namespace"),
             files={"lmdb": "registry.lmdb", "sqlite": "registry.db"},
         )
-        claim = NodeClaim(store, node["id"], data_dir, node.get("url"))
+        ttl = float(options.get("node_claim_ttl") or 30.0)
+        claim = NodeClaim(store, node["id"], data_dir, node.get("url"), ttl=ttl, interval=ttl / 3)
         try:
             await claim.claim()  # refuses to start as a node id another live host holds
             registry = await InstanceRegistry(store).load()
@@ -380,7 +390,7 @@ def create_app(options: dict[str, Any]) -> Any:
             ),
         }
         endpoints = {"docker": docker_host, "kvm": libvirt_uri}
-        holder["manager"] = ComputeManager(registry, backends, node, endpoints)  # type: ignore[arg-type]
+        holder["manager"] = ComputeManager(registry, backends, node, endpoints, claim)  # type: ignore[arg-type]
         try:
             yield
         finally:
