@@ -113,3 +113,34 @@ async def test_kill_9_loses_no_acknowledged_write(backend, kill_after, tmp_path)
         assert await store.set("/after", b"ok") == 1
         w = store.watch("/crash/*", from_revision=1)
         assert len(w.pending()) == 2 * len(pairs)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+async def test_kill_9_of_concurrent_durable_writers_loses_no_acknowledged_write(backend, tmp_path):
+    """16 writers share group commits (one fsync for many writes): kill -9 mid-load loses none."""
+    path = store_path(tmp_path, backend)
+    proc = child("writers", backend, str(path), "16", start_new_session=True)
+    acked: dict[int, int] = {}
+    try:
+        for line in proc.stdout:
+            _, t, n = line.split()
+            acked[int(t)] = max(acked.get(int(t), -1), int(n))
+            if sum(v + 1 for v in acked.values()) >= 400:
+                break
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+    async with await open_store(backend, path) as store:
+        for t, top in acked.items():
+            for n in range(top + 1):
+                a = await store.get(f"/crash/{t}/{n}/a")
+                b = await store.get(f"/crash/{t}/{n}/b")
+                assert a is not None and b is not None, f"acknowledged write {t}/{n} lost"
+                assert a.value.startswith(b"%d:%d:" % (t, n)) and (a.value, a.revision) == (
+                    b.value,
+                    b.revision,
+                )
+        keys = await store.list("/crash/")
+        pairs = {k.rsplit("/", 1)[0] for k in keys}
+        assert len(keys) == 2 * len(pairs)  # never torn
+        assert await store.revision() == len(pairs)

@@ -12,7 +12,7 @@ LMDB keys are at most 511 bytes; keys of 511 bytes or more live in a "bucket" un
 511 bytes (a sorted list of (key, record)), which keeps range scans in key order.
 
 Threading is as for SqliteStore (measured in bench/kv): reads and non-durable commits run inline
-(~1-5 µs), durable commits (fsync, ~200 µs+) run on one writer thread. LMDB forbids changing the
+(~1-5 µs), durable commits (fsync, ~200 µs+) run on one writer thread, in groups (kv/group_commit.py). LMDB forbids changing the
 map size while any transaction of the process is open, so growing the map (MapFullError) or
 adopting a size grown by another process (MapResizedError) happens on the event loop thread
 while the writer thread is parked.
@@ -26,7 +26,6 @@ import struct
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 import lmdb
@@ -41,6 +40,7 @@ from .base import (
     validate_ops,
 )
 from .errors import KvError, StoreBusy, StoreClosed, VersionConflict
+from .group_commit import GroupCommitter
 from .keys import check_key, check_prefix, record_codec
 from .model import EVENT_TYPES, Entry, Event, Limits, TransactionOp, TxnResult
 
@@ -131,7 +131,7 @@ class LmdbStore(KvStore):
     """A KvStore in one LMDB file. Open with `await LmdbStore.open(path)`."""
 
     def __init__(self) -> None:  # use open()
-        self._writer: ThreadPoolExecutor | None = None
+        self._group: GroupCommitter | None = None
         self._resize_lock: asyncio.Lock | None = None
 
     @classmethod
@@ -180,7 +180,7 @@ class LmdbStore(KvStore):
         env.reader_check()  # free reader slots of processes that died (kill -9)
         self._kv = self._chg = None  # both live in the main database
         if self._offload:
-            self._writer = ThreadPoolExecutor(1, thread_name_prefix="shoal-kv-lmdb")
+            self._group = GroupCommitter(self._commit_batch, "shoal-kv-lmdb")
         return self
 
     # -- plumbing ------------------------------------------------------------------------------
@@ -208,7 +208,7 @@ class LmdbStore(KvStore):
         async with self._resize_lock:
             if self._closed:
                 raise StoreClosed()
-            if self._writer is None:
+            if self._group is None:
                 self._set_mapsize(size)
                 return
             loop = asyncio.get_running_loop()
@@ -219,7 +219,7 @@ class LmdbStore(KvStore):
                 loop.call_soon_threadsafe(lambda: parked.done() or parked.set_result(None))
                 release.wait()
 
-            done = loop.run_in_executor(self._writer, park)
+            done = asyncio.ensure_future(self._group.call(park))
             try:
                 await parked
                 self._set_mapsize(size)
@@ -237,16 +237,17 @@ class LmdbStore(KvStore):
             except lmdb.Error as err:
                 raise self._fail(err) from err
 
-    async def _write(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run a write transaction (inline or on the writer thread), growing the map as needed."""
+    async def _write(self, body: Callable[[lmdb.Transaction], T]) -> T:
+        """Run body(txn) in a write transaction (inline, or in the writer thread's next group
+        commit), growing the map as needed."""
         while True:
             if self._closed:
                 raise StoreClosed()
             try:
-                if self._writer is not None:
-                    result = await asyncio.get_running_loop().run_in_executor(self._writer, fn, *args)
+                if self._group is not None:
+                    result = await self._group.write(body)
                 else:
-                    result = fn(*args)
+                    result = self._wtxn(body)
             except _Grow as grow:
                 await self._resize(grow.size or 0)
                 continue
@@ -254,6 +255,51 @@ class LmdbStore(KvStore):
                 raise self._fail(err) from err
             self._notify()
             return result
+
+    def _commit_batch(self, items: list[tuple[Callable[..., Any], tuple]]) -> list[tuple[bool, Any]]:
+        """group_commit's backend: the bodies in one transaction, one commit (one fsync).
+
+        MDB_WRITEMAP allows no nested transaction, so a body that raises is taken out by
+        aborting and running the others again (they see the same state: nothing committed).
+        """
+        pending = list(range(len(items)))
+        out: list[tuple[bool, Any]] = [(False, None)] * len(items)
+        while pending:
+            try:
+                txn = self._env.begin(write=True)
+            except lmdb.MapResizedError:
+                return self._all(out, pending, _Grow(0))
+            failed = None
+            try:
+                for i in pending:
+                    body, args = items[i]
+                    try:
+                        out[i] = (True, body(txn, *args))
+                    except lmdb.Error:
+                        raise
+                    except Exception as exc:  # this write alone fails (conflict, limit, ...)
+                        failed = (i, exc)
+                        break
+                if failed is None:
+                    txn.commit()
+                    return out
+                txn.abort()
+            except (lmdb.MapFullError, lmdb.MapResizedError) as err:
+                txn.abort()
+                grow = _Grow(self._grow_size() if isinstance(err, lmdb.MapFullError) else 0)
+                return self._all(out, pending, grow)
+            except BaseException as exc:
+                txn.abort()
+                return self._all(out, pending, exc)
+            out[failed[0]] = (False, failed[1])
+            pending.remove(failed[0])
+        return out
+
+    @staticmethod
+    def _all(out: list, pending: list[int], exc: BaseException) -> list:
+        for i in pending:
+            out[i] = (False, exc)
+        return out
 
     def _wtxn(self, body: Callable[[lmdb.Transaction], T]) -> T:
         try:
@@ -368,7 +414,7 @@ class LmdbStore(KvStore):
     async def set(self, key: str, value: bytes) -> int:
         raw = check_key(key)
         value = self.limits.check_value(value)
-        return await self._write(self._wtxn, lambda txn: self._set(txn, raw, value))
+        return await self._write(lambda txn: self._set(txn, raw, value))
 
     def _set(self, txn: lmdb.Transaction, raw: bytes, value: bytes) -> int:
         short = len(raw) < SHORT
@@ -396,7 +442,7 @@ class LmdbStore(KvStore):
 
     async def delete(self, key: str) -> bool:
         raw = check_key(key)
-        return await self._write(self._wtxn, lambda txn: self._delete(txn, raw))
+        return await self._write(lambda txn: self._delete(txn, raw))
 
     def _delete(self, txn: lmdb.Transaction, raw: bytes) -> bool:
         if _read_rec(txn, self._kv, raw) is None:
@@ -410,7 +456,7 @@ class LmdbStore(KvStore):
         raw = check_key(key)
         check_expected(expected_version)
         value = self.limits.check_value(value)
-        return await self._write(self._wtxn, lambda txn: self._cas(txn, key, raw, expected_version, value))
+        return await self._write(lambda txn: self._cas(txn, key, raw, expected_version, value))
 
     def _cas(self, txn: lmdb.Transaction, key: str, raw: bytes, expected: int, value: bytes) -> int:
         cur = _read_rec(txn, self._kv, raw)
@@ -421,7 +467,7 @@ class LmdbStore(KvStore):
 
     async def transaction(self, ops: Sequence[TransactionOp]) -> TxnResult:
         checked = validate_ops(ops, self.limits)
-        return await self._write(self._wtxn, lambda txn: self._txn(txn, checked))
+        return await self._write(lambda txn: self._txn(txn, checked))
 
     def _txn(self, txn: lmdb.Transaction, ops: list[TransactionOp]) -> TxnResult:
         kv = self._kv
@@ -459,7 +505,7 @@ class LmdbStore(KvStore):
         try:
             return fn()
         except lmdb.MapResizedError:
-            if self._writer is None:
+            if self._group is None:
                 self._set_mapsize(0)
                 return fn()
             asyncio.get_running_loop().create_task(self._resize(0))
@@ -506,6 +552,6 @@ class LmdbStore(KvStore):
         if self._closed:
             return
         await super().close()
-        if self._writer is not None:
-            self._writer.shutdown(wait=True)
+        if self._group is not None:
+            await asyncio.to_thread(self._group.close)
         self._env.close()

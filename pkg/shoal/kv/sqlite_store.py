@@ -3,8 +3,9 @@
 Threading, decided by measurement (bench/kv, this machine): a small read or a synchronous=NORMAL
 commit costs 4-15 µs inline, while a hop to a worker thread costs ~30 µs, so those run inline on
 the event loop. A synchronous=FULL commit waits ~120 µs or more for fsync, so in durable mode the
-writes go to one dedicated writer thread (its own connection) and the loop stays free; reads stay
-inline on a second connection (WAL readers never wait for the writer).
+writes go to one dedicated writer thread (its own connection), which commits all the writes
+waiting in one transaction (kv/group_commit.py), and the loop stays free; reads stay inline on a
+second connection (WAL readers never wait for the writer).
 
 Writers of all processes serialise on BEGIN IMMEDIATE. Inline, the busy timeout is 0 and the
 coroutine backs off with asyncio.sleep instead of blocking the loop; in the writer thread SQLite's
@@ -23,7 +24,6 @@ import os
 import sqlite3
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from .base import (
@@ -36,6 +36,7 @@ from .base import (
     validate_ops,
 )
 from .errors import KvError, StoreBusy, StoreClosed, VersionConflict
+from .group_commit import GroupCommitter
 from .keys import check_key, prefix_end
 from .model import EVENT_TYPES, Entry, Event, Limits, TransactionOp, TxnResult
 from .sqlite_checkpoint import BACKSTOP, Checkpointer
@@ -92,7 +93,7 @@ class SqliteStore(KvStore):
     def __init__(self) -> None:  # use open()
         self._db: sqlite3.Connection
         self._wdb: sqlite3.Connection | None = None
-        self._writer: ThreadPoolExecutor | None = None
+        self._group: GroupCommitter | None = None
         self._checkpointer: Checkpointer | None = None
 
     @classmethod
@@ -128,11 +129,8 @@ class SqliteStore(KvStore):
         self._db = await asyncio.to_thread(self._connect, self.path, durable, busy_timeout, True)
         self._db.execute("PRAGMA busy_timeout = 0")  # inline: back off in asyncio, never block the loop
         if self._offload:
-            self._writer = ThreadPoolExecutor(1, thread_name_prefix="shoal-kv-sqlite")
-            loop = asyncio.get_running_loop()
-            self._wdb = await loop.run_in_executor(
-                self._writer, self._connect, self.path, durable, busy_timeout, False
-            )
+            self._wdb = await asyncio.to_thread(self._connect, self.path, durable, busy_timeout, False)
+            self._group = GroupCommitter(self._commit_batch, "shoal-kv-sqlite")
         if checkpoints == "background":
             self._checkpointer = Checkpointer(
                 lambda: self._connect(self.path, durable, busy_timeout, False), checkpoint_interval
@@ -184,35 +182,61 @@ class SqliteStore(KvStore):
         except sqlite3.Error as err:
             return await self._retry(lambda: self._db.execute(sql, params).fetchall(), err)
 
-    async def _write(self, fn: Callable[..., T], *args: Any) -> T:
-        if self._writer is not None:
+    async def _write(self, body: Callable[..., T], *args: Any) -> T:
+        """Run body(db, *args) in a write transaction: inline, or in the writer thread's next
+        group commit. Bodies never begin, commit or roll back themselves."""
+        if self._group is not None:
             if self._closed:
                 raise StoreClosed()
             try:
-                result = await asyncio.get_running_loop().run_in_executor(self._writer, fn, self._wdb, *args)
+                result = await self._group.write(body, *args)
             except sqlite3.Error as err:
                 raise self._fail(err) from err
         else:
             try:
-                result = fn(self._db, *args)
+                result = self._in_txn(self._db, body, *args)
             except sqlite3.Error as err:
-                result = await self._retry(fn, err, self._db, *args)
+                result = await self._retry(self._in_txn, err, self._db, body, *args)
         if self._checkpointer is not None:
             self._checkpointer.dirty = True
         self._notify()
         return result
 
-    def _txn(self, db: sqlite3.Connection, body: Callable[[sqlite3.Connection], T]) -> T:
+    @staticmethod
+    def _in_txn(db: sqlite3.Connection, body: Callable[..., T], *args: Any) -> T:
         db.execute("BEGIN IMMEDIATE")
         try:
-            result = body(db)
-            if db.in_transaction:
-                db.execute("COMMIT")
+            result = body(db, *args)
+            db.execute("COMMIT")
             return result
         except BaseException:
             if db.in_transaction:
                 db.execute("ROLLBACK")
             raise
+
+    def _commit_batch(self, items: list[tuple[Callable[..., Any], tuple]]) -> list[tuple[bool, Any]]:
+        """group_commit's backend: one transaction, each body in its own savepoint, one COMMIT."""
+        db = self._wdb
+        assert db is not None
+        out: list[tuple[bool, Any]] = []
+        try:
+            db.execute("BEGIN IMMEDIATE")  # the writer connection's busy timeout waits here
+            for body, args in items:
+                db.execute("SAVEPOINT w")
+                try:
+                    out.append((True, body(db, *args)))
+                except sqlite3.Error:
+                    raise  # the engine failed: the whole group fails
+                except Exception as exc:  # this write alone fails (conflict, limit, ...)
+                    db.execute("ROLLBACK TO w")
+                    out.append((False, exc))
+                db.execute("RELEASE w")
+            db.execute("COMMIT")
+        except sqlite3.Error as err:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            return [(False, err)] * len(items)
+        return out
 
     @staticmethod
     def _next_revision(db: sqlite3.Connection) -> int:
@@ -286,31 +310,23 @@ class SqliteStore(KvStore):
         return await self._write(self._set, key, value)
 
     def _set(self, db: sqlite3.Connection, key: str, value: bytes) -> int:
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            rev = self._next_revision(db)
-            now = time.time()
-            version = db.execute(UPSERT, (key, value, now, now, rev)).fetchone()[0]
-            db.execute(LOG, (rev << 16, key, 1 if version == 1 else 2, version, value))
-            floor = trim_floor(rev, self.limits.history)
-            if floor:
-                db.execute(TRIM, (floor << 16,))
-            db.execute("COMMIT")
-        except BaseException:
-            if db.in_transaction:
-                db.execute("ROLLBACK")
-            raise
+        rev = self._next_revision(db)
+        now = time.time()
+        version = db.execute(UPSERT, (key, value, now, now, rev)).fetchone()[0]
+        db.execute(LOG, (rev << 16, key, 1 if version == 1 else 2, version, value))
+        floor = trim_floor(rev, self.limits.history)
+        if floor:
+            db.execute(TRIM, (floor << 16,))
         return version
 
     async def delete(self, key: str) -> bool:
         check_key(key)
-        return await self._write(self._txn, self._delete_body(key))
+        return await self._write(self._delete_body(key))
 
     def _delete_body(self, key: str) -> Callable[[sqlite3.Connection], bool]:
         def body(db: sqlite3.Connection) -> bool:
             if db.execute(DELETE, (key,)).fetchone() is None:
-                db.execute("ROLLBACK")
-                return False
+                return False  # nothing was there: nothing written
             rev = self._next_revision(db)
             self._log(db, rev, [(key, 3, 0, None)])
             return True
@@ -321,7 +337,7 @@ class SqliteStore(KvStore):
         check_key(key)
         check_expected(expected_version)
         value = self.limits.check_value(value)
-        return await self._write(self._txn, self._cas_body(key, expected_version, value))
+        return await self._write(self._cas_body(key, expected_version, value))
 
     def _cas_body(self, key: str, expected: int, value: bytes) -> Callable[[sqlite3.Connection], int]:
         def body(db: sqlite3.Connection) -> int:
@@ -342,7 +358,7 @@ class SqliteStore(KvStore):
 
     async def transaction(self, ops: Sequence[TransactionOp]) -> TxnResult:
         checked = validate_ops(ops, self.limits)
-        return await self._write(self._txn, self._txn_body(checked))
+        return await self._write(self._txn_body(checked))
 
     def _txn_body(self, ops: list[TransactionOp]) -> Callable[[sqlite3.Connection], TxnResult]:
         def body(db: sqlite3.Connection) -> TxnResult:
@@ -351,10 +367,8 @@ class SqliteStore(KvStore):
                 return 0 if row is None else row[0]
 
             versions, deleted, writes = plan_transaction(ops, version_of)
-            if not writes:
-                rev = self._next_revision(db) - 1
-                db.execute("ROLLBACK")
-                return TxnResult(rev, versions, deleted)
+            if not writes:  # checks only: nothing written
+                return TxnResult(self._next_revision(db) - 1, versions, deleted)
             rev = self._next_revision(db)
             self._log(db, rev, self._apply(db, rev, writes))
             return TxnResult(rev, versions, deleted)
@@ -402,11 +416,10 @@ class SqliteStore(KvStore):
         if self._closed:
             return
         await super().close()
-        if self._writer is not None:
-            wdb = self._wdb
-            if wdb is not None:
-                await asyncio.get_running_loop().run_in_executor(self._writer, wdb.close)
-            self._writer.shutdown(wait=True)
+        if self._group is not None:
+            await asyncio.to_thread(self._group.close)
+            if self._wdb is not None:
+                self._wdb.close()  # the writer thread has stopped: nothing else uses it
         if self._checkpointer is not None:
             await asyncio.to_thread(self._checkpointer.close)
         self._db.close()

@@ -41,6 +41,25 @@ async def writer(backend: str, path: str) -> None:
         n += 1
 
 
+async def writers(backend: str, path: str, tasks: int) -> None:
+    """`tasks` concurrent writers of pair transactions (durable: they share group commits)."""
+    store = await open_store(backend, path)
+    payload = b"p" * 200
+
+    async def one(t: int) -> None:
+        n = 0
+        while True:
+            value = b"%d:%d:" % (t, n) + payload
+            await store.transaction(
+                [TransactionOp.set(f"/crash/{t}/{n}/a", value), TransactionOp.set(f"/crash/{t}/{n}/b", value)]
+            )
+            sys.stdout.write(f"ack {t} {n}\n")
+            sys.stdout.flush()
+            n += 1
+
+    await asyncio.gather(*(one(t) for t in range(tasks)))
+
+
 async def race(backend: str, path: str, rounds: int, go: str) -> None:
     store = await open_store(backend, path, durable=False)
     while not await asyncio.to_thread(os.path.exists, go):
@@ -77,6 +96,8 @@ def main(argv: list[str]) -> None:
     job, backend, path, *rest = argv
     if job == "writer":
         asyncio.run(writer(backend, path))
+    elif job == "writers":
+        asyncio.run(writers(backend, path, int(rest[0])))
     elif job == "race":
         asyncio.run(race(backend, path, int(rest[0]), rest[1]))
     elif job == "burst":
