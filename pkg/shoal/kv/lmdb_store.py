@@ -12,8 +12,9 @@ LMDB keys are at most 511 bytes; keys of 511 bytes or more live in a "bucket" un
 511 bytes (a sorted list of (key, record)), which keeps range scans in key order.
 
 Threading is as for SqliteStore (measured in bench/kv): reads and non-durable commits run inline
-(~1-5 µs), durable commits (fsync, ~200 µs+) run on one writer thread, in groups (kv/group_commit.py). LMDB forbids changing the
-map size while any transaction of the process is open, so growing the map (MapFullError) or
+(~1-5 µs), durable commits (fsync, ~200 µs+) run on one writer thread, in groups
+(kv/group_commit.py). LMDB forbids changing the map size while any transaction of the process
+is open, so growing the map (MapFullError) or
 adopting a size grown by another process (MapResizedError) happens on the event loop thread
 while the writer thread is parked.
 """
