@@ -83,3 +83,22 @@ async def test_a_group_that_fails_to_commit_fails_every_write_in_it(backend, tmp
     finally:
         group._commit_batch = real
         await store.close()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+async def test_writes_racing_close_fail_cleanly_instead_of_hanging(backend, tmp_path):
+    from shoal.kv import StoreClosed
+
+    store = await durable(backend, tmp_path)
+    pending = [asyncio.ensure_future(store.set(f"/c/{i}", b"x")) for i in range(50)]
+    await asyncio.sleep(0)
+    await store.close()
+    late = await asyncio.gather(store._group.write(lambda *a: None), return_exceptions=True)
+    assert isinstance(late[0], StoreClosed)
+    done = await asyncio.wait_for(asyncio.gather(*pending, return_exceptions=True), 10)
+    assert all(r == 1 or isinstance(r, StoreClosed) for r in done)  # committed, or refused: never hung
+    again = await durable(backend, tmp_path)
+    try:
+        assert len(await again.list("/c/")) == sum(r == 1 for r in done)  # acknowledged ones are there
+    finally:
+        await again.close()

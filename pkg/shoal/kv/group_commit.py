@@ -35,10 +35,16 @@ class GroupCommitter:
     """The writer thread of one store: batches `write()`s into `commit_batch` calls."""
 
     def __init__(
-        self, commit_batch: Callable[[list[Item]], list[Outcome]], name: str, max_batch: int = 128
+        self,
+        commit_batch: Callable[[list[Item]], list[Outcome]],
+        name: str,
+        max_batch: int = 128,
+        closed: Callable[[], BaseException] = lambda: RuntimeError("the writer thread is closed"),
     ) -> None:
         self._commit_batch = commit_batch
         self.max_batch = max_batch
+        self._closed_error = closed
+        self._closing = False
         self.batches = 0  # commits made, and writes in them: the grouping, for tests and figures
         self.writes = 0
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
@@ -56,11 +62,15 @@ class GroupCommitter:
     def _submit(self, kind: str, fn: Callable[..., Any], args: tuple) -> asyncio.Future:
         loop = asyncio.get_running_loop()
         fut = loop.create_future()
-        self._queue.put((kind, fn, args, fut, loop))
+        if self._closing:
+            fut.set_exception(self._closed_error())
+        else:
+            self._queue.put((kind, fn, args, fut, loop))
         return fut
 
     def close(self) -> None:
-        """Finish what is queued, then stop the thread (blocks until it has)."""
+        """Finish what is queued, then stop the thread (blocks until it has); later writes fail."""
+        self._closing = True
         self._queue.put(_STOP)
         with contextlib.suppress(RuntimeError):
             self._thread.join()
@@ -71,6 +81,7 @@ class GroupCommitter:
             item = held if held is not None else self._queue.get()
             held = None
             if item is _STOP:
+                self._fail_stragglers()
                 return
             if item[0] == "c":
                 _settle([(item, _run(item[1], item[2]))])
@@ -92,6 +103,16 @@ class GroupCommitter:
             self.batches += 1
             self.writes += len(group)
             _settle(list(zip(group, outcomes, strict=True)))
+
+    def _fail_stragglers(self) -> None:
+        """Items queued after close() raced past its flag: they fail, they are never left waiting."""
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                return
+            if item is not _STOP:
+                _settle([(item, (False, self._closed_error()))])
 
 
 def _run(fn: Callable[..., Any], args: tuple) -> Outcome:

@@ -181,7 +181,7 @@ class LmdbStore(KvStore):
         env.reader_check()  # free reader slots of processes that died (kill -9)
         self._kv = self._chg = None  # both live in the main database
         if self._offload:
-            self._group = GroupCommitter(self._commit_batch, "shoal-kv-lmdb")
+            self._group = GroupCommitter(self._commit_batch, "shoal-kv-lmdb", closed=StoreClosed)
         return self
 
     # -- plumbing ------------------------------------------------------------------------------

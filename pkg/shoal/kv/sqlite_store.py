@@ -130,7 +130,7 @@ class SqliteStore(KvStore):
         self._db.execute("PRAGMA busy_timeout = 0")  # inline: back off in asyncio, never block the loop
         if self._offload:
             self._wdb = await asyncio.to_thread(self._connect, self.path, durable, busy_timeout, False)
-            self._group = GroupCommitter(self._commit_batch, "shoal-kv-sqlite")
+            self._group = GroupCommitter(self._commit_batch, "shoal-kv-sqlite", closed=StoreClosed)
         if checkpoints == "background":
             self._checkpointer = Checkpointer(
                 lambda: self._connect(self.path, durable, busy_timeout, False), checkpoint_interval
