@@ -74,21 +74,6 @@ def _config(tmp_path: Path, liveness: dict, services: dict[str, dict]) -> tuple[
     return path, ports
 
 
-def _launch(up: Up) -> Up:
-    """Like Up.start, without waiting for `ready` (a service is stopped before it can be)."""
-    up.proc = subprocess.Popen(
-        [sys.executable, "-m", "shoal", "up", *up.layout_args, *up.args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env=up.env,
-        start_new_session=True,
-    )
-    up._reader = threading.Thread(target=up._read, daemon=True)
-    up._reader.start()
-    return up
-
-
 def _service(up: Up, name: str) -> dict:
     for _ in range(50):  # up.json is replaced atomically, but may not exist yet
         with contextlib.suppress(OSError, ValueError):
@@ -206,7 +191,7 @@ def test_stopped_during_start_grace_is_not_restarted_before_grace_ends(tmp_path)
     root = tmp_path / "data"
     up = Up(root, 0, "--config", str(config), env=_env("slow"))
     launched = time.monotonic()  # its services start after this
-    _launch(up)
+    up.launch()  # not start(): a service is stopped before `ready` can be printed
     try:
         first = _service(up, "slow")["pid"]
         os.killpg(first, signal.SIGSTOP)  # still importing: the whole group stops mid-start

@@ -107,6 +107,27 @@ def wait_for(check, timeout: float = 40.0):
     raise AssertionError("condition not reached in time")
 
 
+def place_replicated_and_erasure(c, erasure, vid: str, prefix: str, seed: int, size: int):
+    """Commit `<prefix>-r0` (3 replicas on nodes 0-2, index 0) and `<prefix>-e0` (3+2 fragments on
+    nodes 1-5, index 1); returns (replicated bytes, erasure-coded bytes, its fragments)."""
+    m = c.meta.url
+    rep = blob(seed, size)
+    for u in c.urls[:3]:
+        c.put(u, f"{prefix}-r0", rep)
+    assert commit(m, f"{prefix}-r0", vid, 0, rep, c.urls[:3]).status_code == 200
+    ec = blob(seed + 1, size)
+    frags = erasure.encode(ec)
+    meta = []
+    for i, (u, f) in enumerate(zip(c.urls[1:], frags, strict=True)):
+        c.put(u, f"{prefix}-e0-frag-{i}", f)
+        meta.append({"fragment_index": i, "node_url": u, "size_bytes": len(f), "checksum": sha(f)})
+    r = commit(
+        m, f"{prefix}-e0", vid, 1, ec, c.urls[1:], redundancy_mode="erasure_coding", fragments_metadata=meta
+    )
+    assert r.status_code == 200, r.text
+    return rep, ec, frags
+
+
 def test_repair_after_node_killed_and_after_corruption(tmp_path):
     erasure = erasure_or_skip()
     args = (
@@ -116,20 +137,7 @@ def test_repair_after_node_killed_and_after_corruption(tmp_path):
     with Cluster(tmp_path, nodes=6, meta_args=args, heartbeat=0.3) as c:
         m = c.meta.url
         vid = new_video(m)
-        rep = blob(50, 150_000)
-        for u in c.urls[:3]:
-            c.put(u, "rp-r0", rep)
-        assert commit(m, "rp-r0", vid, 0, rep, c.urls[:3]).status_code == 200
-        ec = blob(51, 150_000)
-        frags = erasure.encode(ec)
-        meta = []
-        for i, (u, f) in enumerate(zip(c.urls[1:], frags, strict=True)):
-            c.put(u, f"rp-e0-frag-{i}", f)
-            meta.append({"fragment_index": i, "node_url": u, "size_bytes": len(f), "checksum": sha(f)})
-        r = commit(
-            m, "rp-e0", vid, 1, ec, c.urls[1:], redundancy_mode="erasure_coding", fragments_metadata=meta
-        )
-        assert r.status_code == 200, r.text
+        rep, ec, frags = place_replicated_and_erasure(c, erasure, vid, "rp", 50, 150_000)
         bad = blob(52, 150_000)
         for u in c.urls[2:5]:
             c.put(u, "rp-r1", bad)
@@ -196,20 +204,7 @@ def test_leftover_copies_on_a_node_back_from_the_dead_are_collected(tmp_path):
     with Cluster(tmp_path, nodes=6, meta_args=args, heartbeat=0.3) as c:
         m = c.meta.url
         vid = new_video(m)
-        rep = blob(60, 120_000)
-        for u in c.urls[:3]:
-            c.put(u, "gc-r0", rep)
-        assert commit(m, "gc-r0", vid, 0, rep, c.urls[:3]).status_code == 200
-        ec = blob(61, 120_000)
-        frags = erasure.encode(ec)
-        meta = []
-        for i, (u, f) in enumerate(zip(c.urls[1:], frags, strict=True)):
-            c.put(u, f"gc-e0-frag-{i}", f)
-            meta.append({"fragment_index": i, "node_url": u, "size_bytes": len(f), "checksum": sha(f)})
-        r = commit(
-            m, "gc-e0", vid, 1, ec, c.urls[1:], redundancy_mode="erasure_coding", fragments_metadata=meta
-        )
-        assert r.status_code == 200, r.text
+        rep, ec, _ = place_replicated_and_erasure(c, erasure, vid, "gc", 60, 120_000)
         dead = c.urls[1]
         c.put(dead, "gc-upload", blob(62, 50_000))  # written by an upload that has not committed
 

@@ -66,7 +66,8 @@ class Up:
     def output(self) -> str:
         return "\n".join(self.lines)
 
-    def start(self, timeout: float = 180.0) -> Up:
+    def launch(self) -> Up:
+        """Start `shoal up` and its output reader, without waiting for it to be ready."""
         cmd = [sys.executable, "-m", "shoal", "up", *self.layout_args, *self.args]
         self.proc = subprocess.Popen(
             cmd,
@@ -78,6 +79,10 @@ class Up:
         )
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
+        return self
+
+    def start(self, timeout: float = 180.0) -> Up:
+        self.launch()
         try:
             self.wait_for("shoal up: ready", timeout)
         except Exception:
