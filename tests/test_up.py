@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from shoal.layout import IDLE_COMMAND, ConfigError, layout, load_config, settings_from
+from shoal.platform.layout import IDLE_COMMAND, ConfigError, layout, load_config, settings_from
 from shoal.testing import free_port, wait_http
 
 
@@ -269,7 +269,7 @@ def _fenced(text: str, lang: str, after: str = "") -> str:
 
 
 def test_docs_nginx_config_is_what_shoal_writes():
-    from shoal.nginx import server_config
+    from shoal.platform.nginx import server_config
 
     documented = _fenced(DOC.read_text(), "nginx", "<!-- nginx-config")
     assert documented == server_config(layout(settings_from({}), check_built=False)[0])

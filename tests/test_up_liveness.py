@@ -22,10 +22,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from shoal.layout import ConfigError, Liveness, layout, settings_from
+from shoal.platform.layout import ConfigError, Liveness, layout, settings_from
+from shoal.platform.up import probe_health
 from shoal.testing import free_port
 from shoal.testing.platform import Up
-from shoal.up import probe_health
 
 DEADLINE = 60.0  # generous: only ever a bound on how long we wait, never on how fast it is
 
@@ -319,7 +319,7 @@ def test_liveness_config_errors_say_what_is_wrong(config, message):
 
 
 def test_liveness_line_is_logfmt():
-    from shoal.up import _logfmt
+    from shoal.platform.up import _logfmt
 
     line = _logfmt(service="kv", failures=3, reason="status 503", empty="")
     assert line == 'service=kv failures=3 reason="status 503" empty=""'

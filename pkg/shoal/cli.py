@@ -14,7 +14,7 @@ import sys
 from collections.abc import Sequence
 
 from shoal import __version__
-from shoal.services import SERVICES, load_service
+from shoal.platform.services import SERVICES, load_service
 from shoal.web.proxy import add_arguments as proxy_arguments
 
 
@@ -55,14 +55,14 @@ def build_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
     selected = argv[1] if len(argv) > 1 and argv[0] == "serve" else None
     _serve_parser(sub, selected)
 
-    from shoal.up import add_status_arguments, add_up_arguments
+    from shoal.platform.up import add_status_arguments, add_up_arguments
 
     up = sub.add_parser("up", help="run the whole platform on this machine, supervised; Ctrl-C stops all")
     add_up_arguments(up)
     status = sub.add_parser("status", help="health of each service `shoal up` runs")
     add_status_arguments(status)
     demo = sub.add_parser("demo", help="upload and play a test video through a running `shoal up`")
-    from shoal.demo import add_arguments as demo_arguments
+    from shoal.platform.demo import add_arguments as demo_arguments
 
     demo_arguments(demo)
 
@@ -94,15 +94,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         serve(args.service, options)
         return 0
     if args.command == "doctor":
-        from shoal.doctor import run_doctor
+        from shoal.platform.doctor import run_doctor
 
         return run_doctor(as_json=args.json)
     if args.command == "up":
-        from shoal.up import run_up
+        from shoal.platform.up import run_up
 
         return run_up(args)
     if args.command == "demo":
-        from shoal.demo import run_demo
+        from shoal.platform.demo import run_demo
 
         return run_demo(args)
     if args.command == "upload":
@@ -114,7 +114,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return run_play(args)
     if args.command == "status":
-        from shoal.up import run_status
+        from shoal.platform.up import run_status
 
         return run_status(args)
     return 2

@@ -9,7 +9,7 @@ import sys
 import httpx
 import pytest
 
-from shoal.demo import DemoError, register_nodes
+from shoal.platform.demo import DemoError, register_nodes
 from shoal.state.client import StateClient
 from shoal.testing.platform import Up, free_offset
 

@@ -359,7 +359,7 @@ async def open_store(options: dict[str, Any]) -> KvStore:
 
 
 def check_options(options: dict[str, Any]) -> None:
-    """Refuse bad flag combinations before the server starts (see shoal.services)."""
+    """Refuse bad flag combinations before the server starts (see shoal.platform.services)."""
     if options.get("store") == "memory" and int(options.get("workers") or 1) > 1:
         raise SystemExit("--store memory cannot be shared by several workers; use sqlite or lmdb")
     if options.get("store") == "etcd" and not options.get("etcd"):

@@ -115,7 +115,7 @@ ETCD_SHARED = "--store etcd: every State Service on this etcd namespace shares o
 
 
 def check_options(options: dict[str, Any]) -> None:
-    """Refuse bad flag combinations before the server starts (see shoal.services)."""
+    """Refuse bad flag combinations before the server starts (see shoal.platform.services)."""
     if (options.get("store") or "lmdb") == "etcd":
         check_etcd_options(options)
     address = options.get("admin_address")

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from shoal.layout import Child, layout, settings_from
+from shoal.platform.layout import Child, layout, settings_from
 from shoal.testing import free_port, stop_group, wait_http
 
 

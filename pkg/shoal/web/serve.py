@@ -18,7 +18,7 @@ from typing import Any
 
 import orjson
 
-from shoal.services import load_service
+from shoal.platform.services import load_service
 from shoal.web import proxy
 from shoal.web.logs import setup_logging
 

@@ -1,11 +1,11 @@
 """`shoal up`: the whole platform on one machine, supervised; `shoal status`: its health.
 
-Each process of the layout (shoal.layout: State Service, kv, metadata, five storage nodes,
+Each process of the layout (shoal.platform.layout: State Service, kv, metadata, five storage nodes,
 uploader, dashboard, Compute API, State Manager) runs as its own `shoal serve` with data under
 DATA_ROOT/<name> and its log in DATA_ROOT/logs/<name>.log. A process that exits on its own is
 restarted with backoff (1 s doubling to 30 s, back to 1 s once it has run for a minute). A process
 that runs but stops answering (deadlock, SIGSTOP) is caught by liveness probes (`GET /health`,
-shoal.layout.Liveness): after its start grace, N failed probes in a row kill its process group
+shoal.platform.layout.Liveness): after its start grace, N failed probes in a row kill its process group
 and it goes through the same restart path. When every service answers /health (and the storage
 nodes have registered) one summary of URLs is printed, ending with the line `shoal up: ready`.
 Ctrl-C or SIGTERM stops everything (SIGTERM first so in-flight requests finish; a second Ctrl-C
@@ -34,7 +34,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from shoal.layout import Child, ConfigError, Settings, layout, load_config, settings_from
+from shoal.platform.layout import Child, ConfigError, Settings, layout, load_config, settings_from
 
 READY_TIMEOUT = 120.0  # 13 Python processes start in ~20 s on 2 busy cores; leave room
 STABLE_AFTER = 60.0  # a process that ran this long before exiting restarts after 1 s again
@@ -383,7 +383,7 @@ def run_up(args: argparse.Namespace, out: IO[str] = sys.stdout) -> int:
         return 2
     children, missing = layout(settings)
     if getattr(args, "nginx_config", False):
-        from shoal.nginx import server_config
+        from shoal.platform.nginx import server_config
 
         print(server_config(children, args.nginx_listen), file=out)
         return 0

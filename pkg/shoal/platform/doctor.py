@@ -10,7 +10,7 @@ import orjson
 
 from shoal import __version__
 from shoal._native import HOT_PATHS, implementation
-from shoal.services import SERVICES, available
+from shoal.platform.services import SERVICES, available
 
 
 def _dockerd() -> str:

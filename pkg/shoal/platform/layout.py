@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from shoal.services import SERVICES, available
+from shoal.platform.services import SERVICES, available
 
 # Default ports of the layout. Storage nodes skip 8084 (the uploader's); the manager's own
 # default (8080) is the metadata service's, so it moves to 8087 here.

@@ -9,7 +9,7 @@
 7. print the dashboard URL and the playback figures (startup latency, rebuffers, throughput)
 
 With --proxy-url every request goes through a reverse proxy with the layout's path prefixes
-(shoal.nginx); chunks still come straight from the storage nodes the metadata service names.
+(shoal.platform.nginx); chunks still come straight from the storage nodes the metadata service names.
 """
 
 from __future__ import annotations
@@ -28,8 +28,8 @@ from typing import IO, Any
 
 import httpx
 
-from shoal.layout import Child, ConfigError, layout
-from shoal.up import add_layout_arguments, settings_from_args
+from shoal.platform.layout import Child, ConfigError, layout
+from shoal.platform.up import add_layout_arguments, settings_from_args
 
 
 class DemoError(Exception):

@@ -13,7 +13,7 @@ kv watch streams); each service enforces its own body limit, so the 413 is in it
 
 from __future__ import annotations
 
-from shoal.layout import Child
+from shoal.platform.layout import Child
 
 _HEADERS = (
     ("Host", "$http_host"),

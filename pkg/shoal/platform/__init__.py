@@ -1,0 +1,1 @@
+"""Platform-wide commands and tables: the service registry, `shoal up`/`status`/`demo`, the layout, nginx config, doctor."""
