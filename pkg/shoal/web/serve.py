@@ -9,26 +9,37 @@ granian starts worker processes that import `shoal.web.serve:app_factory`; the s
 its parsed options reach them through the SHOAL_SERVE environment variable, so every worker
 builds the same app. granian handles SIGTERM/SIGINT: in-flight requests finish and each
 worker's lifespan shutdown (flushes, closes) runs before the process exits.
+
+The process model (shoal.runtime): before any worker starts, the main process takes the data
+dir's lock (a second start on a live data dir exits 1 naming the holder) and checks the port is
+not bound by another process; each worker ends within a second of its main process's death,
+whatever killed it (shoal.runtime.lifetime).
 """
 
 from __future__ import annotations
 
 import os
+import sys
 from typing import Any
 
 import orjson
 
 from shoal.platform.services import load_service
+from shoal.runtime import datadir_lock, lifetime, ports
 from shoal.web import proxy
 from shoal.web.logs import setup_logging
 
 ENV = "SHOAL_SERVE"
+_held: list = []  # the data dir locks of this process, open for its whole life
 
 
 def app_factory() -> Any:
     """Build the app named in SHOAL_SERVE (called once in each worker)."""
     spec = orjson.loads(os.environ[ENV])
     setup_logging(spec["options"].get("log_level"))
+    lifetime.watch_parent(spec["pid"])  # no-op when the main process serves in-process
+    if spec["options"].get("data_dir") and spec["pid"] != os.getpid():
+        _held.append(datadir_lock.hold_as_worker(spec["options"]["data_dir"]))
     app = load_service(spec["service"]).create_app(spec["options"])
     return proxy.wrap(app, spec["options"])  # X-Forwarded-* from trusted proxies, --root-path
 
@@ -45,10 +56,22 @@ def serve(service: str, options: dict[str, Any]) -> None:
         check(options)  # bad flag combinations end here (SystemExit), before any worker starts
     workers = int(options.get("workers") or 1)
     workers = min(workers, getattr(module, "MAX_WORKERS", workers))
-    os.environ[ENV] = orjson.dumps({"service": service, "options": options}).decode()
+    claim(service, options)
+    os.environ[ENV] = orjson.dumps({"service": service, "options": options, "pid": os.getpid()}).decode()
     setup_logging(options.get("log_level"))
     server = options.get("server") or getattr(module, "DEFAULT_SERVER", "granian")
     (serve_uvicorn if server == "uvicorn" else serve_granian)(options, workers)
+
+
+def claim(service: str, options: dict[str, Any]) -> None:
+    """Take the data dir, then make sure the port is ours alone; SystemExit(1) with the holder."""
+    try:
+        if options.get("data_dir"):
+            _held.append(datadir_lock.acquire(options["data_dir"], service, options.get("port")))
+        ports.check_free(options["host"], int(options["port"]))
+    except (datadir_lock.DataDirBusy, ports.PortInUse) as exc:
+        print(f"shoal serve {service}: {exc}", file=sys.stderr, flush=True)
+        raise SystemExit(1) from None
 
 
 def serve_uvicorn(options: dict[str, Any], workers: int) -> None:
