@@ -19,6 +19,7 @@ import pytest
 
 from shoal.platform.layout import IDLE_COMMAND, ConfigError, layout, load_config, settings_from
 from shoal.testing import free_port, wait_http
+from shoal.testing.procs import alive, descendants, refuses, wait_until
 
 
 def test_up_supervises_and_stops(tmp_path):
@@ -279,3 +280,30 @@ def test_docs_config_example_is_valid():
     s = settings_from(tomllib.loads(_fenced(DOC.read_text(), "toml")))
     children = by_name(layout(s, check_built=False)[0])
     assert children["storage-6"].port == 8089 and "kv" not in children
+
+
+def test_kill_9_of_shoal_up_takes_its_services_with_it(tmp_path):
+    """The kernel tells each service (PR_SET_PDEATHSIG); their workers follow them."""
+    offset = free_port() - 8000
+    env = {
+        **os.environ,
+        "SHOAL_SERVICE_MODULES": "example=tests.web.example_service",
+        "SHOAL_ACCESS_LOG": "0",
+    }
+    cmd = [sys.executable, "-m", "shoal", "up", "--only", "example", "--data-root", str(tmp_path)]
+    proc = subprocess.Popen(
+        [*cmd, "--port-offset", str(offset)], env=env, stdout=subprocess.DEVNULL, start_new_session=True
+    )
+    url = f"http://127.0.0.1:{8000 + offset}"
+    try:
+        wait_http(url + "/health", 30, proc)
+        tree = descendants(proc.pid)
+        assert len(tree) >= 2, tree  # `shoal serve example` and its granian worker
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(5)
+        took = wait_until(lambda: not any(alive(p) for p in tree) and refuses(8000 + offset), 5.0)
+        assert took is not None, f"left running: {[p for p in tree if alive(p)]}"
+        assert (tmp_path / "example" / "stopped").exists()  # SIGTERM: the graceful path ran
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)

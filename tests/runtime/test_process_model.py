@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -16,6 +15,7 @@ import httpx
 import pytest
 
 from shoal.testing import ServiceProcess, free_port, stop_group, wait_http
+from shoal.testing.procs import alive, descendants, refuses, wait_until
 
 UNREACHABLE = "http://127.0.0.1:9"  # nothing listens on the discard port here
 SERVICES = {
@@ -32,51 +32,6 @@ CASES = [(name, 1) for name in SERVICES] + [("kv", 2)]  # the others run one wor
 GONE_WITHIN = 2.0
 
 
-def descendants(pid: int) -> set[int]:
-    """Every live process below `pid` (by the parent links in /proc)."""
-    children: dict[int, list[int]] = {}
-    for entry in os.scandir("/proc"):
-        if entry.name.isdigit():
-            try:
-                stat = Path(f"/proc/{entry.name}/stat").read_text()
-            except OSError:
-                continue
-            ppid = int(stat.rsplit(")", 1)[1].split()[1])
-            children.setdefault(ppid, []).append(int(entry.name))
-    found, todo = set(), [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            if child not in found:
-                found.add(child)
-                todo.append(child)
-    return found
-
-
-def alive(pid: int) -> bool:
-    """True while `pid` exists and is not a zombie."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
-
-
-def refuses(port: int) -> bool:
-    with socket.socket() as s:
-        s.settimeout(1.0)
-        return s.connect_ex(("127.0.0.1", port)) != 0
-
-
-def wait_until(check, timeout: float) -> float | None:
-    """Seconds until check() held, or None if it did not within `timeout`."""
-    t0 = time.monotonic()
-    while time.monotonic() - t0 < timeout:
-        if check():
-            return time.monotonic() - t0
-        time.sleep(0.02)
-    return None
-
-
 def wait_workers(svc: ServiceProcess, want: int) -> set[int]:
     """The main process's descendants once at least `want` of them run (granian's workers)."""
     deadline = time.monotonic() + 20
@@ -85,7 +40,9 @@ def wait_workers(svc: ServiceProcess, want: int) -> set[int]:
         if len(tree) >= want:
             return tree
         time.sleep(0.05)
-    raise AssertionError(f"{svc.service}: expected {want} worker process(es), have {descendants(svc.proc.pid)}")
+    raise AssertionError(
+        f"{svc.service}: expected {want} worker process(es), have {descendants(svc.proc.pid)}"
+    )
 
 
 def service(name: str, data_dir: Path, workers: int, port: int | None = None) -> ServiceProcess:
@@ -127,7 +84,9 @@ def test_kill_9_of_the_main_pid_leaves_nothing(tmp_path: Path, name: str, worker
         os.kill(main, signal.SIGKILL)
         svc.proc.wait(5)
         took = wait_until(lambda: not any(alive(p) for p in tree) and refuses(svc.port), GONE_WITHIN)
-        assert took is not None, f"left running: {[p for p in tree if alive(p)]}; port refuses: {refuses(svc.port)}"
+        assert took is not None, (
+            f"left running: {[p for p in tree if alive(p)]}; port refuses: {refuses(svc.port)}"
+        )
 
         # a restart on the same data dir and port works
         again = service(name, tmp_path / "data", workers, port=svc.port).start()

@@ -9,7 +9,9 @@ shoal.platform.layout.Liveness): after its start grace, N failed probes in a row
 and it goes through the same restart path. When every service answers /health (and the storage
 nodes have registered) one summary of URLs is printed, ending with the line `shoal up: ready`.
 Ctrl-C or SIGTERM stops everything (SIGTERM first so in-flight requests finish; a second Ctrl-C
-kills at once); nothing is restarted or probed once stopping has begun.
+kills at once); nothing is restarted or probed once stopping has begun. A `shoal up` killed
+with SIGKILL takes its services with it: each gets SIGTERM from the kernel (PR_SET_PDEATHSIG,
+shoal.runtime.lifetime) and its workers follow it.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from urllib.parse import urlsplit
 import httpx
 
 from shoal.platform.layout import Child, ConfigError, Settings, layout, load_config, settings_from
+from shoal.runtime.lifetime import child_options
 
 READY_TIMEOUT = 120.0  # 13 Python processes start in ~20 s on 2 busy cores; leave room
 STABLE_AFTER = 60.0  # a process that ran this long before exiting restarts after 1 s again
@@ -137,7 +140,7 @@ class Supervisor:
         cmd = [sys.executable, "-m", "shoal", "serve", c.service, "--host", self.settings.host]
         cmd += ["--port", str(c.port), "--data-dir", c.data_dir, *c.args]
         if p.log_path is None:
-            p.proc = subprocess.Popen(cmd, start_new_session=True)
+            p.proc = subprocess.Popen(cmd, **child_options())
         else:
             p.log_path.parent.mkdir(parents=True, exist_ok=True)
             with open(p.log_path, "ab") as log:  # the child keeps its own descriptor
@@ -146,7 +149,7 @@ class Supervisor:
                     stdout=log,
                     stderr=subprocess.STDOUT,
                     stdin=subprocess.DEVNULL,
-                    start_new_session=True,
+                    **child_options(),  # its own group (killed whole), and it dies with `shoal up`
                 )
         p.started = time.monotonic()
         p.healthy = p.answered = False
