@@ -28,7 +28,8 @@ SERVICES = {
     "compute": ["--docker-host", "unix:///nonexistent/docker.sock", "--libvirt-uri", "test:///default"],
     "manager": [],
 }
-CASES = [(name, 1) for name in SERVICES] + [("kv", 2)]  # the others run one worker (MAX_WORKERS = 1)
+SERVICES["kv-uvicorn"] = ["--server", "uvicorn"]  # uvicorn's workers are spawned (exec), not forked
+CASES = [(name, 1) for name in SERVICES] + [("kv", 2), ("kv-uvicorn", 2)]  # the rest: MAX_WORKERS = 1
 GONE_WITHIN = 2.0
 
 
@@ -51,11 +52,11 @@ def service(name: str, data_dir: Path, workers: int, port: int | None = None) ->
         args += ["--token", "t0k3n"]
     if workers > 1:
         args += ["--workers", str(workers)]
-    return ServiceProcess(name, data_dir, args, port=port)
+    return ServiceProcess(name.split("-")[0], data_dir, args, port=port)
 
 
 def run_refused(svc: ServiceProcess, port: int, data_dir: Path) -> tuple[subprocess.CompletedProcess, float]:
-    cmd = service(svc.service, data_dir, 1, port).command()
+    cmd = service(svc.service, data_dir, 1, port).command()  # the service's defaults are enough
     t0 = time.monotonic()
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=30, env=svc.env)
     return done, time.monotonic() - t0
@@ -66,8 +67,8 @@ def test_kill_9_of_the_main_pid_leaves_nothing(tmp_path: Path, name: str, worker
     svc = service(name, tmp_path / "data", workers).start()
     try:
         main = svc.proc.pid
-        uvicorn_single = name == "storage"  # uvicorn with one worker serves in the main process
-        tree = wait_workers(svc, 0 if uvicorn_single else workers)
+        in_process = name in ("storage", "kv-uvicorn") and workers == 1  # uvicorn serves in its main
+        tree = wait_workers(svc, 0 if in_process else workers)
 
         # a second start on the live data dir is refused at once, naming the holder, touching nothing
         lock = (tmp_path / "data" / ".shoal-serve.lock").read_text()
