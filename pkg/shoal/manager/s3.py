@@ -8,8 +8,9 @@ from typing import Any
 from shoal.manager.config import Storage
 
 
-def client(storage: Storage) -> Any:
-    """A boto3 S3 client (path-style, short timeouts: the manager must never hang on S3)."""
+def client(storage: Storage, timeout: float = 10.0, attempts: int = 3) -> Any:
+    """A boto3 S3 client (path-style, short timeouts: the manager must never hang on S3).
+    `timeout` bounds the connect and each read; `attempts` counts the first try."""
     import boto3
     from botocore.config import Config
 
@@ -21,9 +22,9 @@ def client(storage: Storage) -> Any:
         region_name=storage.region,
         config=Config(
             s3={"addressing_style": "path"},
-            connect_timeout=5,
-            read_timeout=10,
-            retries={"max_attempts": 2, "mode": "standard"},
+            connect_timeout=min(timeout, 5.0),
+            read_timeout=timeout,
+            retries={"total_max_attempts": attempts, "mode": "standard"},
         ),
     )
 

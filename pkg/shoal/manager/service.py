@@ -80,6 +80,14 @@ def _api_error(exc: ManagerError | CheckpointError) -> ApiError:
 def make_api(manager: Manager) -> Api:
     api = Api(tags=["manager"])
 
+    @api.get(
+        "/health",
+        summary="healthy, or degraded (still 200) with the reasons: S3 not answering, process fatal",
+    )
+    async def health(request: Any) -> dict:
+        # 200 either way: a dependency's fault must not get the manager killed by a liveness probe
+        return await manager.health()
+
     @api.get("/", summary="Process, component and configuration status")
     async def status(request: Any) -> dict:
         return manager.status()

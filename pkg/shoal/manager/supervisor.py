@@ -2,6 +2,10 @@
 
 - The child gets its own process group (so a stop reaches everything it spawned) and inherits
   the manager's stdout and stderr: its output is forwarded with no pipe to drain or lose.
+- It dies with the manager (shoal.runtime.lifetime: PR_SET_PDEATHSIG sends it SIGTERM when
+  the manager's event loop thread ends, even by kill -9), so two managers never run two copies.
+  It is spawned from the event loop thread for that reason. A child that ignores SIGTERM can
+  still outlive a killed manager: the pidfile lets the next start stop it.
 - An exit nobody asked for is restarted after `restart_delay`. A child that dies within
   `start_secs` of starting counts as a failed start; after `start_retries` failed starts in a
   row it is left stopped in state "fatal", with a growing delay (backoff) between tries.
@@ -14,12 +18,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import signal
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from shoal.runtime import lifetime
 
 log = logging.getLogger("shoal.manager.supervisor")
 
@@ -36,6 +42,8 @@ class SupervisorOptions:
     cwd: str | None = None
     name: str = "process"
     pidfile: Path | None = None  # lets a restarted manager stop the child a crashed one left
+    stdout: int | None = None  # a file descriptor for stdout and stderr; None inherits the manager's
+    prepare: Callable[[], Awaitable[None]] | None = None  # run before every start (stale mounts)
 
 
 def describe_exit(returncode: int) -> dict[str, Any]:
@@ -123,15 +131,20 @@ class Supervisor:
         )
 
     async def _spawn(self) -> bool:
+        out = self.options.stdout
         try:
+            if self.options.prepare is not None:
+                await self.options.prepare()
             self._proc = await asyncio.create_subprocess_exec(
                 *self.options.command,
                 env=self.options.env,
                 cwd=self.options.cwd,
-                start_new_session=True,
                 stdin=asyncio.subprocess.DEVNULL,
+                stdout=out,
+                stderr=None if out is None else asyncio.subprocess.STDOUT,
+                **lifetime.child_options(),  # own process group; SIGTERM when we die
             )
-        except OSError as exc:
+        except (OSError, RuntimeError) as exc:
             self.spawn_error = f"cannot start {self.options.command[0]!r}: {exc}"
             log.error("%s: %s", self.options.name, self.spawn_error)
             self._proc = None
@@ -205,5 +218,4 @@ class Supervisor:
 
     @staticmethod
     def _signal(pgid: int, sig: signal.Signals) -> None:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(pgid, sig)
+        lifetime.kill_group(pgid, sig)
