@@ -5,6 +5,7 @@ shoal up [--data-root ./shoal-data] [--port-offset N] [--config FILE]   the plat
 shoal status [same layout flags]          health of what `shoal up` runs
 shoal demo [same layout flags]            upload and play a test video through it
 shoal doctor                              native hot paths and optional components
+shoal auth init|key|secret|node-token --dir D   credentials the services check (--auth-dir D)
 """
 
 from __future__ import annotations
@@ -76,6 +77,11 @@ def build_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
 
     play_arguments(play)
 
+    auth = sub.add_parser("auth", help="credentials: cluster secret, API keys (create, list, revoke)")
+    from shoal.platform.auth import add_arguments as auth_arguments
+
+    auth_arguments(auth)
+
     doctor = sub.add_parser("doctor", help="which hot paths are native, which components are here")
     doctor.add_argument("--json", action="store_true", help="machine-readable output")
     return parser
@@ -113,6 +119,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from shoal.client.cli import run_play
 
         return run_play(args)
+    if args.command == "auth":
+        from shoal.platform.auth import run as run_auth
+
+        return run_auth(args)
     if args.command == "status":
         from shoal.platform.up import run_status
 
