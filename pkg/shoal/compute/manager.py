@@ -9,6 +9,10 @@ created it (`node.id`), and only that node acts on it: it alone reaches the inst
 and it alone writes the record, under its lock. Other nodes list and show the instance (state
 `unknown`, as they cannot observe it) and refuse changes with 409 INSTANCE_ON_OTHER_NODE,
 naming the owner, rather than proxying: a refusal cannot half-apply.
+
+Every daemon call goes through that backend's BackendHealth (compute/health.py): a daemon that
+stops answering (hung, not down) costs a call `--backend-timeout` seconds, not its own 30 s
+timeout, and views that ask both backends show the answering one and name the silent one.
 """
 
 from __future__ import annotations
@@ -16,8 +20,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable
+from typing import Any, TypeVar
 
 import msgspec
 
@@ -33,6 +37,7 @@ from shoal.compute.errors import (
     OperationNotSupported,
     ValidationFailed,
 )
+from shoal.compute.health import DEFAULT_TIMEOUT, BackendHealth, Health
 from shoal.compute.models import (
     BACKENDS,
     STATES,
@@ -63,6 +68,7 @@ UNFINISHED = Observed("error", "creation did not finish")
 ACTIVE = ("running", "paused", "restarting", "stopping")
 READ_ONLY = frozenset({"usage"})  # local operations that change nothing
 LEGACY_NODE: dict[str, Any] = {}  # records written before nodes existed: local by definition
+T = TypeVar("T")
 
 
 def _builtins(obj: Any) -> Any:
@@ -86,20 +92,34 @@ class ComputeManager:
         node: dict[str, Any] | None = None,
         endpoints: dict[str, str] | None = None,
         claim: Any = None,
+        backend_timeout: float = DEFAULT_TIMEOUT,
     ) -> None:
         """node: this compute node ({"id", "hostname", "url"}); endpoints: each backend's daemon address;
-        claim: its NodeClaim (compute/nodes.py), whose `conflict` stops all changes while set."""
+        claim: its NodeClaim (compute/nodes.py), whose `conflict` stops all changes while set;
+        backend_timeout: how long a daemon may leave a probe unanswered before it counts as hung."""
         self.registry = registry
         self.backends = backends
         self.node: dict[str, Any] = {k: v for k, v in (node or {"id": "local"}).items() if v is not None}
         self.endpoints = dict(endpoints or {})
         self.claim = claim
         self._locks: dict[str, asyncio.Lock] = {}
+        self.health = {n: BackendHealth(n, b.ping, backend_timeout) for n, b in backends.items()}
 
     async def close(self) -> None:
-        for backend in self.backends.values():
-            with contextlib.suppress(Exception):
-                await backend.close()
+        for name, backend in self.backends.items():
+            await self.health[name].close()
+            with contextlib.suppress(Exception):  # a hung daemon must not hold the shutdown
+                async with asyncio.timeout(max(5.0, self.health[name].timeout)):
+                    await backend.close()
+
+    async def call(self, backend: str, awaitable: Awaitable[T]) -> T:
+        """A daemon call, abandoned with 503 BACKEND_UNAVAILABLE once that daemon stops answering."""
+        return await self.health[backend].guard(awaitable)
+
+    async def backends_health(self) -> dict[str, Health]:
+        """Every backend probed at once; takes at most the backend timeout."""
+        names = list(self.health)
+        return dict(zip(names, await asyncio.gather(*(self.health[n].status() for n in names)), strict=True))
 
     # ---- lookups -----------------------------------------------------------------------------
 
@@ -168,9 +188,9 @@ class ComputeManager:
             return self.remote(record)
         if not record.get("backendId"):
             return UNFINISHED
-        backend = self.backends[record["backend"]]
+        name = record["backend"]
         try:
-            seen = await backend.observe(record["backendId"])
+            seen = await self.call(name, self.backends[name].observe(record["backendId"]))
         except BackendUnavailable:
             return UNAVAILABLE
         return MISSING if seen is None else seen
@@ -179,7 +199,8 @@ class ComputeManager:
         """Like observe, but a down backend is an error (an action cannot proceed)."""
         if not record.get("backendId"):
             return UNFINISHED
-        seen = await self.backends[record["backend"]].observe(record["backendId"])
+        name = record["backend"]
+        seen = await self.call(name, self.backends[name].observe(record["backendId"]))
         return MISSING if seen is None else seen
 
     # ---- views -------------------------------------------------------------------------------
@@ -225,11 +246,12 @@ class ComputeManager:
         record = await self.record_by_name(name)
         return self.view(record, await self.observe(record))
 
-    async def _observe_backend(self, name: str) -> dict[str, Observed] | None:
+    async def _observe_backend(self, name: str) -> dict[str, Observed] | str:
+        """Every instance's state on that backend, or why the backend did not say."""
         try:
-            return await self.backends[name].observe_all()
-        except BackendUnavailable:
-            return None
+            return await self.call(name, self.backends[name].observe_all())
+        except BackendUnavailable as exc:
+            return str(exc.details.get("reason") or exc.message)
 
     async def list(self, query: ListQuery) -> InstanceList:
         if query.backend is not None:
@@ -244,11 +266,12 @@ class ComputeManager:
         seen_by = dict(
             zip(wanted, await asyncio.gather(*(self._observe_backend(b) for b in wanted)), strict=True)
         )
+        unavailable = {b: why for b, why in seen_by.items() if isinstance(why, str)}
         views = []
         for r in records:
             if not self.is_local(r):
                 seen = self.remote(r)
-            elif (seen_all := seen_by[r["backend"]]) is None:
+            elif isinstance(seen_all := seen_by[r["backend"]], str):
                 seen = UNAVAILABLE
             elif not r.get("backendId"):
                 seen = UNFINISHED
@@ -262,6 +285,7 @@ class ComputeManager:
             total=len(views),
             page=query.page,
             page_size=query.page_size,
+            unavailable_backends=unavailable,
         )
 
     # ---- create / update / delete -----------------------------------------------------------
@@ -320,18 +344,18 @@ class ComputeManager:
         if await self.registry.name_taken(spec.name):  # early answer; the claim below decides
             raise self._taken(spec.name)
         # Capacity first, so a refused request leaves no record behind.
-        await backend.check_limits(spec.resources)
+        await self.call(spec.backend, backend.check_limits(spec.resources))
         record, lock = await self._claim(spec, backend)  # a crash from here on leaves a visible record
         instance_id = record["id"]
         try:
             try:
-                record["backendId"] = await backend.create(record, spec)
+                record["backendId"] = await self.call(spec.backend, backend.create(record, spec))
             except BaseException:
                 await self.registry.remove(instance_id)  # and frees the name
                 raise
             await self.registry.put(record)
             if spec.start:
-                await backend.start(record["backendId"])
+                await self.call(spec.backend, backend.start(record["backendId"]))
         finally:
             lock.release()
         return await self.get(instance_id)
@@ -341,8 +365,11 @@ class ComputeManager:
             if body.resources is not None and body.resources != Resources():
                 seen = await self._observe_live(record)
                 self._require_present(seen, "update")
-                backend = self.backends[record["backend"]]
-                await backend.update(record["backendId"], body.resources, seen.state in ACTIVE)
+                name = record["backend"]
+                running = seen.state in ACTIVE
+                await self.call(
+                    name, self.backends[name].update(record["backendId"], body.resources, running)
+                )
                 merged = dict(record.get("resources") or {})
                 merged.update({k: v for k, v in _builtins(body.resources).items() if v})
                 record = {**record, "resources": merged}
@@ -362,7 +389,8 @@ class ComputeManager:
                         {"state": seen.state, "operation": "delete"},
                         status=409,
                     )
-                await self.backends[record["backend"]].delete(record["backendId"], record)
+                name = record["backend"]
+                await self.call(name, self.backends[name].delete(record["backendId"], record))
             await self.registry.remove(instance_id)
         self._locks.pop(instance_id, None)
 
@@ -385,6 +413,11 @@ class ComputeManager:
             status=409,
         )
 
+    async def _act(self, record: dict[str, Any], operation: str, *args: Any) -> None:
+        """One lifecycle call (start, stop, ...) on the record's backend, guarded."""
+        name = record["backend"]
+        await self.call(name, getattr(self.backends[name], operation)(record["backendId"], *args))
+
     async def _touch(self, record: dict[str, Any]) -> None:
         await self.registry.put({**record, "updatedAt": now_iso()})
 
@@ -395,7 +428,7 @@ class ComputeManager:
             if seen.state == "paused":
                 raise self._conflict(seen, "start", "; unpause it")
             if seen.state not in ("running", "restarting"):
-                await self.backends[record["backend"]].start(record["backendId"])
+                await self._act(record, "start")
                 await self._touch(record)
         return await self.get(instance_id)
 
@@ -404,7 +437,7 @@ class ComputeManager:
             seen = await self._observe_live(record)
             self._require_present(seen, "stop")
             if seen.state != "stopped":
-                await self.backends[record["backend"]].stop(record["backendId"], force, timeout)
+                await self._act(record, "stop", force, timeout)
                 await self._touch(record)
         return await self.get(instance_id)
 
@@ -412,13 +445,12 @@ class ComputeManager:
         async with self.locked(instance_id, "restart") as record:
             seen = await self._observe_live(record)
             self._require_present(seen, "restart")
-            backend = self.backends[record["backend"]]
             if seen.state == "paused":
-                await backend.unpause(record["backendId"])
+                await self._act(record, "unpause")
             if seen.state == "stopped":
-                await backend.start(record["backendId"])
+                await self._act(record, "start")
             else:
-                await backend.restart(record["backendId"], force, timeout)
+                await self._act(record, "restart", force, timeout)
             await self._touch(record)
         return await self.get(instance_id)
 
@@ -427,7 +459,7 @@ class ComputeManager:
             seen = await self._observe_live(record)
             self._require_present(seen, "pause")
             if seen.state == "running":
-                await self.backends[record["backend"]].pause(record["backendId"])
+                await self._act(record, "pause")
                 await self._touch(record)
             elif seen.state != "paused":
                 raise self._conflict(seen, "pause")
@@ -438,7 +470,7 @@ class ComputeManager:
             seen = await self._observe_live(record)
             self._require_present(seen, "unpause")
             if seen.state == "paused":
-                await self.backends[record["backend"]].unpause(record["backendId"])
+                await self._act(record, "unpause")
                 await self._touch(record)
             elif seen.state != "running":
                 raise self._conflict(seen, "unpause")
@@ -448,20 +480,24 @@ class ComputeManager:
         record = await self.local_record(instance_id, "usage")
         seen = await self._observe_live(record)
         self._require_present(seen, "read usage of")
-        return await self.backends[record["backend"]].usage(record["backendId"], record)
+        name = record["backend"]
+        return await self.call(name, self.backends[name].usage(record["backendId"], record))
 
     # ---- cluster -----------------------------------------------------------------------------
 
     async def backend_info(self, name: str) -> BackendInfo:
-        return await self.backend(name).info()
+        return await self.call(name, self.backend(name).info())
 
     async def _backend_status(self, name: str) -> BackendStatus:
         # this node's backends: their capacity, and the instances on them (not other nodes')
         records = [r for r in await self.registry.all() if r["backend"] == name and self.is_local(r)]
         backend = self.backends[name]
+
+        async def look() -> tuple[Any, dict[str, Observed]]:
+            return await backend.capacity(), await backend.observe_all()
+
         try:
-            cap = await backend.capacity()
-            seen = await backend.observe_all()
+            cap, seen = await self.call(name, look())
         except BackendUnavailable as exc:
             return BackendStatus(
                 status="unavailable", instances=len(records), reason=exc.details.get("reason")

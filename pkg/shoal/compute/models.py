@@ -181,6 +181,9 @@ class InstanceList(Out):
     total: int
     page: int
     page_size: int
+    # backend -> why it did not answer; its instances are listed with state `unknown`
+    # (left out of the body when every backend answered, so the documented shape is unchanged)
+    unavailable_backends: dict[str, str] = {}
 
 
 class CpuUsage(Out):

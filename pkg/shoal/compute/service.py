@@ -10,6 +10,10 @@ or `sqlite` for one host, or `--store etcd --etcd URL[,URL]` so that compute ser
 several hosts (each with its own dockerd and libvirt) share one registry: names unique across
 all of them, every instance listed everywhere, and each instance acted on only by the node
 that owns it (`--node-id`, by default generated once into DATA_DIR/node-id).
+
+/health probes both daemons at once (`--backend-timeout`, 2 s) and says `degraded`, with a
+reason per backend, when one does not answer; it stays a 200 then, because `shoal up` restarts a
+service whose /health fails, and restarting compute cannot fix a hung dockerd.
 """
 
 from __future__ import annotations
@@ -29,9 +33,11 @@ import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
 
+from shoal import __version__
 from shoal.compute.backends.docker import DockerBackend
 from shoal.compute.backends.kvm import KvmBackend
 from shoal.compute.errors import ComputeError, RegistryUnavailable, ValidationFailed
+from shoal.compute.health import DEFAULT_TIMEOUT
 from shoal.compute.manager import ComputeManager, check_backend
 from shoal.compute.models import (
     STOP_BODY_SCHEMA,
@@ -88,6 +94,13 @@ def add_arguments(parser: Any) -> None:
         help="this node's Compute API URL as others should call it (shown to other nodes' clients)",
     )
     parser.add_argument(
+        "--backend-timeout",
+        type=float,
+        default=DEFAULT_TIMEOUT,
+        help="seconds a daemon (dockerd, libvirtd) may leave a probe unanswered before it counts as "
+        "hung: /health says degraded, lists show the other backend, calls on it answer 503",
+    )
+    parser.add_argument(
         "--node-claim-ttl",
         type=float,
         default=30.0,
@@ -105,6 +118,9 @@ def check_options(options: dict[str, Any]) -> None:
     ttl = options.get("node_claim_ttl") or 30.0
     if not 0.3 <= ttl <= 86400:  # also refuses NaN
         raise SystemExit(f"--node-claim-ttl {ttl}: between 0.3 and 86400 seconds")
+    timeout = options.get("backend_timeout") or DEFAULT_TIMEOUT
+    if not 0.05 <= timeout <= 60:
+        raise SystemExit(f"--backend-timeout {timeout}: between 0.05 and 60 seconds")
 
 
 def node_identity(options: dict[str, Any], data_dir: Path) -> dict[str, Any]:
@@ -294,6 +310,34 @@ def make_api(get_manager: Callable[[], ComputeManager]) -> Api:
     return api
 
 
+def make_health_api(get_manager: Callable[[], ComputeManager]) -> Api:
+    """GET /health: open, and answered within the backend timeout whatever the daemons do."""
+    api = Api(tags=["service"])
+
+    @api.get("/health", summary="Service health: healthy, or degraded naming each silent backend")
+    async def health(request: Request) -> dict:
+        states = await get_manager().backends_health()
+        backends: dict[str, dict[str, str]] = {}
+        reasons = []
+        for name, state in states.items():
+            if state.ok:
+                backends[name] = {"status": "healthy"}
+            else:
+                reason = f"{name}: {state.reason}"
+                backends[name] = {"status": "unavailable", "reason": reason}
+                reasons.append(reason)
+        # degraded is still a 200: a liveness probe must not restart compute for a hung daemon
+        return {
+            "status": "degraded" if reasons else "healthy",
+            "service": TITLE,
+            "version": __version__,
+            "backends": backends,
+            "reasons": reasons,
+        }
+
+    return api
+
+
 PUBLIC_PATHS = frozenset({"/health", "/openapi.json"})
 
 
@@ -390,7 +434,14 @@ def create_app(options: dict[str, Any]) -> Any:
             ),
         }
         endpoints = {"docker": docker_host, "kvm": libvirt_uri}
-        holder["manager"] = ComputeManager(registry, backends, node, endpoints, claim)  # type: ignore[arg-type]
+        holder["manager"] = ComputeManager(
+            registry,
+            backends,  # type: ignore[arg-type]
+            node,
+            endpoints,
+            claim,
+            backend_timeout=float(options.get("backend_timeout") or DEFAULT_TIMEOUT),
+        )
         try:
             yield
         finally:
@@ -401,7 +452,7 @@ def create_app(options: dict[str, Any]) -> Any:
     app = build(
         title=TITLE,
         description="Docker containers and KVM/QEMU VMs as one kind of compute instance.",
-        apis=[make_api(get_manager)],
+        apis=[make_api(get_manager), make_health_api(get_manager)],
         envelope=COMPUTE_ENVELOPE,
         max_body=MAX_BODY,
         lifespan=lifespan,

@@ -31,6 +31,10 @@ class Backend(Protocol):
 
     async def close(self) -> None: ...
 
+    async def ping(self) -> None:
+        """One cheap round trip to the daemon (health probes); BackendUnavailable when refused.
+        No timeout of its own: the caller decides how long silence may last."""
+
     async def capacity(self) -> Capacity: ...
 
     async def info(self) -> BackendInfo: ...

@@ -143,6 +143,10 @@ class DockerBackend:
             await self._client.close()
             self._client = None
 
+    async def ping(self) -> None:
+        """GET /version: the daemon's cheapest answer. Bounded by the caller (health.py)."""
+        await self._call(self.client().version, timeout=None)
+
     async def _call(self, coro_fn, *args: Any, timeout: float | None = CALL_TIMEOUT, **kwargs: Any) -> Any:
         """Run one daemon call; a dead daemon becomes BackendUnavailable, a refusal BackendError."""
         try:

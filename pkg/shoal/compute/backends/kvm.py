@@ -16,7 +16,9 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
+import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -48,6 +50,7 @@ from shoal.compute.models import (
     StorageUsage,
     Usage,
 )
+from shoal.runtime import lifetime
 
 try:
     import libvirt
@@ -116,6 +119,9 @@ class KvmBackend:
         self.templates_dir = Path(templates_dir) if templates_dir else self.data_dir / "templates"
         self.domain_type = domain_type
         self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="libvirt")
+        # probes get a thread of their own: a hung libvirtd holds every thread that calls it,
+        # and queued probes must not take the pool's threads from calls
+        self._probe_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="libvirt-probe")
         self._conn: Any = None
         self._capacity: Capacity | None = None
 
@@ -191,9 +197,15 @@ class KvmBackend:
         except TimeoutError:
             raise BackendUnavailable("kvm", f"libvirt did not answer within {timeout:g} s") from None
 
+    async def ping(self) -> None:
+        """getLibVersion: one RPC to libvirtd (local for test:///). Bounded by the caller."""
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._probe_pool, partial(self._guarded, lambda c: c.getLibVersion()))
+
     async def close(self) -> None:
         await asyncio.get_running_loop().run_in_executor(self._pool, self._drop)
         self._pool.shutdown(wait=False)
+        self._probe_pool.shutdown(wait=False, cancel_futures=True)
 
     @staticmethod
     def _dom(conn: Any, uuid: str) -> Any:
@@ -605,21 +617,74 @@ def usage_from_samples(first: dict[str, Any], second: dict[str, Any]) -> Usage:
     )
 
 
-async def _qemu_img(*args: str) -> str:
-    """Run qemu-img through the stdlib's subprocess (on a thread), not the event loop's.
+QEMU_IMG_TIMEOUT = 600.0  # a raw copy of a large template takes a while; a hung one is killed
 
-    Under uvloop a child is made with fork(), which runs the pthread_atfork handlers of every
-    library loaded; with gRPC loaded (the etcd registry) the child then dies now and then with
-    SIGSEGV before it can exec (about 1 in 100 spawns here). The stdlib spawns with vfork,
-    which runs no fork handlers.
+
+def _pdeathsig_prefix() -> list[str]:
+    """`setpriv --pdeathsig KILL --`: the kernel kills qemu-img when the service dies.
+
+    The parent-death signal is kept across exec, so util-linux's setpriv can set it and exec
+    qemu-img; we cannot set it ourselves without a preexec_fn (see _qemu_img)."""
+    exe = shutil.which("setpriv")
+    return [exe, "--pdeathsig", "KILL", "--"] if exe else []
+
+
+async def _exited(proc: subprocess.Popen) -> int:
+    """Wait for `proc` to end without holding a thread: its pidfd becomes readable at exit."""
+    loop = asyncio.get_running_loop()
+    fd = os.pidfd_open(proc.pid)
+    try:
+        done = loop.create_future()
+        loop.add_reader(fd, lambda: done.done() or done.set_result(None))
+        try:
+            await done
+        finally:
+            loop.remove_reader(fd)
+    finally:
+        os.close(fd)
+    return proc.wait()  # reaps at once: it has exited
+
+
+async def _qemu_img(*args: str, timeout: float = QEMU_IMG_TIMEOUT) -> str:
+    """Run qemu-img from the event loop's thread; it dies with the service, and is killed
+    (its whole process group) on timeout or when the request is cancelled.
+
+    Spawned by the stdlib's Popen (vfork + exec), not asyncio.create_subprocess_exec: under
+    uvloop a child is made with fork(), which runs the pthread_atfork handlers of every library
+    loaded; with gRPC loaded (the etcd registry) the child then dies now and then with SIGSEGV
+    before it can exec (2-3 in 400 spawns here, with or without a preexec_fn; a preexec_fn
+    such as lifetime.child_options() also makes the stdlib fork instead of vfork). So the
+    parent-death signal comes from setpriv (_pdeathsig_prefix) and the process group from
+    start_new_session; the exit is awaited on a pidfd, so no thread is held either.
     """
     if shutil.which("qemu-img") is None:
         raise BackendUnavailable("kvm", "qemu-img is not installed (Debian package qemu-utils)")
-    proc = await asyncio.to_thread(subprocess.run, ["qemu-img", *args], capture_output=True, check=False)
-    if proc.returncode != 0:
-        reason = proc.stderr.decode(errors="replace").strip() or f"exit status {proc.returncode}"
+    argv = [*_pdeathsig_prefix(), "qemu-img", *args]
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        # vfork + exec: returns as soon as the child has exec'd, the loop is not held
+        proc = subprocess.Popen(  # noqa: ASYNC220
+            argv, stdin=subprocess.DEVNULL, stdout=out, stderr=err, start_new_session=True
+        )
+        try:
+            async with asyncio.timeout(timeout):
+                code = await _exited(proc)
+        except TimeoutError:
+            raise BackendError(
+                f"qemu-img {args[0]} did not finish within {timeout:g} s (killed)",
+                {"backend": "kvm", "timeout": timeout},
+                status=504,
+            ) from None
+        finally:
+            if proc.returncode is None:  # timed out or cancelled: take its group down with it
+                lifetime.kill_group(proc.pid, signal.SIGKILL)
+                proc.wait()  # SIGKILL is not refused: this returns at once
+        out.seek(0)
+        err.seek(0)
+        stdout, stderr = out.read(), err.read()
+    if code != 0:
+        reason = stderr.decode(errors="replace").strip() or f"exit status {code}"
         raise BackendError(f"qemu-img {args[0]} failed: {reason}", {"backend": "kvm"})
-    return proc.stdout.decode()
+    return stdout.decode()
 
 
 async def _qemu_img_info(path: Path) -> dict[str, Any]:
