@@ -5,6 +5,13 @@ Keys travel in the URL path (`/v1/kv/a/b` is key "/a/b"); values travel as UTF-8
 409 version conflict (with expected/found), 410 watch history compacted, 413 value too large.
 Several workers may share one SQLite/LMDB file; each worker's watchers see every worker's writes.
 With `--store etcd --etcd URL`, services on several machines share one store the same way.
+
+With `--auth-dir D` (shoal.web.auth, docs/security.md) every route but /health, /openapi.json
+and /metrics needs a credential: reads (GET: keys, listings, status, watch) need viewer or a
+cluster node, writes (PUT, DELETE, POST /v1/txn) need operator or a cluster node; 401 without
+or with a bad credential, 403 for a role below that, 429 over the rate limits. Without it, on
+loopback, the service is open as before; on any other address it refuses to start unless
+--insecure-dev.
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ from starlette.responses import StreamingResponse
 
 from shoal.web import DETAIL_ENVELOPE, Api, ApiError
 from shoal.web import create_app as build
+from shoal.web.auth import AuthLayer, Requirement, add_auth_arguments, by_method, check_startup
 
 from . import factory
 from .base import KvStore
@@ -44,6 +52,9 @@ from .model import Entry, Limits, TransactionOp
 TITLE = "KV store"
 DEFAULTS = Limits()
 KEEPALIVE = 15.0  # seconds between SSE comments on an idle watch
+# Cluster services (metadata's leases, the manager) use kv as nodes; people read as viewers and
+# change keys as operators.
+POLICY = by_method(read=Requirement("viewer", nodes=True), write=Requirement("operator", nodes=True))
 
 Encoding = Literal["utf8", "base64"]
 Version = Annotated[int, msgspec.Meta(ge=0, le=2**62)]
@@ -339,6 +350,7 @@ def add_arguments(parser) -> None:
     parser.add_argument(
         "--history", type=int, default=DEFAULTS.history, help="revisions kept for watch replay"
     )
+    add_auth_arguments(parser)
 
 
 async def open_store(options: dict[str, Any]) -> KvStore:
@@ -364,6 +376,7 @@ def check_options(options: dict[str, Any]) -> None:
         raise SystemExit("--store memory cannot be shared by several workers; use sqlite or lmdb")
     if options.get("store") == "etcd" and not options.get("etcd"):
         raise SystemExit("--store etcd needs --etcd http://host:2379[,http://host2:2379...]")
+    check_startup(options, "kv")
 
 
 def create_app(options: dict[str, Any]):
@@ -387,11 +400,13 @@ def create_app(options: dict[str, Any]):
             await holder.pop("store").close()
 
     max_value = int(options.get("max_value_bytes") or DEFAULTS.max_value_bytes)
-    return build(
+    layer = AuthLayer.from_options(options, DETAIL_ENVELOPE)
+    app = build(
         title=TITLE,
         description=__doc__ or "",
-        apis=[make_api(get_store)],
+        apis=layer.secure([make_api(get_store)], POLICY),
         envelope=DETAIL_ENVELOPE,
         max_body=max_value * 4 // 3 + (1 << 16),  # one base64 value plus the JSON around it
         lifespan=lifespan,
     )
+    return layer.wrap(app)
