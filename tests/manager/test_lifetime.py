@@ -100,7 +100,10 @@ def child_pids(st: dict) -> dict[str, int]:
 
 
 @needs_fuse
-def test_kill_9_of_the_manager_takes_every_child_with_it(manager_factory, storage):
+@pytest.mark.parametrize("victim", ["main pid", "process group"])
+def test_kill_9_of_the_manager_takes_every_child_with_it(manager_factory, storage, victim):
+    """`main pid`: the worker notices its parent is gone and may still run a short shutdown;
+    `process group`: the worker dies at once too (an OOM kill), only PDEATHSIG is left."""
     m = manager_factory(command=SLEEPER)
     mount = m.root / "mount"
     with m:
@@ -112,7 +115,10 @@ def test_kill_9_of_the_manager_takes_every_child_with_it(manager_factory, storag
         assert set(pids.values()) <= tree, (pids, tree)
         assert mount_type(mount) == "fuse.juicefs"
 
-        os.kill(m.proc.pid, signal.SIGKILL)  # the main pid only: no group kill helps it
+        if victim == "main pid":
+            os.kill(m.proc.pid, signal.SIGKILL)
+        else:
+            os.killpg(m.proc.pid, signal.SIGKILL)  # the children lead groups of their own
         m.proc.wait(10)
         gone = wait_until(
             lambda: (

@@ -141,6 +141,11 @@ class JuiceFS:
         return mount_type(self.mount_path) == "fuse.juicefs"
 
     @property
+    def ready(self) -> bool:
+        """Mounted and served: a juicefs that died leaves a mount entry that answers nothing."""
+        return self.mounted and (self.supervisor is None or self.supervisor.running)
+
+    @property
     def pid(self) -> int | None:
         return self.supervisor.status()["pid"] if self.supervisor else None
 

@@ -334,8 +334,8 @@ class Manager:
         if cfg is None or "juicefs" not in cfg.stacks:
             return None
         jfs = self._juicefs()
-        if not jfs.mounted:
-            raise ManagerError(409, f"the filesystem is not mounted ({jfs.error or jfs.state})")
+        if not jfs.ready:
+            raise ManagerError(409, f"the filesystem is not mounted ({jfs.error or jfs.status()['state']})")
         return jfs.mount_path
 
     async def _fs_needs_s3(self) -> None:
@@ -361,9 +361,12 @@ class Manager:
         checkpoints.validate_id(checkpoint_id)
         await self._fs_needs_s3()
         async with self._exclusive(f"checkpoint {checkpoint_id!r}"):
-            meta = await asyncio.to_thread(
-                checkpoints.create, self.checkpoint_root, checkpoint_id, self._db(), self._fs_mount()
-            )
+            try:
+                meta = await asyncio.to_thread(
+                    checkpoints.create, self.checkpoint_root, checkpoint_id, self._db(), self._fs_mount()
+                )
+            except OSError as exc:  # the mount went away under the copy (juicefs died)
+                raise ManagerError(503, f"checkpoint {checkpoint_id!r} failed: {exc}") from None
         log.info("checkpoint created", extra={"id": checkpoint_id})
         return meta
 
@@ -383,6 +386,8 @@ class Manager:
                 restored_fs = mount is not None and await asyncio.to_thread(
                     checkpoints.restore_filesystem, self.checkpoint_root, checkpoint_id, mount
                 )
+            except OSError as exc:  # the journal finishes or undoes it at the next mount
+                raise ManagerError(503, f"restore of {checkpoint_id!r} failed: {exc}") from None
             finally:
                 if self.process:
                     self.process.start()
