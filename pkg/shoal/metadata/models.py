@@ -12,6 +12,9 @@ NonNeg = Annotated[float, msgspec.Meta(ge=0, le=10**9)]
 class VideoCreate(msgspec.Struct, forbid_unknown_fields=True):
     title: Annotated[str, msgspec.Meta(min_length=1, max_length=500)]
     duration_sec: NonNeg = 0.0
+    # optional, not in the spec: a caller-chosen id makes the create idempotent (a retry after a
+    # timeout returns the same record instead of creating a second one)
+    video_id: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_-]{8,64}$")] | None = None
 
 
 class VideoCreated(msgspec.Struct):

@@ -45,7 +45,7 @@ from .mover import Mover
 from .nodes import DEGRADED, DOWN, HEALTHY, NodeRegistry, Thresholds
 from .records import ChunkRecord
 from .redundancy import Policy, efficiency, mode_config, overhead
-from .store import MetadataStore, SlotTaken
+from .store import MetadataStore, SlotTaken, VideoIdTaken
 
 TITLE = "Metadata service"
 MAX_WORKERS = 1
@@ -87,6 +87,12 @@ def add_arguments(parser) -> None:
     parser.add_argument("--popularity-threshold", type=int, default=1000, help="views above -> replication")
     parser.add_argument("--migrate-settle", type=float, default=60.0, help="seconds a mode must hold")
     parser.add_argument("--paxos-timeout", type=float, default=2.0, help="acceptor request timeout (s)")
+    parser.add_argument(
+        "--store-health-timeout",
+        type=float,
+        default=1.0,
+        help="seconds /health waits for the store before it reports degraded",
+    )
 
 
 class Metadata:
@@ -242,6 +248,11 @@ def placement_from(chunk_id: str, body: CommitBody) -> Placement:
     return p
 
 
+def _store_name(m: Metadata) -> str:
+    """The store backend's name, for health reasons."""
+    return str(m.options.get("store") or "lmdb")
+
+
 def make_api(m: Metadata) -> Api:
     api = Api(tags=["metadata"])
 
@@ -259,17 +270,34 @@ def make_api(m: Metadata) -> Api:
     # -- health and status ------------------------------------------------------------------
     @api.get("/health", summary="Service health, with node counts and the database's state")
     async def health(request: Any) -> dict:
+        """Always answers within --store-health-timeout (and 200: a hung store is the store's
+        fault, so a liveness probe must not restart this process for it); `reasons` says why
+        the status is degraded."""
+        limit = float(_opt(m.options, "store_health_timeout", 1.0))
+        reasons = []
         try:
-            await m.store.kv.revision()
+            async with asyncio.timeout(limit):
+                await m.store.kv.revision()
             db = "healthy"
+        except TimeoutError:
+            db = f"unhealthy: no answer within {limit:g} s"
         except Exception as exc:  # the store itself failing is exactly what this reports
             db = f"unhealthy: {exc}"
+        if db != "healthy":
+            reasons.append(f"{_store_name(m)} store: {db.removeprefix('unhealthy: ')}")
+        now = time.time()
+        counts = {HEALTHY: 0, DEGRADED: 0, DOWN: 0}
+        for n in m.registry.all():
+            counts[m.registry.status(n, now)] += 1
         return {
             "status": "healthy" if db == "healthy" else "degraded",
             "service": "metadata-service",
-            "healthy_nodes": len(m.registry.with_status(HEALTHY)),
+            "healthy_nodes": counts[HEALTHY],
+            "degraded_nodes": counts[DEGRADED],
+            "down_nodes": counts[DOWN],
             "total_nodes": len(m.registry.nodes),
             "database_status": db,
+            "reasons": reasons,
             "proposer_id": m.proposer_id,
         }
 
@@ -291,9 +319,18 @@ def make_api(m: Metadata) -> Api:
         }
 
     # -- videos ---------------------------------------------------------------------------------
-    @api.post("/video", body=VideoCreate, response=VideoCreated, summary="Create a video record")
+    @api.post(
+        "/video",
+        body=VideoCreate,
+        response=VideoCreated,
+        summary="Create a video record (an optional caller-chosen video_id makes a retry idempotent)",
+        extra_responses={409: "video_id exists with another title or duration"},
+    )
     async def create_video(request: Any, body: VideoCreate) -> VideoCreated:
-        video = await m.store.create_video(body.title, body.duration_sec)
+        try:
+            video = await m.store.create_video(body.title, body.duration_sec, body.video_id)
+        except VideoIdTaken as exc:
+            raise ApiError(409, f"video {exc} exists with another title or duration") from None
         return VideoCreated(video.video_id, f"/upload/{video.video_id}")
 
     @api.get("/videos", query=Page, summary="Videos in creation order, paginated")
@@ -597,6 +634,9 @@ def create_app(options: dict[str, Any]) -> Any:
         value = options.get(name)
         if value is not None and not value >= 0:  # also refuses nan
             raise SystemExit(f"--{name.replace('_', '-')} must be >= 0 seconds")
+    value = options.get("store_health_timeout")
+    if value is not None and not value > 0:
+        raise SystemExit("--store-health-timeout must be > 0 seconds")
     m = Metadata(options)
 
     @asynccontextmanager

@@ -37,6 +37,10 @@ class SlotTaken(Exception):
     """Another chunk id is already committed at this (video, sequence number)."""
 
 
+class VideoIdTaken(Exception):
+    """A create named a video id that exists with another title or duration."""
+
+
 def _placed_key(node_url: str, chunk_id: str) -> str:
     return f"/placed/{quote(node_url, safe='')}/{chunk_id}"
 
@@ -51,23 +55,34 @@ class MetadataStore:
         self._chunk_lock = asyncio.Lock()  # serializes read-modify-write of the running sums
 
     # -- videos -------------------------------------------------------------------------------
-    async def create_video(self, title: str, duration_sec: float) -> Video:
+    async def create_video(self, title: str, duration_sec: float, video_id: str | None = None) -> Video:
+        """A new video record. With a caller-chosen `video_id` the create is idempotent: a replay
+        with the same title and duration returns the existing record (VideoIdTaken otherwise), so
+        a client whose request timed out can send it again without making a second video."""
         now = time.time()
         ns = time.time_ns()
         video = Video(
-            video_id=str(uuid.uuid4()),
+            video_id=video_id or str(uuid.uuid4()),
             title=title,
             duration_sec=duration_sec,
             status="active",
             created_at=iso(now),
             created_ns=ns,
         )
-        await self.kv.transaction(
-            [
-                TransactionOp.set(f"/video/{video.video_id}", _enc.encode(video)),
-                TransactionOp.set(f"/vorder/{ns:020d}/{video.video_id}", b""),
-            ]
-        )
+        ops = [
+            TransactionOp.set(f"/video/{video.video_id}", _enc.encode(video)),
+            TransactionOp.set(f"/vorder/{ns:020d}/{video.video_id}", b""),
+        ]
+        if video_id is None:
+            await self.kv.transaction(ops)
+            return video
+        try:
+            await self.kv.transaction([TransactionOp.check_version(f"/video/{video_id}", 0), *ops])
+        except VersionConflict:
+            existing = await self.video(video_id)
+            if existing is None or (existing.title, existing.duration_sec) != (title, duration_sec):
+                raise VideoIdTaken(video_id) from None
+            return existing
         return video
 
     async def video(self, video_id: str) -> Video | None:

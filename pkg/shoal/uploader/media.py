@@ -10,12 +10,16 @@ small fragments; only a stream the MP4 container cannot carry is re-encoded, aud
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
+import signal
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import orjson
+
+from shoal.runtime import lifetime
 
 # ffprobe format names (comma-separated lists) -> the container we accept it as.
 SUPPORTED_FORMATS = {
@@ -66,18 +70,23 @@ def tool(name: str) -> str:
 
 
 async def _run(*args: str, timeout: float) -> tuple[int, bytes, bytes]:
+    """Run a tool that dies with this process (PDEATHSIG, own process group); on a timeout, a
+    cancel (the upload's request or task ended) or any other error its whole group is killed."""
     proc = await asyncio.create_subprocess_exec(
         *args,
         stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
+        **lifetime.child_options(),
     )
     try:
         async with asyncio.timeout(timeout):
             out, err = await proc.communicate()
-    except (TimeoutError, asyncio.CancelledError):
-        proc.kill()
-        await proc.wait()
+    except BaseException:
+        lifetime.kill_group(proc.pid, signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+        await asyncio.shield(proc.wait())
         raise
     return proc.returncode or 0, out, err
 

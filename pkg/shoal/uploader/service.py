@@ -21,6 +21,7 @@ import msgspec
 from starlette.requests import ClientDisconnect
 
 from shoal.kv import SqliteStore
+from shoal.uploader.health import DependencyProbe
 from shoal.uploader.media import InvalidVideo, MediaToolError
 from shoal.uploader.metaclient import MetadataClient, MetadataError
 from shoal.uploader.pipeline import Pipeline, Settings
@@ -52,6 +53,19 @@ def add_arguments(parser) -> None:
     )
     parser.add_argument("--concurrency", type=int, default=4, help="chunks stored in parallel")
     parser.add_argument("--retries", type=int, default=3, help="retries of a failed chunk PUT")
+    parser.add_argument(
+        "--metadata-timeout",
+        type=float,
+        default=5.0,
+        help="deadline (s) of each call to the metadata service, retries included (commits: 30 s)",
+    )
+    parser.add_argument(
+        "--metadata-health-timeout",
+        type=float,
+        default=2.0,
+        help="seconds the metadata service (and the storage nodes it lists) get to answer the "
+        "health check before /health says degraded",
+    )
 
 
 class UploadAccepted(msgspec.Struct):
@@ -78,10 +92,12 @@ class UploadStatus(msgspec.Struct):
 
 
 class UploaderHealth(msgspec.Struct):
-    status: str
+    status: str  # healthy | degraded (a dependency does not answer; still HTTP 200)
     service: str
     active_uploads: int
     metadata_url: str
+    metadata_status: str = "healthy"
+    reasons: list[str] = []
 
 
 _MULTIPART_DOC = {
@@ -125,7 +141,12 @@ class Uploader:
             timeout=httpx.Timeout(30.0, connect=3.0),
             limits=httpx.Limits(max_connections=64, max_keepalive_connections=32),
         )
-        self.metadata = MetadataClient(self.metadata_url, self.http)
+        self.metadata = MetadataClient(
+            self.metadata_url, self.http, timeout=_positive(self.options, "metadata_timeout", 5.0)
+        )
+        self.probe = DependencyProbe(
+            self.metadata_url, self.http, timeout=_positive(self.options, "metadata_health_timeout", 2.0)
+        )
         settings = Settings(
             concurrency=max(1, int(self.options.get("concurrency") or 4)),
             retries=max(
@@ -175,12 +196,29 @@ class Uploader:
             await self.sessions.save(s)
 
 
+def _positive(options: dict[str, Any], name: str, default: float) -> float:
+    value = options.get(name)
+    if value is None:
+        return default
+    if not float(value) > 0:  # also refuses nan
+        raise SystemExit(f"--{name.replace('_', '-')} must be > 0 seconds")
+    return float(value)
+
+
 def make_api(u: Uploader) -> Api:
     api = Api(tags=["uploader"])
 
-    @api.get("/health", response=UploaderHealth, summary="Service health and uploads in progress")
+    @api.get(
+        "/health",
+        response=UploaderHealth,
+        summary="Service health, uploads in progress, and whether the metadata service and the "
+        "storage nodes it lists answer (degraded, still 200, when they do not)",
+    )
     async def health(request: Any) -> UploaderHealth:
-        return UploaderHealth("healthy", "uploader-service", u.sessions.active(), u.metadata_url)
+        r = await u.probe.report()
+        return UploaderHealth(
+            r.status, "uploader-service", u.sessions.active(), u.metadata_url, r.metadata, r.reasons
+        )
 
     @api.post(
         "/upload",
@@ -221,6 +259,9 @@ def make_api(u: Uploader) -> Api:
             if mode is not None and mode not in MODES:
                 raise ApiError(400, f"redundancy_mode must be one of {', '.join(MODES)}")
             s.title, s.filename = title, got.filename or "video"
+            known = u.probe.fresh()
+            if known is not None and known.metadata_unusable:  # do not send a create it may run later
+                raise MetadataError(0, f"{known.reasons[0]}; try again later", timed_out=True)
             await u.pipeline.check_and_register(s, path, mode)
         except ClientDisconnect:
             await _abandon(u, s, path, "the client disconnected during the upload")
@@ -274,6 +315,8 @@ async def _abandon(u: Uploader, s: Any, path: Path, reason: str) -> None:
 
 
 def create_app(options: dict[str, Any]) -> Any:
+    for name in ("metadata_timeout", "metadata_health_timeout"):
+        _positive(options, name, 1.0)  # refuse a bad flag before serving
     u = Uploader(options)
 
     @asynccontextmanager
