@@ -18,6 +18,7 @@ from __future__ import annotations
 import ctypes
 import logging
 import os
+import shutil
 import signal
 import threading
 import time
@@ -85,6 +86,16 @@ def child_options(sig: int = signal.SIGTERM, new_group: bool = True) -> dict[str
     with this process and (new_group) leads its own process group, so stopping it can signal
     its whole group (os.killpg) and a Ctrl-C on our terminal does not reach it twice."""
     return {"preexec_fn": child_preexec(sig), "start_new_session": new_group}
+
+
+def pdeathsig_argv(sig: int = signal.SIGTERM) -> list[str]:
+    """`setpriv --pdeathsig SIG --`: a prefix for a command that must die with this process, for
+    callers that cannot use a preexec_fn. A preexec_fn makes Popen fork instead of vfork, and a
+    fork runs every library's pthread_atfork handlers: with gRPC loaded (the etcd client) the
+    child crashed before exec now and then (compute's qemu-img, docs/compute.md). util-linux's
+    setpriv sets the signal and execs the command, which keeps it. Empty without setpriv."""
+    exe = shutil.which("setpriv")
+    return [exe, "--pdeathsig", signal.Signals(sig).name.removeprefix("SIG"), "--"] if exe else []
 
 
 def kill_group(pid: int, sig: int = signal.SIGKILL) -> bool:

@@ -620,15 +620,6 @@ def usage_from_samples(first: dict[str, Any], second: dict[str, Any]) -> Usage:
 QEMU_IMG_TIMEOUT = 600.0  # a raw copy of a large template takes a while; a hung one is killed
 
 
-def _pdeathsig_prefix() -> list[str]:
-    """`setpriv --pdeathsig KILL --`: the kernel kills qemu-img when the service dies.
-
-    The parent-death signal is kept across exec, so util-linux's setpriv can set it and exec
-    qemu-img; we cannot set it ourselves without a preexec_fn (see _qemu_img)."""
-    exe = shutil.which("setpriv")
-    return [exe, "--pdeathsig", "KILL", "--"] if exe else []
-
-
 async def _exited(proc: subprocess.Popen) -> int:
     """Wait for `proc` to end without holding a thread: its pidfd becomes readable at exit."""
     loop = asyncio.get_running_loop()
@@ -654,12 +645,12 @@ async def _qemu_img(*args: str, timeout: float = QEMU_IMG_TIMEOUT) -> str:
     loaded; with gRPC loaded (the etcd registry) the child then dies now and then with SIGSEGV
     before it can exec (2-3 in 400 spawns here, with or without a preexec_fn; a preexec_fn
     such as lifetime.child_options() also makes the stdlib fork instead of vfork). So the
-    parent-death signal comes from setpriv (_pdeathsig_prefix) and the process group from
+    parent-death signal comes from setpriv (lifetime.pdeathsig_argv) and the process group from
     start_new_session; the exit is awaited on a pidfd, so no thread is held either.
     """
     if shutil.which("qemu-img") is None:
         raise BackendUnavailable("kvm", "qemu-img is not installed (Debian package qemu-utils)")
-    argv = [*_pdeathsig_prefix(), "qemu-img", *args]
+    argv = [*lifetime.pdeathsig_argv(signal.SIGKILL), "qemu-img", *args]
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         # vfork + exec: returns as soon as the child has exec'd, the loop is not held
         proc = subprocess.Popen(  # noqa: ASYNC220
