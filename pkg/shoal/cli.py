@@ -39,6 +39,10 @@ def _serve_parser(sub: argparse._SubParsersAction, selected: str | None) -> None
             "--shutdown-timeout", type=int, default=30, help="seconds in-flight work may take on SIGTERM"
         )
         proxy_arguments(p)  # --forwarded-allow-ips, --root-path (behind a reverse proxy)
+        p.add_argument(
+            "--tls-cert", default=None, help="serve HTTPS with this certificate (PEM; with --tls-key)"
+        )
+        p.add_argument("--tls-key", default=None, help="the certificate's private key (PEM)")
         if info.name == selected:
             try:
                 module = load_service(info.name)

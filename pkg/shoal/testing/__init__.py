@@ -16,6 +16,8 @@ from typing import Any
 
 import httpx
 
+from shoal.web.tls import client_verify
+
 
 def stop_group(proc: subprocess.Popen, timeout: float = 10.0, kill_wait: float = 10.0) -> int | None:
     """SIGTERM the process group of `proc` (started with start_new_session=True), SIGKILL it
@@ -39,15 +41,18 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_http(url: str, timeout: float = 20.0, proc: subprocess.Popen | None = None) -> httpx.Response:
-    """Poll `url` until it answers (any status below 500); raise with the reason otherwise."""
+def wait_http(
+    url: str, timeout: float = 20.0, proc: subprocess.Popen | None = None, verify: Any = True
+) -> httpx.Response:
+    """Poll `url` until it answers (any status below 500); raise with the reason otherwise.
+    `verify`: httpx's TLS verification (a CA file for an https URL)."""
     deadline = time.monotonic() + timeout
     last: Exception | str = "no answer"
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
             raise RuntimeError(f"process exited with {proc.returncode} before {url} answered")
         try:
-            r = httpx.get(url, timeout=2.0)
+            r = httpx.get(url, timeout=2.0, verify=verify)
             if r.status_code < 500:
                 return r
             last = f"status {r.status_code}"
@@ -69,8 +74,10 @@ class ServiceProcess:
         env: dict[str, str] | None = None,
         health_path: str = "/health",
         log_path: str | Path | None = None,
+        tls_ca: str | Path | None = None,
     ) -> None:
         self.service = service
+        self.tls_ca = str(tls_ca) if tls_ca else None  # serve https (the args carry --tls-cert/--tls-key)
         self.data_dir = Path(data_dir)
         self.args = list(args)
         self.port = port or free_port()
@@ -81,7 +88,7 @@ class ServiceProcess:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.tls_ca else 'http'}://127.0.0.1:{self.port}"
 
     def command(self) -> list[str]:
         return [
@@ -108,7 +115,7 @@ class ServiceProcess:
         )
         log.close()
         try:
-            wait_http(self.url + self.health_path, timeout, self.proc)
+            wait_http(self.url + self.health_path, timeout, self.proc, verify=client_verify(self.tls_ca))
         except Exception as exc:
             self.stop()
             raise RuntimeError(f"{self.service} did not start: {exc}\n{self.log_tail()}") from exc

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -51,6 +52,10 @@ def serve(service: str, options: dict[str, Any]) -> None:
         proxy.check(options)
     except ValueError as exc:
         raise SystemExit(f"shoal serve {service}: {exc}") from None
+    try:
+        check_tls(options)
+    except ValueError as exc:
+        raise SystemExit(f"shoal serve {service}: {exc}") from None
     check = getattr(module, "check_options", None)
     if check is not None:
         check(options)  # bad flag combinations end here (SystemExit), before any worker starts
@@ -61,6 +66,21 @@ def serve(service: str, options: dict[str, Any]) -> None:
     setup_logging(options.get("log_level"))
     server = options.get("server") or getattr(module, "DEFAULT_SERVER", "granian")
     (serve_uvicorn if server == "uvicorn" else serve_granian)(options, workers)
+
+
+def check_tls(options: dict[str, Any]) -> None:
+    """--tls-cert and --tls-key come together and load as a pair (ValueError with the reason)."""
+    cert, key = options.get("tls_cert"), options.get("tls_key")
+    if not cert and not key:
+        return
+    if not (cert and key):
+        raise ValueError("--tls-cert and --tls-key go together")
+    import ssl
+
+    try:
+        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(cert, key)
+    except (OSError, ssl.SSLError) as exc:
+        raise ValueError(f"cannot load --tls-cert {cert} / --tls-key {key}: {exc}") from None
 
 
 def claim(service: str, options: dict[str, Any]) -> None:
@@ -88,6 +108,8 @@ def serve_uvicorn(options: dict[str, Any], workers: int) -> None:
         access_log=False,
         log_level=(options.get("log_level") or "info").lower(),
         timeout_graceful_shutdown=int(options.get("shutdown_timeout") or 30),
+        ssl_certfile=options.get("tls_cert"),
+        ssl_keyfile=options.get("tls_key"),
     )
 
 
@@ -107,4 +129,6 @@ def serve_granian(options: dict[str, Any], workers: int) -> None:
         log_level=(options.get("log_level") or "info").lower(),
         workers_kill_timeout=int(options.get("shutdown_timeout") or 30),
         respawn_failed_workers=True,
+        ssl_cert=Path(options["tls_cert"]) if options.get("tls_cert") else None,
+        ssl_key=Path(options["tls_key"]) if options.get("tls_key") else None,
     ).serve()
