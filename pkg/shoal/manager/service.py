@@ -5,6 +5,12 @@
 One process only (MAX_WORKERS = 1): the manager owns a child process, a litestream process
 and a FUSE mount, and two workers would each start their own. Errors use the `{"detail"}`
 envelope (the spec names none); configuration errors add `errors: [{field, message}]`.
+
+With `--auth-dir D` (shoal.web.auth, docs/security.md) viewers read the status, the
+configuration and the checkpoint list; operators configure, checkpoint, restore, delete
+checkpoints, stop/start the process and release the lease. /health and /metrics stay open (a
+liveness probe and a scraper carry no key). Without it the manager serves loopback only,
+unless --insecure-dev.
 """
 
 from __future__ import annotations
@@ -22,11 +28,23 @@ from shoal.manager.config import Config, ConfigError, parse_config
 from shoal.manager.manager import Manager, ManagerError, ManagerOptions
 from shoal.web import DETAIL_ENVELOPE, Api, ApiError, read_body
 from shoal.web import create_app as build_app
+from shoal.web.api import Endpoint
+from shoal.web.auth import OPERATOR, VIEWER, AuthLayer, Requirement, add_auth_arguments, check_startup
 from shoal.web.jsonio import parse_json
 
 TITLE = "State Manager"
 MAX_WORKERS = 1
 log = logging.getLogger("shoal.manager")
+
+
+OPEN_PATHS = frozenset({"/health"})  # the liveness probe of `shoal up` carries no key
+
+
+def POLICY(ep: Endpoint) -> Requirement | None:
+    """Reads need a viewer, every change an operator; /health is open."""
+    if ep.path in OPEN_PATHS:
+        return None
+    return VIEWER if ep.method in ("GET", "HEAD") else OPERATOR
 
 
 class CheckpointRequest(msgspec.Struct, forbid_unknown_fields=True):
@@ -52,8 +70,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "child_command", nargs=argparse.REMAINDER, metavar="COMMAND", help="-- COMMAND [ARGS...] to supervise"
     )
+    add_auth_arguments(parser)
     # the server must outlive the child's stop timeout plus unmount/replication shutdown
     parser.set_defaults(shutdown_timeout=150)
+
+
+def check_options(options: dict[str, Any]) -> None:
+    """Refuse an open manager on a reachable address before the server starts."""
+    check_startup(options, "manager")
 
 
 def manager_options(options: dict[str, Any]) -> ManagerOptions:
@@ -167,6 +191,7 @@ CONFIG_REF = {"$ref": "#/components/schemas/Config"}
 
 
 def create_app(options: dict[str, Any]) -> Any:
+    check_options(options)
     opts = manager_options(options)
     shutdown_timeout = float(options.get("shutdown_timeout") or 150)
     if shutdown_timeout < opts.stop_timeout + 30:
@@ -186,8 +211,14 @@ def create_app(options: dict[str, Any]) -> Any:
         finally:
             await manager.shutdown()
 
-    app = build_app(title=TITLE, apis=[make_api(manager)], envelope=DETAIL_ENVELOPE, lifespan=lifespan)
+    layer = AuthLayer.from_options(options, DETAIL_ENVELOPE)
+    app = build_app(
+        title=TITLE,
+        apis=layer.secure([make_api(manager)], POLICY),
+        envelope=DETAIL_ENVELOPE,
+        lifespan=lifespan,
+    )
     (_, components) = msgspec.json.schema_components([Config], ref_template="#/components/schemas/{name}")
     app.openapi["components"]["schemas"].update(components)
     app.state.manager = manager
-    return app
+    return layer.wrap(app)
