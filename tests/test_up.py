@@ -307,3 +307,28 @@ def test_kill_9_of_shoal_up_takes_its_services_with_it(tmp_path):
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
+
+
+def test_auth_dir_is_handed_to_every_service_that_takes_it(tmp_path):
+    from shoal.platform.services import accepts
+
+    s = settings_from({}, data_root=str(tmp_path))
+    children = by_name(layout(s)[0])
+    wired = [c for c in children.values() if accepts(c.service, "--auth-dir")]
+    assert "kv" in {c.service for c in wired}  # kv is wired (tests/web/test_auth_kv.py)
+    for c in wired:
+        assert c.args[c.args.index("--auth-dir") + 1] == str((tmp_path / "auth").absolute())
+    for off in (settings_from({"auth": False}, data_root=str(tmp_path)), settings_from({}, auth=False)):
+        assert not any("--auth-dir" in c.args for c in layout(off)[0])
+    with pytest.raises(ConfigError, match="auth must be true or false"):
+        settings_from({"auth": "yes"})
+
+
+def test_up_creates_the_auth_dir_once_and_keeps_it(tmp_path):
+    from shoal.platform.up import ensure_auth_dir
+
+    auth = tmp_path / "auth"
+    assert ensure_auth_dir(auth) is True
+    key = (auth / "admin.key").read_text()
+    assert (auth / "admin.key").stat().st_mode & 0o777 == 0o600
+    assert ensure_auth_dir(auth) is False and (auth / "admin.key").read_text() == key

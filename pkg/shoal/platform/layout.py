@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from shoal.platform.services import SERVICES, available
+from shoal.platform.services import SERVICES, accepts, available
 
 # Default ports of the layout. Storage nodes skip 8084 (the uploader's); the manager's own
 # default (8080) is the metadata service's, so it moves to 8087 here.
@@ -52,6 +52,7 @@ _TOP = {
     "forwarded_allow_ips",
     "services",
     "liveness",
+    "auth",
 }
 _PER_SERVICE = {"enabled", "port", "args", "liveness"}
 _EXTRA = {"storage": {"ports"}, "manager": {"command"}}
@@ -93,6 +94,11 @@ class Settings:
     forwarded_allow_ips: str = ""
     services: dict[str, dict[str, Any]] = field(default_factory=dict)
     liveness: dict[str, Any] = field(default_factory=dict)  # the [liveness] table, checked
+    auth: bool = True  # DATA_ROOT/auth (`shoal auth init`) handed to every service as --auth-dir
+
+    @property
+    def auth_dir(self) -> Path | None:
+        return Path(self.data_root) / "auth" if self.auth else None
 
     def service(self, name: str) -> dict[str, Any]:
         return self.services.get(name, {})
@@ -171,6 +177,10 @@ def settings_from(config: dict[str, Any], **flags: Any) -> Settings:
         s.admin_address = _typed("admin_address", merged["admin_address"], str) or None
     if "port_offset" in merged:
         s.port_offset = _typed("port_offset", merged["port_offset"], int)
+    if "auth" in merged:
+        if not isinstance(merged["auth"], bool):
+            raise ConfigError(f"auth must be true or false, not {merged['auth']!r}")
+        s.auth = merged["auth"]
     only = merged.get("only", [])
     s.only = [x for x in (only.split(",") if isinstance(only, str) else _str_list("only", only)) if x]
     s.services = _services(merged.get("services", {}))
@@ -281,6 +291,8 @@ def layout(s: Settings, *, check_built: bool = True) -> tuple[list[Child], list[
             continue
         for inst, port in wanted:
             args, notes, data_dir = _service_args(s, name, inst, meta_url, root)
+            if s.auth_dir is not None and accepts(name, "--auth-dir"):
+                args += ["--auth-dir", str(s.auth_dir.absolute())]
             args += list(conf.get("args", []))
             if s.forwarded_allow_ips:
                 args += ["--forwarded-allow-ips", s.forwarded_allow_ips]

@@ -15,6 +15,7 @@ Extra services (plug-ins, test fixtures) are added with SHOAL_SERVICE_MODULES="n
 
 from __future__ import annotations
 
+import functools
 import importlib
 import os
 from dataclasses import dataclass
@@ -55,6 +56,21 @@ def load_service(name: str) -> ModuleType:
     """The service module for `name`; ImportError when that service is not built yet."""
     info = SERVICES[name]
     return importlib.import_module(info.module)
+
+
+@functools.cache
+def accepts(name: str, flag: str) -> bool:
+    """Whether `shoal serve <name>` takes `flag` (its module's add_arguments declares it)."""
+    import argparse
+
+    try:
+        module = load_service(name)
+    except ImportError:
+        return False
+    parser = argparse.ArgumentParser(add_help=False)
+    if hasattr(module, "add_arguments"):
+        module.add_arguments(parser)
+    return flag in parser._option_string_actions
 
 
 def available(name: str) -> bool:

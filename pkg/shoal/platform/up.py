@@ -38,6 +38,7 @@ import httpx
 
 from shoal.platform.layout import Child, ConfigError, Settings, layout, load_config, settings_from
 from shoal.runtime.lifetime import child_options
+from shoal.web.auth import AuthDir, AuthDirError
 
 READY_TIMEOUT = 120.0  # 13 Python processes start in ~20 s on 2 busy cores; leave room
 STABLE_AFTER = 60.0  # a process that ran this long before exiting restarts after 1 s again
@@ -68,6 +69,11 @@ def add_up_arguments(p: argparse.ArgumentParser) -> None:
         default=None,
         help="reverse proxies every service trusts for X-Forwarded-* (e.g. 127.0.0.1 for a local nginx)",
     )
+    p.add_argument(
+        "--no-auth",
+        action="store_true",
+        help="run every service without credentials (loopback development only; default: DATA_ROOT/auth)",
+    )
     p.add_argument("--verbose", action="store_true", help="service logs on this terminal, not in log files")
     p.add_argument("--nginx-config", action="store_true", help="print an nginx config for this layout, exit")
     p.add_argument("--nginx-listen", default="127.0.0.1:8000", help="with --nginx-config: nginx's address")
@@ -84,6 +90,8 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         k: getattr(args, k, None)
         for k in ("data_root", "host", "port_offset", "only", "admin_address", "forwarded_allow_ips")
     }
+    if getattr(args, "no_auth", False):
+        flags["auth"] = False
     return settings_from(config, **flags)
 
 
@@ -378,6 +386,14 @@ INSECURE = (
 )
 
 
+def ensure_auth_dir(auth_dir: Path) -> bool:
+    """`shoal auth init` on first use (True when it created it); later runs keep its keys."""
+    if (auth_dir / "auth.json").exists():
+        return False
+    AuthDir(auth_dir).init()
+    return True
+
+
 def run_up(args: argparse.Namespace, out: IO[str] = sys.stdout) -> int:
     try:
         settings = settings_from_args(args)
@@ -420,6 +436,14 @@ def run_up(args: argparse.Namespace, out: IO[str] = sys.stdout) -> int:
             file=sys.stderr,
         )
         return 2
+    if settings.auth_dir is not None:
+        try:
+            created = ensure_auth_dir(settings.auth_dir)
+        except (AuthDirError, OSError) as exc:
+            print(f"shoal up: auth dir {settings.auth_dir}: {exc}", file=sys.stderr)
+            return 2
+        if created:
+            print(f"shoal up: created the auth dir {settings.auth_dir} (cluster secret, admin key)", file=out)
     if any(c.service == "state" and "--insecure-dev" in c.args for c in children):
         bar = "!" * 100
         print(f"{bar}\n{INSECURE}\n{bar}", file=sys.stderr, flush=True)
@@ -493,6 +517,13 @@ def summary(sup: Supervisor, missing: list[str]) -> str:
         lines.append(f"  {c.name:<10} {url:<28} {state:<8} {'; '.join(notes)}".rstrip())
     if missing:
         lines.append(f"  not built: {', '.join(missing)}")
+    if sup.settings.auth_dir is not None:
+        lines.append(
+            f"Credentials: admin API key in {sup.settings.auth_dir / 'admin.key'} "
+            f"(send it as Authorization: Bearer; more keys: shoal auth key create --dir {sup.settings.auth_dir})."
+        )
+    else:
+        lines.append("Credentials: none (--no-auth): every service is open to anyone who reaches it.")
     flags = sup.layout_flags
     lines += [
         "Each service documents its API at <url>/openapi.json and answers <url>/health.",
