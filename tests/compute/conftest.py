@@ -16,9 +16,10 @@ from typing import Any
 import httpx
 import pytest
 
+from shoal.platform.dockerd import DockerDaemon, dockerd_available
+from shoal.platform.libvirtd import LibvirtDaemon
 from shoal.testing import ServiceProcess
-from shoal.testing.docker import DockerDaemon, dockerd_available
-from shoal.testing.libvirt import LibvirtDaemon, build_tiny_guest, libvirtd_available
+from shoal.testing.libvirt import build_tiny_guest, libvirtd_available
 
 TOKEN = "test-token-1"
 IMAGE = "shoal-busybox:latest"

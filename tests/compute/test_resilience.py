@@ -6,8 +6,8 @@ from __future__ import annotations
 import threading
 import time
 
-from shoal.testing.docker import DockerDaemon
-from shoal.testing.libvirt import LibvirtDaemon
+from shoal.platform.dockerd import DockerDaemon
+from shoal.platform.libvirtd import LibvirtDaemon
 
 from .conftest import IMAGE, Api, error_of, needs_libvirtd, start_service
 

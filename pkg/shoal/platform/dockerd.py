@@ -1,4 +1,4 @@
-"""A private dockerd for tests and a busybox image made without a registry.
+"""A private dockerd (for `shoal up` and the tests) and a busybox image made without a registry.
 
     with DockerDaemon(tmp_path / "docker") as d:
         d.import_busybox("shoal-busybox:latest")
@@ -26,7 +26,7 @@ from typing import Any
 
 import httpx
 
-from shoal.testing import stop_group
+from shoal.runtime.lifetime import child_options, stop_group
 
 BUSYBOX_PATHS = ("/bin/busybox", "/usr/bin/busybox")
 
@@ -160,8 +160,8 @@ class DockerDaemon:
             self.root.mkdir(parents=True, exist_ok=True)
             self.run_dir.mkdir(parents=True, exist_ok=True)
             with open(self.log_path, "ab") as log:
-                self.proc = subprocess.Popen(
-                    self.command(driver), stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+                self.proc = subprocess.Popen(  # dies with its owner (shoal up, a test)
+                    self.command(driver), stdout=log, stderr=subprocess.STDOUT, **child_options()
                 )
             if self._wait_ready(timeout):
                 self.storage_driver = driver or self.info().get("Driver")

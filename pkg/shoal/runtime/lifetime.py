@@ -15,11 +15,13 @@ thread (asyncio.create_subprocess_exec) or the main thread, never from a short-l
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import logging
 import os
 import shutil
 import signal
+import subprocess
 import threading
 import time
 from collections.abc import Callable
@@ -105,3 +107,18 @@ def kill_group(pid: int, sig: int = signal.SIGKILL) -> bool:
     except (ProcessLookupError, PermissionError):
         return False
     return True
+
+
+def stop_group(proc: subprocess.Popen, timeout: float = 10.0, kill_wait: float = 10.0) -> int | None:
+    """SIGTERM the process group of `proc` (started with start_new_session=True), SIGKILL it
+    after `timeout`; returns the exit code. Safe to call on a process that already exited."""
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(kill_wait)
+    return proc.returncode

@@ -16,22 +16,10 @@ from typing import Any
 
 import httpx
 
+from shoal.runtime.lifetime import stop_group
 from shoal.web.tls import client_verify
 
-
-def stop_group(proc: subprocess.Popen, timeout: float = 10.0, kill_wait: float = 10.0) -> int | None:
-    """SIGTERM the process group of `proc` (started with start_new_session=True), SIGKILL it
-    after `timeout`; returns the exit code. Safe to call on a process that already exited."""
-    if proc.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(kill_wait)
-    return proc.returncode
+__all__ = ["ServiceProcess", "asgi_client", "free_port", "stop_group", "wait_http"]
 
 
 def free_port() -> int:
