@@ -48,6 +48,13 @@ class OperationNotSupported(ComputeError):
     code = "OPERATION_NOT_SUPPORTED"
 
 
+class HostAccessForbidden(ComputeError):
+    """The request reaches into the host (a host path, its network, a device) and this node forbids it."""
+
+    status = 403
+    code = "FORBIDDEN"
+
+
 class ResourceLimitExceeded(ComputeError):
     status = 400
     code = "RESOURCE_LIMIT_EXCEEDED"

@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 
 import msgspec
 
+from shoal.compute.access import HostAccess, check_labels
 from shoal.compute.backends.base import Backend, Observed, now_iso
 from shoal.compute.errors import (
     BackendUnavailable,
@@ -93,15 +94,18 @@ class ComputeManager:
         endpoints: dict[str, str] | None = None,
         claim: Any = None,
         backend_timeout: float = DEFAULT_TIMEOUT,
+        access: HostAccess | None = None,
     ) -> None:
         """node: this compute node ({"id", "hostname", "url"}); endpoints: each backend's daemon address;
         claim: its NodeClaim (compute/nodes.py), whose `conflict` stops all changes while set;
-        backend_timeout: how long a daemon may leave a probe unanswered before it counts as hung."""
+        backend_timeout: how long a daemon may leave a probe unanswered before it counts as hung;
+        access: what of the host a create may reach (compute/access.py; default nothing)."""
         self.registry = registry
         self.backends = backends
         self.node: dict[str, Any] = {k: v for k, v in (node or {"id": "local"}).items() if v is not None}
         self.endpoints = dict(endpoints or {})
         self.claim = claim
+        self.access = access or HostAccess()
         self._locks: dict[str, asyncio.Lock] = {}
         self.health = {n: BackendHealth(n, b.ping, backend_timeout) for n, b in backends.items()}
 
@@ -341,6 +345,7 @@ class ComputeManager:
         self.require_claim("create")
         backend = self.backend(spec.backend)
         backend.validate(spec)
+        self.access.check_create(spec)  # 403 for host paths, host network, privileges, devices
         if await self.registry.name_taken(spec.name):  # early answer; the claim below decides
             raise self._taken(spec.name)
         # Capacity first, so a refused request leaves no record behind.
@@ -361,6 +366,7 @@ class ComputeManager:
         return await self.get(instance_id)
 
     async def update(self, instance_id: str, body: UpdateInstance) -> Instance:
+        check_labels(body.metadata)
         async with self.locked(instance_id, "update") as record:
             if body.resources is not None and body.resources != Resources():
                 seen = await self._observe_live(record)

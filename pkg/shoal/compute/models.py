@@ -67,6 +67,10 @@ class InstanceConfig(Camel):
     ports: Annotated[list[Short], Meta(max_length=256)] | None = None
     network_mode: Short | None = None
     restart_policy: Short | None = None
+    # docker, host access: refused (403) unless the node allows it (compute/access.py)
+    privileged: bool | None = None
+    devices: Annotated[list[Text], Meta(max_length=64)] | None = None
+    cap_add: Annotated[list[Short], Meta(max_length=64)] | None = None
     # kvm
     disk_format: Short | None = None
     network_type: Short | None = None

@@ -1,9 +1,15 @@
 """`shoal serve compute`: the Unified Compute API over HTTP (spec/compute-api.md).
 
-Every /api/ route needs `Authorization: Bearer <token>`; tokens come from --token (repeatable),
---tokens-file, or, when neither is given, one generated at first start and kept in
-DATA_DIR/token (mode 0600), so the service never runs open by accident. /health,
-/openapi.json and /metrics stay open.
+Credentials (issue #19, docs/security.md): with `--auth-dir D` the shared auth layer
+(shoal.web.auth) checks API keys and tokens: viewers read (lists, get, usage, status, logs),
+operators change (create, lifecycle, update, delete, exec, snapshots). The older `--token`
+(repeatable) / `--tokens-file` still work: such a token counts as an operator. With neither,
+one token is generated at first start into DATA_DIR/token (mode 0600), so compute never runs
+open by accident. /health, /openapi.json and /metrics stay open.
+
+Host access (a host path in `volumes`, `networkMode: host`, `privileged`, `capAdd`, `devices`)
+is refused with 403 unless allowed by `--allow-host-path PREFIX`, `--allow-host-network`,
+`--allow-privileged`, `--allow-device PATH` (compute/access.py); `shoal.*` labels are reserved.
 
 The registry of instances lives in shoal.kv: `--store lmdb` (default, DATA_DIR/registry.lmdb)
 or `sqlite` for one host, or `--store etcd --etcd URL[,URL]` so that compute services on
@@ -34,6 +40,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from shoal import __version__
+from shoal.compute.access import HostAccess
 from shoal.compute.backends.docker import DockerBackend
 from shoal.compute.backends.kvm import KvmBackend
 from shoal.compute.errors import ComputeError, RegistryUnavailable, ValidationFailed
@@ -57,6 +64,19 @@ from shoal.compute.registry import InstanceRegistry
 from shoal.kv import StoreBusy, add_store_arguments, open_store
 from shoal.web import COMPUTE_ENVELOPE, Api, ApiError, JSONResponse, read_body
 from shoal.web import create_app as build
+from shoal.web.auth import (
+    OPERATOR,
+    PRINCIPAL,
+    VIEWER,
+    AuthLayer,
+    Principal,
+    add_auth_arguments,
+    by_method,
+    check_startup,
+)
+from shoal.web.auth.middleware import SECURITY_SCHEMES, document
+from shoal.web.auth.roles import AuthError
+from shoal.web.fastpath import respond_error
 
 TITLE = "Unified Compute API"
 MAX_WORKERS = 1  # per-instance locks live in this process (names are claimed in the store)
@@ -79,8 +99,36 @@ def add_arguments(parser: Any) -> None:
     parser.add_argument(
         "--kvm-domain-type", default="qemu", choices=["qemu", "kvm"], help="libvirt domain type (qemu = TCG)"
     )
-    parser.add_argument("--token", action="append", default=[], help="an accepted bearer token (repeatable)")
-    parser.add_argument("--tokens-file", default=None, help="file of accepted bearer tokens, one a line")
+    parser.add_argument(
+        "--token",
+        action="append",
+        default=[],
+        help="an accepted bearer token, with the operator role (repeatable; older than --auth-dir)",
+    )
+    parser.add_argument(
+        "--tokens-file", default=None, help="file of accepted bearer tokens (operator role), one a line"
+    )
+    add_auth_arguments(parser)  # --auth-dir, --insecure-dev, --rate-limit-ip/-key, --token-ttl
+    parser.add_argument(
+        "--allow-host-path",
+        action="append",
+        default=[],
+        metavar="PREFIX",
+        help="let containers bind-mount host paths under PREFIX (repeatable; default: none)",
+    )
+    parser.add_argument(
+        "--allow-host-network", action="store_true", help="let containers use networkMode host"
+    )
+    parser.add_argument(
+        "--allow-privileged", action="store_true", help="let containers be privileged or add capabilities"
+    )
+    parser.add_argument(
+        "--allow-device",
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="let containers use this host device (repeatable; default: none)",
+    )
     add_store_arguments(parser)  # --store lmdb|sqlite|etcd, --etcd URL[,URL], --etcd-namespace
     parser.add_argument(
         "--node-id",
@@ -121,6 +169,15 @@ def check_options(options: dict[str, Any]) -> None:
     timeout = options.get("backend_timeout") or DEFAULT_TIMEOUT
     if not 0.05 <= timeout <= 60:
         raise SystemExit(f"--backend-timeout {timeout}: between 0.05 and 60 seconds")
+    for prefix in options.get("allow_host_path") or []:
+        if not prefix.startswith("/") or "\x00" in prefix:
+            raise SystemExit(f"--allow-host-path {prefix!r}: an absolute path")
+    for device in options.get("allow_device") or []:
+        if not device.startswith("/") or "\x00" in device:
+            raise SystemExit(f"--allow-device {device!r}: an absolute path")
+    # compute is never open: without --auth-dir it has tokens (given or generated), so the
+    # "non-loopback without credentials" refusal of check_startup does not apply to it
+    check_startup({**options, "host": "127.0.0.1"} if not options.get("auth_dir") else options, "compute")
 
 
 def node_identity(options: dict[str, Any], data_dir: Path) -> dict[str, Any]:
@@ -338,7 +395,15 @@ def make_health_api(get_manager: Callable[[], ComputeManager]) -> Api:
     return api
 
 
-PUBLIC_PATHS = frozenset({"/health", "/openapi.json"})
+_BY_METHOD = by_method(read=VIEWER, write=OPERATOR)
+
+
+def POLICY(ep: Any) -> Any:
+    """Viewers read, operators change; /health (and what is not under /api/) stays open."""
+    return _BY_METHOD(ep) if ep.path.startswith("/api/") else None
+
+
+LEGACY = Principal("key", "token", "operator", name="--token", via="key")
 
 
 def _route_path(scope: dict) -> str:
@@ -347,52 +412,86 @@ def _route_path(scope: dict) -> str:
     return path[len(root) :] or "/" if root and path.startswith(root) else path
 
 
-class BearerAuth:
-    """ASGI gate, deny by default: every path but /health and /openapi.json needs a bearer token.
+class ComputeAuth:
+    """ASGI gate: /api/ needs a credential (deny by default, declared route or not); the rest is open.
 
+    A `--token` is checked here and acts as an operator; anything else goes to the shared auth
+    layer (API keys, tokens, rate limits, roles per route), or is a 401 without --auth-dir.
     Deny-by-default keeps the API closed however the app is mounted (a root path or a proxy
     prefix cannot make a route look public).
     """
 
-    def __init__(self, app: Any, tokens: list[str]) -> None:
+    def __init__(self, app: Any, layer: AuthLayer, tokens: list[str]) -> None:
         self.app = app
+        self.layer = layer
+        self.guarded = layer.wrap(app)
         self.tokens = [t.encode() for t in tokens]
 
     def __getattr__(self, name: str) -> Any:  # .state, .openapi, ... of the wrapped app
+        if name in ("app", "guarded"):
+            raise AttributeError(name)
         return getattr(self.app, name)
 
-    def allowed(self, scope: dict) -> bool:
+    def legacy(self, scope: dict) -> bool | None:
+        """True: a --token; False: another bearer credential; None: no Authorization header."""
         for key, value in scope.get("headers") or []:
             if key == b"authorization":
                 scheme, _, token = value.partition(b" ")
-                if scheme.lower() != b"bearer":
-                    return False
                 token = token.strip()
-                return any(hmac.compare_digest(token, t) for t in self.tokens)
-        return False
+                ok = scheme.lower() == b"bearer" and any(hmac.compare_digest(token, t) for t in self.tokens)
+                return ok
+        return None
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
-        if scope["type"] == "http" and _route_path(scope) not in PUBLIC_PATHS and not self.allowed(scope):
-            body = {
-                "error": {
-                    "code": "UNAUTHORIZED",
-                    "message": "missing or wrong bearer token (Authorization: Bearer <token>)",
-                    "details": {},
-                }
-            }
-            response = JSONResponse(
-                body, status_code=401, headers={"WWW-Authenticate": 'Bearer realm="shoal-compute"'}
-            )
-            await response(scope, receive, send)
+        if scope["type"] != "http" or not _route_path(scope).startswith("/api/"):
+            await self.guarded(scope, receive, send)
             return
-        await self.app(scope, receive, send)
+        if self.tokens and self.legacy(scope):
+            scope[PRINCIPAL] = LEGACY
+            await self.app(scope, receive, send)
+            return
+        if self.layer.enabled:
+            if self.layer.requirement(scope["method"], scope["path"])[0]:
+                await self.guarded(scope, receive, send)
+                return
+            # not a route the layer knows (a 404, or mounted under a prefix it does not see):
+            # fail closed, an operator credential or nothing
+            try:
+                p, receive = await self.layer.authenticate(scope, receive)
+            except AuthError as exc:
+                code = {401: "UNAUTHORIZED"}.get(exc.status)
+                await respond_error(
+                    send, COMPUTE_ENVELOPE, ApiError(exc.status, exc.message, code, headers=exc.headers)
+                )
+                return
+            if not OPERATOR.allows(p):
+                message = f"this path needs {OPERATOR.describe()}; {p.kind} {p.id} has role {p.role}"
+                await respond_error(send, COMPUTE_ENVELOPE, ApiError(403, message, "FORBIDDEN"))
+                return
+            scope[PRINCIPAL] = p
+            await self.app(scope, receive, send)
+            return
+        body = {
+            "error": {
+                "code": "UNAUTHORIZED",
+                "message": "missing or wrong bearer token (Authorization: Bearer <token>)",
+                "details": {},
+            }
+        }
+        response = JSONResponse(
+            body, status_code=401, headers={"WWW-Authenticate": 'Bearer realm="shoal-compute"'}
+        )
+        await response(scope, receive, send)
 
 
 def create_app(options: dict[str, Any]) -> Any:
     check_options(options)
     data_dir = Path(options["data_dir"])
     data_dir.mkdir(parents=True, exist_ok=True)
-    tokens = load_tokens(options, data_dir)
+    layer = AuthLayer.from_options(options, COMPUTE_ENVELOPE)
+    # --token / --tokens-file; a generated token only when there is no other credential
+    tokens = load_tokens(options, data_dir) if not layer.enabled or _has_tokens(options) else []
+    access = HostAccess.from_options(options)
     node = node_identity(options, data_dir)
     docker_host = options.get("docker_host") or "unix:///var/run/docker.sock"
     libvirt_uri = options.get("libvirt_uri") or "qemu:///system"
@@ -441,6 +540,7 @@ def create_app(options: dict[str, Any]) -> Any:
             endpoints,
             claim,
             backend_timeout=float(options.get("backend_timeout") or DEFAULT_TIMEOUT),
+            access=access,
         )
         try:
             yield
@@ -449,18 +549,27 @@ def create_app(options: dict[str, Any]) -> Any:
             await claim.release()
             await store.close()
 
+    apis = [make_api(get_manager), make_health_api(get_manager)]
+    if layer.enabled:
+        apis = layer.secure(apis, POLICY)  # records each route's role and documents it
+    else:
+        for api in apis:  # tokens only: every /api/ route needs one (an operator), documented alike
+            for ep in api.endpoints:
+                if ep.path.startswith("/api/"):
+                    document(ep, OPERATOR)
     app = build(
         title=TITLE,
         description="Docker containers and KVM/QEMU VMs as one kind of compute instance.",
-        apis=[make_api(get_manager), make_health_api(get_manager)],
+        apis=apis,
         envelope=COMPUTE_ENVELOPE,
         max_body=MAX_BODY,
         lifespan=lifespan,
     )
-    app.openapi["components"]["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
-    for path, ops in app.openapi["paths"].items():
-        if path.startswith("/api/"):
-            for op in ops.values():
-                op["security"] = [{"bearer": []}]
-                op["responses"].setdefault("401", {"description": "missing or wrong bearer token"})
-    return BearerAuth(app, tokens)
+    app.openapi.setdefault("components", {})["securitySchemes"] = {
+        "bearerAuth": SECURITY_SCHEMES["bearerAuth"]
+    }
+    return ComputeAuth(app, layer, tokens)
+
+
+def _has_tokens(options: dict[str, Any]) -> bool:
+    return bool([t for t in options.get("token") or [] if t] or options.get("tokens_file"))

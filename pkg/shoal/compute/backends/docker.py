@@ -88,6 +88,18 @@ def restart_policy(text: str) -> dict[str, Any]:
     return {"Name": text}
 
 
+def device_mapping(text: str) -> dict[str, str]:
+    """'host[:container[:rwm]]' -> Docker's DeviceMapping."""
+    parts = text.split(":")
+    if not 1 <= len(parts) <= 3 or not parts[0].startswith("/"):
+        raise ValidationFailed(f"device {text!r} is not '/dev/host[:/dev/container[:rwm]]'")
+    container = parts[1] if len(parts) > 1 and parts[1] else parts[0]
+    perms = parts[2] if len(parts) > 2 else "rwm"
+    if not container.startswith("/") or not perms or set(perms) - set("rwm"):
+        raise ValidationFailed(f"device {text!r} is not '/dev/host[:/dev/container[:rwm]]'")
+    return {"PathOnHost": parts[0], "PathInContainer": container, "CgroupPermissions": perms}
+
+
 def cpu_percent(stats: dict[str, Any]) -> float:
     """CPU % as `docker stats` shows it (100 = one core busy), from the two samples in `stats`."""
     cpu, pre = stats.get("cpu_stats") or {}, stats.get("precpu_stats") or {}
@@ -250,6 +262,8 @@ class DockerBackend:
                     f"volume {vol!r} is not 'source:/container/path[:ro]'", {"field": "config.volumes"}
                 )
         parse_ports(cfg.ports or [])
+        for dev in cfg.devices or []:
+            device_mapping(dev)
         if cfg.restart_policy:
             restart_policy(cfg.restart_policy)
         memory = memory_of(spec.resources)
@@ -286,6 +300,13 @@ class DockerBackend:
             host["NetworkMode"] = cfg.network_mode
         if cfg.restart_policy:
             host["RestartPolicy"] = restart_policy(cfg.restart_policy)
+        # host access below was allowed by the node's allow-list (compute/access.py) before we got here
+        if cfg.privileged:
+            host["Privileged"] = True
+        if cfg.cap_add:
+            host["CapAdd"] = list(cfg.cap_add)
+        if cfg.devices:
+            host["Devices"] = [device_mapping(d) for d in cfg.devices]
         if storage_of(spec.resources) is not None:
             host["StorageOpt"] = {"size": str(storage_of(spec.resources))}
         labels = {**spec.metadata.labels, LABEL_ID: record["id"], LABEL_NAME: record["name"]}

@@ -60,7 +60,17 @@ try:
 except ImportError:  # the `kvm` extra is not installed: the backend reports itself unavailable
     libvirt = None
 
-DOCKER_ONLY = ("command", "env", "volumes", "ports", "network_mode", "restart_policy")
+DOCKER_ONLY = (
+    "command",
+    "env",
+    "volumes",
+    "ports",
+    "network_mode",
+    "restart_policy",
+    "privileged",
+    "devices",
+    "cap_add",
+)
 NETWORK_TYPES = ("user", "network", "bridge", "none")
 DISK_FORMATS = ("qcow2", "raw")
 DEFAULT_MEMORY = 512 * 1024 * 1024
