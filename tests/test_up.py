@@ -332,3 +332,23 @@ def test_up_creates_the_auth_dir_once_and_keeps_it(tmp_path):
     key = (auth / "admin.key").read_text()
     assert (auth / "admin.key").stat().st_mode & 0o777 == 0o600
     assert ensure_auth_dir(auth) is False and (auth / "admin.key").read_text() == key
+
+
+def test_up_runs_private_daemons_so_compute_has_both_backends(tmp_path):
+    """A fresh machine with docker.io, libvirt and QEMU installed (scripts/setup): both healthy."""
+    from shoal.testing.platform import Up, free_offset
+
+    with Up(tmp_path / "root", free_offset(), "--only", "compute") as up:
+        line = next(ln for ln in up.lines if ln.strip().startswith("compute "))
+        assert "docker: available" in line and "kvm: available" in line, up.output
+        assert (
+            "private dockerd at unix://" in up.output
+            and "private libvirtd at qemu:///system?socket=" in up.output
+        )
+        key = (tmp_path / "root" / "auth" / "admin.key").read_text().strip()
+        url = next(c.url for c in up.children() if c.service == "compute")
+        status = httpx.get(
+            f"{url}/api/v1/compute/cluster/status", headers={"Authorization": f"Bearer {key}"}
+        ).json()
+        assert {b["status"] for b in status["backends"].values()} == {"healthy"}, status
+    assert up.proc.returncode == 0

@@ -158,6 +158,17 @@ class LibvirtDaemon:
                     dom.undefine()
             conn.close()
 
+    def stop_domains(self) -> None:
+        """Power off every running domain and keep its definition (a clean host shutdown)."""
+        import libvirt
+
+        with contextlib.suppress(libvirt.libvirtError):
+            conn = libvirt.open(self.uri)
+            for dom in conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE):
+                with contextlib.suppress(libvirt.libvirtError):
+                    dom.destroy()
+            conn.close()
+
     def pause_daemon(self) -> None:
         if self.proc and self.proc.poll() is None:
             os.kill(self.proc.pid, signal.SIGSTOP)

@@ -74,6 +74,11 @@ def add_up_arguments(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="run every service without credentials (loopback development only; default: DATA_ROOT/auth)",
     )
+    p.add_argument(
+        "--no-private-daemons",
+        action="store_true",
+        help="do not start a private dockerd and libvirtd for compute (use the flags in its args instead)",
+    )
     p.add_argument("--verbose", action="store_true", help="service logs on this terminal, not in log files")
     p.add_argument("--nginx-config", action="store_true", help="print an nginx config for this layout, exit")
     p.add_argument("--nginx-listen", default="127.0.0.1:8000", help="with --nginx-config: nginx's address")
@@ -386,6 +391,77 @@ INSECURE = (
 )
 
 
+class PrivateDaemons:
+    """A dockerd and a libvirtd of the platform's own, for the Compute API, when their packages
+    are installed and compute's args do not name daemons already: data under DATA_ROOT/docker
+    and DATA_ROOT/libvirt, unix sockets only, no host networking (`--bridge=none
+    --iptables=false`). Both die with `shoal up` (shoal.runtime.lifetime)."""
+
+    IMAGE = "shoal-busybox:latest"  # what `shoal demo` runs
+
+    def __init__(self, root: Path, out: IO[str]) -> None:
+        self.root, self.out = root, out
+        self.docker: Any = None
+        self.libvirt: Any = None
+
+    def start_for(self, children: list[Child]) -> None:
+        compute = [c for c in children if c.service == "compute"]
+        if not compute:
+            return
+        args = compute[0].args
+        if "--docker-host" not in args:
+            self.docker = self._start("docker", self._docker)
+            if self.docker is not None:
+                for c in compute:
+                    c.args[:0] = ["--docker-host", self.docker.url]
+        if "--libvirt-uri" not in args:
+            self.libvirt = self._start("libvirt", self._libvirt)
+            if self.libvirt is not None:
+                for c in compute:
+                    c.args[:0] = ["--libvirt-uri", self.libvirt.uri]
+
+    def _start(self, name: str, start: Any) -> Any:
+        try:
+            return start()
+        except Exception as exc:  # compute still runs, and says the backend is unavailable
+            print(f"shoal up: private {name} daemon not started: {exc}", file=self.out, flush=True)
+            return None
+
+    def _docker(self) -> Any:
+        from shoal.platform.dockerd import DockerDaemon, dockerd_available
+
+        reason = dockerd_available()
+        if reason:
+            raise RuntimeError(reason)
+        d = DockerDaemon(self.root / "docker").start()
+        with d.client() as c:
+            if c.get(f"/images/{self.IMAGE}/json").status_code != 200:
+                d.import_busybox(self.IMAGE)
+        print(f"shoal up: private dockerd at {d.url} (image {self.IMAGE})", file=self.out, flush=True)
+        return d
+
+    def _libvirt(self) -> Any:
+        from shoal.platform.libvirtd import LibvirtDaemon, libvirtd_available
+
+        reason = libvirtd_available()
+        if reason:
+            raise RuntimeError(reason)
+        d = LibvirtDaemon(self.root / "libvirt").start()
+        print(f"shoal up: private libvirtd at {d.uri}", file=self.out, flush=True)
+        return d
+
+    def stop(self) -> None:
+        """After the services: containers and VMs are stopped but stay defined, as after a host
+        shutdown (dockerd stops its containers on SIGTERM; running domains are powered off)."""
+        with contextlib.suppress(Exception):
+            if self.docker is not None:
+                self.docker.stop(remove_containers=False)
+        with contextlib.suppress(Exception):
+            if self.libvirt is not None:
+                self.libvirt.stop_domains()
+                self.libvirt.stop(keep_domains=True)
+
+
 def ensure_auth_dir(auth_dir: Path) -> bool:
     """`shoal auth init` on first use (True when it created it); later runs keep its keys."""
     if (auth_dir / "auth.json").exists():
@@ -447,6 +523,9 @@ def run_up(args: argparse.Namespace, out: IO[str] = sys.stdout) -> int:
     if any(c.service == "state" and "--insecure-dev" in c.args for c in children):
         bar = "!" * 100
         print(f"{bar}\n{INSECURE}\n{bar}", file=sys.stderr, flush=True)
+    daemons = PrivateDaemons(Path(settings.data_root), out)
+    if not getattr(args, "no_private_daemons", False):
+        daemons.start_for(children)
     sup = Supervisor(settings, children, args.verbose, out)
     for flag in ("config", "data_root", "port_offset", "host"):
         if getattr(args, flag, None) is not None:
@@ -462,6 +541,7 @@ def run_up(args: argparse.Namespace, out: IO[str] = sys.stdout) -> int:
     try:
         return _supervise(sup, signals, missing)
     finally:
+        daemons.stop()
         for s, handler in previous.items():
             signal.signal(s, handler)
 
@@ -537,13 +617,20 @@ def summary(sup: Supervisor, missing: list[str]) -> str:
 
 
 def compute_notes(c: Child, http: httpx.Client) -> list[str]:
-    """The Compute API starts without dockerd or libvirtd; say which backends are unavailable."""
-    token_file = Path(c.data_dir) / "token"
-    try:
-        token = token_file.read_text().split()[0]
-    except (OSError, IndexError):
-        return ["bearer token: see its --token flags"]
-    notes = [f"token in {token_file}"]
+    """The Compute API starts without dockerd or libvirtd; say which backends are unavailable.
+    It is asked with the platform's admin key (--auth-dir) or its own --token file."""
+    token, notes = None, []
+    if "--auth-dir" in c.args:
+        key_file = Path(c.args[c.args.index("--auth-dir") + 1]) / "admin.key"
+        with contextlib.suppress(OSError, IndexError):
+            token = key_file.read_text().split()[0]
+    if token is None:
+        token_file = Path(c.data_dir) / "token"
+        try:
+            token = token_file.read_text().split()[0]
+        except (OSError, IndexError):
+            return ["bearer token: see its --token flags"]
+        notes.append(f"token in {token_file}")
     try:
         r = http.get(c.url + "/api/v1/compute/cluster/status", headers={"Authorization": f"Bearer {token}"})
         backends = r.json()["backends"]
