@@ -61,7 +61,7 @@ class Manager(ServiceProcess):
     def __init__(self, root: Path, command: list[str] | None = None, args: list[str] = (), **kw: Any) -> None:
         self.root = root
         self.tmp_dir = root / "tmp"
-        extra = ["--tmp-dir", str(self.tmp_dir), "--shutdown-timeout", "60", *args]
+        extra = ["--tmp-dir", str(self.tmp_dir), "--shutdown-timeout", "60", "--allow-path", str(root), *args]
         if command:
             extra += ["--", *command]
         super().__init__("manager", root / "data", extra, **kw)

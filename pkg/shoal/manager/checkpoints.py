@@ -1,8 +1,14 @@
 """Checkpoints: a consistent database copy plus a copy of the filesystem, restorable later.
 
-    tmp/checkpoints/<id>/metadata.json      what was saved, when, sizes
+    tmp/checkpoints/<id>/metadata.json      what was saved, when, sizes, and the manifest
     tmp/checkpoints/<id>/database.sqlite    online-backup copy (db stack)
     tmp/checkpoints/<id>/mount/             the JuiceFS tree (juicefs stack)
+
+The manifest (format 2) lists every file of the checkpoint with its size and SHA-256 (a
+symlink with its target, a directory with its mode). `verify()` checks it before a restore
+touches anything: a missing, truncated or changed file, an extra one, or a database snapshot
+that fails SQLite's integrity check is a CheckpointError(409) naming the first problems, and
+the live data stays as it was.
 
 Crash safety:
 - a checkpoint is built in a hidden temp directory and renamed into place: it is either
@@ -19,8 +25,11 @@ All functions block; the manager calls them in a thread, one at a time.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import sqlite3
+import stat
 import re
 import shutil
 import time
@@ -34,6 +43,7 @@ from shoal.manager.juicefs import SPECIAL
 ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 JOURNAL = ".shoal-restore"
 METADATA = "metadata.json"
+FORMAT = 2
 
 
 class CheckpointError(Exception):
@@ -93,6 +103,100 @@ def _fsync_tree(root: Path) -> None:
             os.close(fd)
 
 
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def manifest(work: Path) -> dict[str, dict[str, Any]]:
+    """{relative path: {type, bytes, sha256 | target | mode}} of every entry under `work`
+    (metadata.json excluded)."""
+    out: dict[str, dict[str, Any]] = {}
+    for dirpath, dirs, names in os.walk(work):
+        for name in sorted(dirs + names):
+            full = Path(dirpath) / name
+            rel = full.relative_to(work).as_posix()
+            if rel == METADATA:
+                continue
+            st = os.lstat(full)
+            if stat.S_ISLNK(st.st_mode):
+                out[rel] = {"type": "symlink", "target": os.readlink(full)}
+            elif stat.S_ISDIR(st.st_mode):
+                out[rel] = {"type": "dir", "mode": stat.S_IMODE(st.st_mode)}
+            else:
+                out[rel] = {"type": "file", "bytes": st.st_size, "sha256": _sha256(full)}
+    return out
+
+
+def _integrity(snapshot: Path) -> str | None:
+    """None when SQLite finds the snapshot sound, else what it says."""
+    try:
+        conn = sqlite3.connect(f"file:{snapshot}?mode=ro&immutable=1", uri=True, timeout=5)
+        try:
+            result = conn.execute("PRAGMA integrity_check").fetchall()
+        finally:
+            conn.close()
+    except sqlite3.Error as exc:
+        return str(exc)
+    text = "; ".join(str(r[0]) for r in result[:5])
+    return None if text == "ok" else text
+
+
+def verify(root: Path, checkpoint_id: str, meta: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Check a checkpoint against its manifest before restoring it; its metadata, or
+    CheckpointError(409) with the reasons (nothing is changed either way)."""
+    meta = meta or load(root, checkpoint_id)
+    folder = root / checkpoint_id
+    expected = meta.get("manifest")
+    if not isinstance(expected, dict):
+        raise CheckpointError(
+            409, f"checkpoint {checkpoint_id!r} has no manifest (format {meta.get('format')}); it cannot be verified"
+        )
+    problems: list[str] = []
+    try:
+        actual = manifest(folder)
+    except OSError as exc:
+        raise CheckpointError(409, f"checkpoint {checkpoint_id!r} is unreadable: {exc}") from None
+    for rel, want in sorted(expected.items()):
+        got = actual.get(rel)
+        if got is None:
+            problems.append(f"{rel} is missing")
+        elif got.get("type") != want.get("type"):
+            problems.append(f"{rel} is a {got.get('type')}, expected a {want.get('type')}")
+        elif want.get("type") == "file" and got.get("bytes") != want.get("bytes"):
+            problems.append(f"{rel} has {got.get('bytes')} bytes, expected {want.get('bytes')}")
+        elif got != want and want.get("type") != "dir":
+            problems.append(f"{rel} does not match its checksum")
+    for rel in sorted(set(actual) - set(expected)):
+        problems.append(f"{rel} is not in the manifest")
+    if "database" in meta and not problems:
+        bad = _integrity(folder / meta["database"]["file"])
+        if bad:
+            problems.append(f"the database snapshot fails SQLite's integrity check: {bad}")
+    if "database" in meta and "database.sqlite" not in expected:
+        problems.append("the manifest lacks the database snapshot its metadata names")
+    if problems:
+        more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
+        raise CheckpointError(
+            409, f"checkpoint {checkpoint_id!r} is corrupt or incomplete: " + "; ".join(problems[:5]) + more
+        )
+    return meta
+
+
+def delete(root: Path, checkpoint_id: str) -> None:
+    """Remove a checkpoint: renamed out of sight first (atomic), then removed."""
+    validate_id(checkpoint_id)
+    folder = root / checkpoint_id
+    if not (folder / METADATA).exists() and not folder.exists():
+        raise CheckpointError(404, f"checkpoint {checkpoint_id!r} not found")
+    trash = root / f".{checkpoint_id}.deleted-{uuid.uuid4().hex[:8]}"
+    os.rename(folder, trash)
+    shutil.rmtree(trash, ignore_errors=True)
+
+
 def create(root: Path, checkpoint_id: str, db_path: Path | None, mount: Path | None) -> dict[str, Any]:
     """Build checkpoint `checkpoint_id` under root (tmp/checkpoints); its metadata."""
     validate_id(checkpoint_id)
@@ -103,12 +207,13 @@ def create(root: Path, checkpoint_id: str, db_path: Path | None, mount: Path | N
     work = root / f".{checkpoint_id}.tmp-{uuid.uuid4().hex[:8]}"
     work.mkdir()
     try:
-        meta: dict[str, Any] = {"id": checkpoint_id, "created_at": time.time(), "format": 1}
+        meta: dict[str, Any] = {"id": checkpoint_id, "created_at": time.time(), "format": FORMAT}
         if db_path is not None:
             database.backup(db_path, work / "database.sqlite")
             meta["database"] = {"file": "database.sqlite", "bytes": (work / "database.sqlite").stat().st_size}
         if mount is not None:
             meta["filesystem"] = {"dir": "mount", **_copy_tree(mount, work / "mount")}
+        meta["manifest"] = manifest(work)
         (work / METADATA).write_text(json.dumps(meta, indent=2))
         _fsync_tree(work)
         os.rename(work, final)
@@ -138,6 +243,30 @@ def list_ids(root: Path) -> list[str]:
     if not root.exists():
         return []
     return sorted(p.name for p in root.iterdir() if not p.name.startswith(".") and (p / METADATA).exists())
+
+
+def describe(root: Path) -> list[dict[str, Any]]:
+    """Each checkpoint's id, time, format and sizes (not its manifest)."""
+    out = []
+    for cid in list_ids(root):
+        try:
+            meta = load(root, cid)
+        except CheckpointError as exc:
+            out.append({"id": cid, "error": str(exc)})
+            continue
+        files = [v for v in (meta.get("manifest") or {}).values() if v.get("type") == "file"]
+        out.append(
+            {
+                "id": cid,
+                "created_at": meta.get("created_at"),
+                "format": meta.get("format"),
+                "database": "database" in meta,
+                "filesystem": "filesystem" in meta,
+                "files": len(files),
+                "bytes": sum(int(v.get("bytes") or 0) for v in files),
+            }
+        )
+    return out
 
 
 def restore_database(root: Path, checkpoint_id: str, db_path: Path) -> bool:

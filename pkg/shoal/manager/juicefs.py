@@ -116,13 +116,22 @@ def _stat_state(path: Path) -> str:
 
 class JuiceFS:
     def __init__(
-        self, storage: Storage, options: JuiceFSOptions, meta_path: Path, tmp_dir: Path, log_path: Path
+        self,
+        storage: Storage,
+        options: JuiceFSOptions,
+        meta_path: Path,
+        tmp_dir: Path,
+        log_path: Path,
+        *,
+        mount_path: Path | None = None,
+        cache_dir: Path | None = None,
     ) -> None:
         self.storage = storage
         self.options = options
         self.meta_path = meta_path
-        self.mount_path = Path(options.mount_path or tmp_dir / "mount").absolute()
-        self.cache_dir = Path(options.cache_dir or tmp_dir / "juicefs-cache").absolute()
+        # the manager passes paths it has confined to its directories (shoal.manager.paths)
+        self.mount_path = (mount_path or Path(options.mount_path or tmp_dir / "mount")).absolute()
+        self.cache_dir = (cache_dir or Path(options.cache_dir or tmp_dir / "juicefs-cache")).absolute()
         self.log_path = log_path
         self.pidfile = tmp_dir / "juicefs.pid"
         self.state = "stopped"

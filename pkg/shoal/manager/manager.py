@@ -39,7 +39,7 @@ from shoal.manager.supervisor import Supervisor, SupervisorOptions
 
 log = logging.getLogger("shoal.manager")
 
-LOCK_WAIT = 30.0  # an API call waits this long for another operation (a checkpoint S3 stalls)
+OPERATION_TIMEOUT = 300.0  # an API call answers within this; the operation may finish later
 
 
 class ManagerError(Exception):
@@ -58,6 +58,8 @@ class ManagerOptions:
     stop_timeout: float = 90.0
     start_secs: float = 1.0
     start_retries: int = 3
+    operation_timeout: float = OPERATION_TIMEOUT
+    allow_paths: list[Path] = field(default_factory=list)
 
 
 class Manager:
@@ -83,6 +85,8 @@ class Manager:
         self._components_ready = asyncio.Event()
         self._s3_probe: S3Probe | None = None
         self._busy: tuple[str, float] | None = None  # the operation holding _lock, since when
+        self.mount_path: Path | None = None  # confined (shoal.manager.paths)
+        self.cache_dir: Path | None = None
 
     # -- life cycle ----------------------------------------------------------------------
     async def startup(self) -> None:
@@ -90,7 +94,10 @@ class Manager:
         self.tmp_dir.mkdir(parents=True, exist_ok=True)
         try:
             self.config = load_config(self.config_path)
+            if self.config is not None:
+                self.check_paths(self.config)
         except (ConfigError, OSError) as exc:
+            self.config = None
             self.config_error = f"{self.config_path}: {exc}"
             log.error("starting unconfigured: saved configuration is unusable: %s", exc)
         if self.options.command:
@@ -153,23 +160,72 @@ class Manager:
             env["SHOAL_MOUNT"] = str(self._juicefs().mount_path)
         return env
 
+    def _refuse_busy(self) -> ManagerError:
+        op, since = self._busy or ("another operation", time.monotonic())
+        return ManagerError(
+            409, f"busy: {op} has been running for {time.monotonic() - since:.0f} s; try again later"
+        )
+
     @contextlib.asynccontextmanager
     async def _exclusive(self, what: str) -> AsyncIterator[None]:
-        """The operations lock for an API call: 409 instead of waiting more than LOCK_WAIT s
-        behind another operation (one that a hung S3 or filesystem holds up)."""
-        try:
-            await asyncio.wait_for(self._lock.acquire(), LOCK_WAIT)
-        except TimeoutError:
-            op, since = self._busy or ("another operation", time.monotonic())
-            raise ManagerError(
-                409, f"busy: {op} has been running for {time.monotonic() - since:.0f} s; try again later"
-            ) from None
+        """The operations lock for an internal step (boot, lease changes): waits its turn."""
+        async with self._lock:
+            self._busy = (what, time.monotonic())
+            try:
+                yield
+            finally:
+                self._busy = None
+
+    async def _operation(self, what: str, body: Any) -> Any:
+        """Run an API operation (configure, checkpoint, restore, delete, release) alone.
+
+        Another one running: 409 at once, never a queue. The operation runs as its own task
+        holding the lock until it is done, so a request that gives up after
+        `operation_timeout` (504) never leaves half an operation running beside the next one:
+        that one gets 409 until the first has finished and left a consistent state."""
+        if self._lock.locked():
+            raise self._refuse_busy()
+        await self._lock.acquire()
         self._busy = (what, time.monotonic())
+
+        async def run() -> Any:
+            try:
+                return await body()
+            finally:
+                self._busy = None
+                self._lock.release()
+
+        task = asyncio.get_running_loop().create_task(run(), name=what)
+        self._tasks.append(task)
+        task.add_done_callback(lambda t: self._tasks.remove(t) if t in self._tasks else None)
         try:
-            yield
-        finally:
-            self._busy = None
-            self._lock.release()
+            return await asyncio.wait_for(asyncio.shield(task), self.options.operation_timeout)
+        except TimeoutError:
+            raise ManagerError(
+                504,
+                f"{what} did not finish within {self.options.operation_timeout:g} s; it goes on "
+                "in the background (GET / shows it) and other operations get 409 until it ends",
+            ) from None
+
+    def check_paths(self, cfg: Config) -> None:
+        """ConfigError unless every path of `cfg` is inside the manager's directories."""
+        from shoal.manager import paths
+
+        roots = [self.data_dir, self.tmp_dir, *self.options.allow_paths]
+        reserved = [self.checkpoint_root, self.config_path, self.db_path, self.jfs_meta_path]
+        problems = []
+        resolved = {}
+        for name, default in (("mount_path", "mount"), ("cache_dir", "juicefs-cache")):
+            value = getattr(cfg.juicefs, name) or str(self.tmp_dir / default)
+            try:
+                resolved[name] = paths.confine(value, self.tmp_dir, roots, reserved)
+            except ValueError as exc:
+                problems.append({"field": f"juicefs.{name}", "message": str(exc)})
+        if not problems and resolved["mount_path"] == resolved["cache_dir"]:
+            problems.append({"field": "juicefs.cache_dir", "message": "must differ from juicefs.mount_path"})
+        if problems:
+            raise ConfigError(problems)
+        self.mount_path, self.cache_dir = resolved["mount_path"], resolved["cache_dir"]
 
     async def _s3_problem(self) -> str | None:
         cfg = self.config
@@ -181,16 +237,19 @@ class Manager:
 
     # -- configuration -------------------------------------------------------------------
     async def configure(self, cfg: Config) -> dict[str, Any]:
-        async with self._exclusive("configuration"):
+        async def body() -> dict[str, Any]:
             if self.config is not None:
                 raise ManagerError(400, "already configured; the configuration cannot be replaced")
+            self.check_paths(cfg)  # ConfigError: 400 naming the field, nothing saved
             save_config(self.config_path, cfg)
             self.config = cfg
             self.config_error = None
             if self.process:
                 self.process.options.env = self._process_env()  # used from the next (re)start
             await self._start_stacks()
-        return self.status()
+            return self.status()
+
+        return await self._operation("configuration", body)
 
     def config_view(self) -> dict[str, Any]:
         if self.config is None:
@@ -206,12 +265,17 @@ class Manager:
     def _juicefs(self) -> JuiceFS:
         if self.juicefs is None:
             assert self.config is not None
+            if self.mount_path is None:
+                self.check_paths(self.config)
+            assert self.mount_path is not None and self.cache_dir is not None
             self.juicefs = JuiceFS(
                 self.config.storage,
                 self.config.juicefs,
                 self.jfs_meta_path,
                 self.tmp_dir,
                 self.tmp_dir / "juicefs.log",
+                mount_path=self.mount_path,
+                cache_dir=self.cache_dir,
             )
         return self.juicefs
 
@@ -313,7 +377,9 @@ class Manager:
         cfg = self._require_config()
         if "leaser" not in cfg.stacks or self.lease is None:
             raise ManagerError(400, "the leaser stack is not configured")
-        async with self._exclusive("a lease release"):
+        lease = self.lease
+
+        async def body() -> dict[str, Any]:
             await self._stop_writers()
             try:
                 held = await asyncio.to_thread(self.lease.release)
@@ -326,7 +392,9 @@ class Manager:
                 ) from None
             self.lease.released = True
             self.stacks_state = "released"
-        return {"released": held, "lease": self.lease.status()}
+            return {"released": held, "lease": lease.status()}
+
+        return await self._operation("a lease release", body)
 
     # -- checkpoints ---------------------------------------------------------------------
     def _fs_mount(self) -> Path | None:
@@ -360,22 +428,39 @@ class Manager:
         self._require_config()
         checkpoints.validate_id(checkpoint_id)
         await self._fs_needs_s3()
-        async with self._exclusive(f"checkpoint {checkpoint_id!r}"):
+
+        async def body() -> dict[str, Any]:
             try:
                 meta = await asyncio.to_thread(
                     checkpoints.create, self.checkpoint_root, checkpoint_id, self._db(), self._fs_mount()
                 )
             except OSError as exc:  # the mount went away under the copy (juicefs died)
                 raise ManagerError(503, f"checkpoint {checkpoint_id!r} failed: {exc}") from None
-        log.info("checkpoint created", extra={"id": checkpoint_id})
-        return meta
+            log.info("checkpoint created", extra={"id": checkpoint_id})
+            return meta
+
+        return await self._operation(f"checkpoint {checkpoint_id!r}", body)
 
     async def restore(self, checkpoint_id: str) -> dict[str, Any]:
-        self._require_config()
-        meta = checkpoints.load(self.checkpoint_root, checkpoint_id)
+        """Verify the checkpoint (manifest, checksums, SQLite integrity) first: a corrupt or
+        incomplete one is 409 and nothing is stopped or changed; then stop the app, restore,
+        and start it again (if this manager may run it)."""
+        cfg = self._require_config()
+        checkpoints.load(self.checkpoint_root, checkpoint_id)  # 400/404 before anything else
         await self._fs_needs_s3()
-        async with self._exclusive(f"restore of {checkpoint_id!r}"):
+
+        async def body() -> dict[str, Any]:
+            meta = await asyncio.to_thread(checkpoints.verify, self.checkpoint_root, checkpoint_id)
             db, mount = self._db(), self._fs_mount()
+            missing = [
+                part
+                for part, stack, live in (("database", "db", db), ("filesystem", "juicefs", mount))
+                if stack in cfg.stacks and live is not None and part not in meta
+            ]
+            if missing:
+                raise ManagerError(
+                    409, f"checkpoint {checkpoint_id!r} has no {' or '.join(missing)}; nothing restored"
+                )
             started = time.monotonic()
             if self.process:
                 await self.process.stop()
@@ -389,20 +474,45 @@ class Manager:
             except OSError as exc:  # the journal finishes or undoes it at the next mount
                 raise ManagerError(503, f"restore of {checkpoint_id!r} failed: {exc}") from None
             finally:
-                if self.process:
-                    self.process.start()
-        log.info("checkpoint restored", extra={"id": checkpoint_id})
-        return {
-            "id": checkpoint_id,
-            "restored": True,
-            "database": bool(restored_db),
-            "filesystem": bool(restored_fs),
-            "seconds": round(time.monotonic() - started, 3),
-            "checkpoint": meta,
-        }
+                self._start_app()
+            log.info("checkpoint restored", extra={"id": checkpoint_id})
+            return {
+                "id": checkpoint_id,
+                "restored": True,
+                "database": bool(restored_db),
+                "filesystem": bool(restored_fs),
+                "seconds": round(time.monotonic() - started, 3),
+                "checkpoint": {k: v for k, v in meta.items() if k != "manifest"},
+            }
+
+        return await self._operation(f"restore of {checkpoint_id!r}", body)
+
+    async def delete_checkpoint(self, checkpoint_id: str) -> dict[str, Any]:
+        checkpoints.validate_id(checkpoint_id)
+
+        async def body() -> dict[str, Any]:
+            await asyncio.to_thread(checkpoints.delete, self.checkpoint_root, checkpoint_id)
+            log.info("checkpoint deleted", extra={"id": checkpoint_id})
+            return {"id": checkpoint_id, "deleted": True}
+
+        return await self._operation(f"deletion of checkpoint {checkpoint_id!r}", body)
 
     def list_checkpoints(self) -> list[str]:
         return checkpoints.list_ids(self.checkpoint_root)
+
+    def describe_checkpoints(self) -> list[dict[str, Any]]:
+        return checkpoints.describe(self.checkpoint_root)
+
+    def _may_run_app(self) -> bool:
+        """The app writes: with the leaser stack only while we are the (unfenced) writer."""
+        cfg = self.config
+        if cfg is None or "leaser" not in cfg.stacks:
+            return True
+        return self._writers_up and self.lease is not None and self.lease.held
+
+    def _start_app(self) -> None:
+        if self.process and self._may_run_app():
+            self.process.start()
 
     # -- process control -----------------------------------------------------------------
     async def stop_process(self) -> dict[str, Any]:

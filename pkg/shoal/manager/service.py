@@ -68,6 +68,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--start-retries", type=int, default=3, help="failed starts in a row before giving up"
     )
     parser.add_argument(
+        "--operation-timeout",
+        type=float,
+        default=300.0,
+        help="seconds a configure/checkpoint/restore request waits for its operation (default 300)",
+    )
+    parser.add_argument(
+        "--allow-path",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="a directory (besides DATA_DIR and TMP_DIR) where juicefs.mount_path/cache_dir may point",
+    )
+    parser.add_argument(
         "child_command", nargs=argparse.REMAINDER, metavar="COMMAND", help="-- COMMAND [ARGS...] to supervise"
     )
     add_auth_arguments(parser)
@@ -94,6 +107,8 @@ def manager_options(options: dict[str, Any]) -> ManagerOptions:
         stop_timeout=float(options.get("stop_timeout", 90.0)),
         start_secs=float(options.get("start_secs", 1.0)),
         start_retries=int(options.get("start_retries", 3)),
+        operation_timeout=float(options.get("operation_timeout") or 300.0),
+        allow_paths=[Path(p).absolute() for p in options.get("allow_path") or []],
     )
 
 
@@ -141,6 +156,10 @@ def make_api(manager: Manager) -> Api:
             ) from None
         try:
             return await manager.configure(cfg)
+        except ConfigError as exc:  # a path outside the manager's directories
+            raise ApiError(
+                400, f"invalid configuration: {exc}", code="INVALID_CONFIG", details=exc.problems
+            ) from None
         except ManagerError as exc:
             raise _api_error(exc) from None
 
@@ -159,9 +178,16 @@ def make_api(manager: Manager) -> Api:
         except (ManagerError, CheckpointError) as exc:
             raise _api_error(exc) from None
 
-    @api.get("/checkpoints", summary="Checkpoint ids")
+    @api.get("/checkpoints", summary="Checkpoint ids, and each one's time, parts and size")
     async def list_checkpoints(request: Any) -> dict:
-        return {"checkpoints": manager.list_checkpoints()}
+        return {"checkpoints": manager.list_checkpoints(), "details": manager.describe_checkpoints()}
+
+    @api.delete("/checkpoints/{checkpoint_id}", timeout=None, summary="Delete a checkpoint")
+    async def delete_checkpoint(request: Any, checkpoint_id: str) -> dict:
+        try:
+            return await manager.delete_checkpoint(checkpoint_id)
+        except (ManagerError, CheckpointError) as exc:
+            raise _api_error(exc) from None
 
     @api.post("/release-lease", timeout=None, summary="Give up the writer lease")
     async def release_lease(request: Any) -> dict:
