@@ -28,10 +28,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import sqlite3
-import stat
 import re
 import shutil
+import sqlite3
+import stat
 import time
 import uuid
 from pathlib import Path
@@ -153,7 +153,8 @@ def verify(root: Path, checkpoint_id: str, meta: dict[str, Any] | None = None) -
     expected = meta.get("manifest")
     if not isinstance(expected, dict):
         raise CheckpointError(
-            409, f"checkpoint {checkpoint_id!r} has no manifest (format {meta.get('format')}); it cannot be verified"
+            409,
+            f"checkpoint {checkpoint_id!r} has no manifest (format {meta.get('format')}); it cannot be verified",
         )
     problems: list[str] = []
     try:
