@@ -6,6 +6,10 @@ with {"disk_usage_percent", "chunk_count"} every few seconds. The heartbeat also
 re-replicate them; a corruption found by a read triggers a heartbeat at once. The metadata
 service may be down or not started yet: failures are logged, retried with backoff, and never
 affect serving chunks. A 404 on heartbeat (the service forgot us) leads to registering again.
+
+With an auth dir both calls are signed as this node (`auth`); the metadata service checks
+that the node answers its health check before it registers it, so a refused registration
+(the node was not listening yet) is retried within a second rather than after an interval.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
 from collections.abc import Callable
 
 import httpx
@@ -30,6 +35,9 @@ class MetadataClient:
         node_url: str,
         figures: Callable[[], dict],
         interval: float = 5.0,
+        *,
+        auth: httpx.Auth | None = None,
+        verify: ssl.SSLContext | bool = True,
     ) -> None:
         self.metadata_url = metadata_url.rstrip("/")
         self.node_id = node_id
@@ -41,9 +49,12 @@ class MetadataClient:
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
         self._client: httpx.AsyncClient | None = None
+        self._auth = auth
+        self._failures = 0
+        self._verify = verify
 
     def start(self) -> None:
-        self._client = httpx.AsyncClient(timeout=3.0)
+        self._client = httpx.AsyncClient(timeout=5.0, auth=self._auth, verify=self._verify)
         self._task = asyncio.create_task(self._run(), name="shoal-storage-heartbeat")
 
     async def stop(self) -> None:
@@ -53,6 +64,12 @@ class MetadataClient:
                 await self._task
         if self._client is not None:
             await self._client.aclose()
+
+    def _backoff(self, delay: float) -> float:
+        self._failures += 1
+        if not self.registered:  # not registered yet: first retries come fast (0.25, 0.5, 1 s ...)
+            return min(0.25 * 2 ** (self._failures - 1), 30.0)
+        return min(max(delay * 2, 1.0), 30.0)
 
     def poke(self) -> None:
         """Send a heartbeat now (e.g. a corruption was just found)."""
@@ -66,12 +83,13 @@ class MetadataClient:
                     await self._register()
                 await self._heartbeat()
                 delay = self.interval
+                self._failures = 0
             except (httpx.HTTPError, OSError) as exc:
                 log.warning("metadata service %s unreachable: %s", self.metadata_url, exc)
-                delay = min(max(delay * 2, 1.0), 30.0)
+                delay = self._backoff(delay)
             except _Rejected as exc:
                 log.warning("metadata service answered %s", exc)
-                delay = min(max(delay * 2, 1.0), 30.0)
+                delay = self._backoff(delay)
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), delay)

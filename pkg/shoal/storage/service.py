@@ -4,6 +4,12 @@ Chunk GET/HEAD/PUT and HEAD /ping are raw ASGI routes (shoal.web's fast path): a
 index lookup, one os.pread into one bytes object, a checksum check and one send. Errors
 use the `{"detail": ...}` envelope. Other internal routes (e.g. ChunkPaxos acceptors,
 next) are added as ordinary `Api` routes on the StorageNode in `make_api`.
+
+With `--auth-dir D` (docs/security.md): chunk GET/HEAD and HEAD /ping need a viewer (or a
+cluster node); chunk PUT/DELETE and the Paxos prepare/accept routes need a cluster node (a
+signed request or a node JWT: no human key, not even admin); GET /chunks and GET /paxos/{id}
+need an operator or a node. A signed chunk PUT is checked before its body is read and its body
+hashed once (shoal.storage.nodeauth). Registration and heartbeats to --metadata-url are signed.
 """
 
 from __future__ import annotations
@@ -38,7 +44,12 @@ from shoal.storage.store import (
 )
 from shoal.web import DETAIL_ENVELOPE, Api, ApiError, header, read_raw_body, respond
 from shoal.web import create_app as build_app
+from shoal.web.api import Endpoint
+from shoal.web.auth import NODE, Requirement, add_auth_arguments, check_startup
 from shoal.web.jsonio import JSONResponse
+from shoal.web.tls import add_client_tls_argument, options_verify
+
+from .nodeauth import CLAIMED, NodeCredentials, StorageAuthLayer
 
 TITLE = "Storage node"
 MAX_WORKERS = 1  # one writer owns the superblocks
@@ -53,6 +64,20 @@ CRITICAL_PERCENT = 95.0
 _BAD_ID = "chunk id must be 1 to 128 characters of A-Z, a-z, 0-9, '_' or '-'"
 _OCTET = (b"content-type", b"application/octet-stream")
 _NO_CACHE = (b"cache-control", b"no-cache")
+
+READ = Requirement("viewer", nodes=True)  # playback: chunk GET/HEAD, latency pings
+MANAGE = Requirement("operator", nodes=True)  # listings the metadata service collects by
+
+
+def policy(ep: Endpoint) -> Requirement | None:
+    """Who may call each storage route (docs/security.md); a new route is nodes-only until decided."""
+    if ep.path == "/health":
+        return None
+    if ep.path in ("/chunk/{chunk_id}", "/ping"):
+        return READ if ep.method in ("GET", "HEAD") else NODE
+    if ep.path == "/chunks" or (ep.path.startswith("/paxos/") and ep.method == "GET"):
+        return MANAGE
+    return NODE
 
 
 def _size(text: str) -> int:
@@ -76,6 +101,12 @@ def add_arguments(parser) -> None:
     parser.add_argument("--compact-threshold", type=float, default=0.5, help="garbage share that triggers it")
     parser.add_argument("--compact-interval", type=float, default=30.0, help="seconds between checks")
     parser.add_argument("--heartbeat-interval", type=float, default=5.0, help="seconds between heartbeats")
+    add_auth_arguments(parser)
+    add_client_tls_argument(parser)
+
+
+def check_options(options: dict[str, Any]) -> None:
+    check_startup(options, "storage")
 
 
 class Health(msgspec.Struct):
@@ -139,12 +170,15 @@ class StorageNode:
         )
         self.compactor.start()
         if o.get("metadata_url"):
+            creds = NodeCredentials.from_options(o, self.node_id)
             self.metadata = MetadataClient(
                 o["metadata_url"],
                 self.node_id,
                 self.node_url,
                 self.figures,
                 float(o.get("heartbeat_interval") or 5),
+                auth=creds.httpx_auth() if creds else None,
+                verify=options_verify(o),
             )
             self.metadata.start()
 
@@ -183,7 +217,9 @@ class StorageNode:
 def make_api(node: StorageNode) -> Api:
     """The storage routes; new internal routes belong here."""
     api = Api(tags=["storage"])
-    chunk_doc = {"parameters": [_chunk_param()]}
+
+    def chunk_doc() -> dict:  # one dict per route: the auth layer writes each one's security
+        return {"parameters": [_chunk_param()]}
 
     @api.raw(
         "PUT",
@@ -199,7 +235,7 @@ def make_api(node: StorageNode) -> Api:
             413: "body over 2 MiB",
             507: "disk usage over 95%",
         },
-        openapi_extra=chunk_doc,
+        openapi_extra=chunk_doc(),
     )
     async def put_chunk(scope: dict, receive: Any, send: Any, chunk_id: str) -> None:
         store = node.store
@@ -219,6 +255,9 @@ def make_api(node: StorageNode) -> Api:
         if store.disk_usage_percent() > CRITICAL_PERCENT:
             raise ApiError(507, f"disk usage is over {CRITICAL_PERCENT:g}%; not accepting chunks")
         sha256, cks = await store.digest_async(data)
+        claimed = scope.get(CLAIMED)  # a signed PUT: its signature covered this hash, not the body
+        if claimed is not None and claimed != sha256.hex():
+            raise ApiError(401, "the body does not match its signed hash", "UNAUTHORIZED")
         if expected is not None and expected != sha256:
             raise ApiError(400, f"X-Chunk-Checksum does not match the body (sha256 {sha256.hex()})")
         try:
@@ -245,7 +284,7 @@ def make_api(node: StorageNode) -> Api:
             416: "range not satisfiable",
             500: "the stored bytes are corrupt (not served)",
         },
-        openapi_extra=chunk_doc,
+        openapi_extra=chunk_doc(),
     )
     async def get_chunk(scope: dict, receive: Any, send: Any, chunk_id: str) -> None:
         store = node.store
@@ -285,7 +324,7 @@ def make_api(node: StorageNode) -> Api:
         media_type="application/octet-stream",
         summary="Whether a chunk is here, with GET's headers and no body",
         extra_responses={404: "no such chunk", 500: "the chunk is known to be corrupt"},
-        openapi_extra=chunk_doc,
+        openapi_extra=chunk_doc(),
     )
     async def head_chunk(scope: dict, receive: Any, send: Any, chunk_id: str) -> None:
         store = node.store
@@ -408,11 +447,13 @@ def create_app(options: dict[str, Any]) -> Any:
         finally:
             await node.stop()
 
-    return build_app(
+    layer = StorageAuthLayer.from_options(options, DETAIL_ENVELOPE)
+    app = build_app(
         title=TITLE,
-        apis=[make_api(node), make_acceptor_api(node)],
+        apis=layer.secure([make_api(node), make_acceptor_api(node)], policy),
         envelope=DETAIL_ENVELOPE,
         max_body=MAX_CHUNK,
         lifespan=lifespan,
         state={"node": node},
     )
+    return layer.wrap(app)
