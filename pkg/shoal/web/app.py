@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import time
 from collections.abc import Callable
 from typing import Any
@@ -27,6 +28,35 @@ log = logging.getLogger("shoal.web")
 access = logging.getLogger("shoal.access")
 
 DEFAULT_MAX_BODY = 1 << 20
+MAX_TARGET = 8192  # bytes of path + query; longer is 414 here, in the service's envelope
+
+
+class MethodTable:
+    """Every method each documented path answers, raw routes included, for a complete `Allow`
+    on 405 (Starlette's own lists only the first route that matched the path)."""
+
+    def __init__(self, endpoints: list[Endpoint], extra: dict[str, list[str]]) -> None:
+        rows = [(ep.path, ep.method) for ep in endpoints]
+        rows += [(ep.path, "HEAD") for ep in endpoints if ep.method == "GET" and not ep.raw]  # Starlette's
+        rows += [(path, m) for path, methods in extra.items() for m in [*methods, "HEAD"]]
+        self.rows = [(self._regex(path), method) for path, method in rows]
+
+    @staticmethod
+    def _regex(path: str) -> re.Pattern[str]:
+        def param(m: re.Match[str]) -> str:
+            return ".*" if m.group(2) == "path" else "[^/]+"
+
+        parts = re.split(r"({[a-zA-Z_]\w*(?::([a-z]+))?})", path)
+        out, i = [], 0
+        while i < len(parts):
+            out.append(re.escape(parts[i]))
+            if i + 1 < len(parts):
+                out.append(param(re.match(r"{([a-zA-Z_]\w*)(?::([a-z]+))?}", parts[i + 1])))
+            i += 3
+        return re.compile("^" + "".join(out) + "$")
+
+    def allowed(self, path: str) -> list[str]:
+        return sorted({method for regex, method in self.rows if regex.match(path)})
 
 
 class ShoalApp:
@@ -68,6 +98,16 @@ class ShoalApp:
 
         scope["shoal.app"] = self
         method = scope["method"]
+        if len(scope.get("raw_path") or scope["path"]) + len(scope.get("query_string", b"")) > MAX_TARGET:
+            await respond_error(
+                send_measured,
+                self.envelope,
+                ApiError(
+                    414, f"request target longer than {MAX_TARGET} bytes", headers={"Connection": "close"}
+                ),
+            )
+            self.metrics.observe(method, "<too long>", status, time.perf_counter() - start)
+            return
         matched = self.raw.match(method, scope["path"]) if self.raw else None
         if matched is not None:
             handler, params, label = matched
@@ -128,12 +168,20 @@ def create_app(
     def render(error: ApiError) -> Response:
         return JSONResponse(envelope.render(error), status_code=error.status, headers=error.headers)
 
+    methods = MethodTable(documented, {"/openapi.json": ["GET"], "/metrics": ["GET"]})
+
     async def http_exception(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
-        message = {404: f"no route for {request.url.path}", 405: f"method {request.method} not allowed"}
-        return render(
-            ApiError(exc.status_code, message.get(exc.status_code, str(exc.detail)), headers=exc.headers)
-        )
+        status, headers = exc.status_code, dict(exc.headers or {})
+        if status in (404, 405):
+            allow = methods.allowed(request.url.path)
+            if allow:  # the path exists: the method is what is wrong (TRACE included)
+                status, headers["Allow"] = 405, ", ".join(allow)
+        message = {
+            404: f"no route for {request.url.path}",
+            405: f"method {request.method} not allowed; allowed: {headers.get('Allow', '')}",
+        }
+        return render(ApiError(status, message.get(status, str(exc.detail)), headers=headers or None))
 
     async def openapi_route(request: Request) -> Response:
         request.scope["shoal.route"] = "/openapi.json"
