@@ -5,6 +5,12 @@ Every route of the spec's "Metadata Service API", errors as {"detail"}. State is
 (MAX_WORKERS = 1): the node registry and in-flight consensus phases are cached in memory.
 With `--store etcd --etcd URL`, several metadata processes (on several machines) share one
 store: each follows the node records the others write, and takes its own proposer incarnation.
+
+With `--auth-dir D` (docs/security.md): reads need a viewer or a cluster node; POST /video an
+uploader or a node; commits and heartbeats a node; POST /nodes/register an operator or a node,
+and the node must answer its health check (also with `--registration-check on`); everything
+else (overrides, maintenance, node removal) an operator. Paxos messages, repair, moves,
+deletes and listings sent to storage nodes are signed with the cluster secret.
 """
 
 from __future__ import annotations
@@ -26,8 +32,12 @@ from shoal.paxos import ERASURE, REPLICATION, Fragment, Placement, PlacementErro
 from shoal.paxos.placement import CHUNK_ID, MODES, NODE_URL, fragment_id
 from shoal.paxos.proposer import Proposer
 from shoal.paxos.transport import HttpTransport, Unreachable
+from shoal.storage.nodeauth import NodeCredentials
 from shoal.web import DETAIL_ENVELOPE, Api, ApiError
 from shoal.web import create_app as build_app
+from shoal.web.api import Endpoint
+from shoal.web.auth import NODE, AuthLayer, Requirement, add_auth_arguments, check_startup
+from shoal.web.tls import add_client_tls_argument, options_verify
 
 from .chunks import ChunkService, CommitFailed, Times
 from .maintenance import Maintenance, NotLeader
@@ -54,6 +64,24 @@ SERVICE_VERSION = "1.0.0"
 FILES = {"lmdb": "metadata.lmdb", "sqlite": "metadata.sqlite"}  # in the data dir
 
 log = logging.getLogger("shoal.metadata")
+
+READ = Requirement("viewer", nodes=True)
+MANAGE = Requirement("operator", nodes=True)
+
+
+def policy(ep: Endpoint) -> Requirement | None:
+    """Who may call each route (docs/security.md); a write not named here is for operators."""
+    if ep.path in ("/health", "/"):
+        return None
+    if ep.method in ("GET", "HEAD") or ep.path == "/video/{video_id}/view":
+        return READ
+    if ep.path in ("/video", "/video/{video_id}/complete", "/video/{video_id}/fail"):
+        return Requirement("uploader", nodes=True)  # the uploader service signs as a node
+    if ep.path in ("/chunk/{chunk_id}/commit", "/nodes/{node_id}/heartbeat"):
+        return NODE
+    return MANAGE  # /nodes/register (+ the health check), overrides, maintenance, node removal
+
+
 logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per Paxos message is noise
 
 
@@ -93,6 +121,26 @@ def add_arguments(parser) -> None:
         default=1.0,
         help="seconds /health waits for the store before it reports degraded",
     )
+    parser.add_argument(
+        "--registration-check",
+        choices=["auto", "on", "off"],
+        default="auto",
+        help="POST /nodes/register only for a node answering its /health (auto: on with --auth-dir)",
+    )
+    parser.add_argument(
+        "--node-id", default=None, help="this service's id in signed requests (metadata-<port>)"
+    )
+    add_auth_arguments(parser)
+    add_client_tls_argument(parser)
+
+
+def check_options(options: dict[str, Any]) -> None:
+    check_startup(options, "metadata")
+
+
+def registration_check(options: dict[str, Any]) -> bool:
+    mode = options.get("registration_check") or "auto"
+    return mode == "on" or (mode == "auto" and bool(options.get("auth_dir")))
 
 
 class Metadata:
@@ -135,9 +183,15 @@ class Metadata:
         base, incarnation = await self.store.proposer_identity(o.get("proposer_id"))
         self.proposer_id = f"{base}.{incarnation}"
         timeout = float(_opt(o, "paxos_timeout", 2.0))
-        self.transport = HttpTransport(timeout=timeout)
+        creds = NodeCredentials.from_options(o, o.get("node_id") or f"metadata-{o.get('port') or 8080}")
+        verify = options_verify(o)
+        self.transport = HttpTransport(timeout=timeout, signer=creds.headers if creds else None, ssl=verify)
         self.chunks = ChunkService(self.store, self.registry, Proposer(self.proposer_id, self.transport))
-        self.http = httpx.AsyncClient(timeout=httpx.Timeout(10.0, connect=2.0))
+        self.http = httpx.AsyncClient(
+            timeout=httpx.Timeout(10.0, connect=2.0),
+            auth=creds.httpx_auth() if creds else None,
+            verify=verify,
+        )
         self.maintenance = Maintenance(
             self.store,
             self.registry,
@@ -251,6 +305,25 @@ def placement_from(chunk_id: str, body: CommitBody) -> Placement:
 def _store_name(m: Metadata) -> str:
     """The store backend's name, for health reasons."""
     return str(m.options.get("store") or "lmdb")
+
+
+async def check_node_answers(http: httpx.AsyncClient, url: str, node_id: str, timeout: float = 2.0) -> None:
+    """ApiError(422) with the reason unless `url` answers GET /health as storage node `node_id`:
+    an unreachable URL in the registry makes every later upload pick a dead node."""
+    try:
+        r = await http.get(f"{url}/health", timeout=timeout)
+    except httpx.HTTPError as exc:
+        raise ApiError(
+            422, f"not registered: {url} does not answer its health check ({type(exc).__name__}: {exc})"
+        ) from None
+    try:
+        body = r.json()
+    except ValueError:
+        body = None
+    if r.status_code not in (200, 503) or not isinstance(body, dict):  # 503: a full node still answers
+        raise ApiError(422, f"not registered: GET {url}/health answered {r.status_code}, not a storage node")
+    if body.get("node_id") not in (None, node_id):
+        raise ApiError(422, f"not registered: {url} answers as node {body.get('node_id')!r}, not {node_id!r}")
 
 
 def make_api(m: Metadata) -> Api:
@@ -525,6 +598,8 @@ def make_api(m: Metadata) -> Api:
         other = m.registry.by_url(url)
         if other is not None and other.node_id != query.node_id:
             raise ApiError(409, f"{url} is registered as node {other.node_id}")
+        if registration_check(m.options):
+            await check_node_answers(m.http, url, query.node_id)
         await m.registry.register(query.node_id, url, query.version)
         return {"status": "registered", "node_id": query.node_id, "node_url": url}
 
@@ -647,11 +722,13 @@ def create_app(options: dict[str, Any]) -> Any:
         finally:
             await m.stop()
 
-    return build_app(
+    layer = AuthLayer.from_options(options, DETAIL_ENVELOPE)
+    app = build_app(
         title=TITLE,
         version=__version__,
-        apis=[make_api(m)],
+        apis=layer.secure([make_api(m)], policy),
         envelope=DETAIL_ENVELOPE,
         lifespan=lifespan,
         state={"metadata": m},
     )
+    return layer.wrap(app)
