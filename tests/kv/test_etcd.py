@@ -204,7 +204,9 @@ async def test_compaction_by_someone_else_is_reported_on_reopen(etcd_url):
 
 
 async def test_the_store_compacts_etcd_to_its_history(etcd_url):
-    async with await EtcdStore.open(etcd_url, namespace=ns(), limits=Limits(history=8)) as store:
+    async with await EtcdStore.open(
+        etcd_url, namespace=ns(), limits=Limits(history=8), compact=True
+    ) as store:
         for i in range(20):
             await store.set("/c", b"%d" % i)
             await store.flush_watches()
@@ -310,3 +312,23 @@ async def test_acknowledged_writes_survive_kill_9_of_etcd(own_etcd):
         assert len(pairs) >= acked  # every acknowledged one (and maybe the one in flight)
         for n in range(acked):
             assert (await store.get(f"/crash/{n}/a")).value == b"%d" % n
+
+
+async def test_compaction_is_off_by_default(etcd_url):
+    """etcd compaction is cluster-wide: a store must not drop other clients' history unasked."""
+    async with await EtcdStore.open(etcd_url, namespace=ns(), limits=Limits(history=8)) as store:
+        for i in range(20):
+            await store.set("/c", b"%d" % i)
+        await store.flush_watches()
+        assert store._compact_task is None
+        old = await store._client.call("Range", rpc.RangeRequest(key=b"/", revision=store.base + 5))
+        assert old.header.revision > 0  # still readable at that revision
+
+
+async def test_many_writers_of_one_key_in_one_process_all_succeed(etcd_url):
+    """More concurrent writers than optimistic attempts (64): they queue per key, none is StoreBusy."""
+    async with await EtcdStore.open(etcd_url, namespace=ns()) as store:
+        results = await asyncio.gather(*(store.set("/hot", b"%d" % i) for i in range(150)))
+        assert sorted(results) == list(range(1, 151))  # every write got its own version
+        entry = await store.get("/hot")
+        assert entry is not None and entry.version == 150

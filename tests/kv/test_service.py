@@ -182,3 +182,48 @@ def test_schemathesis_finds_no_server_error(tmp_path):
     with ServiceProcess("kv", tmp_path / "kv", ["--store", "sqlite", "--no-durable"]) as svc:
         out = run_schemathesis(svc.url, max_examples=25, max_time=25, exclude_path_regex="^/v1/watch")
     assert out.returncode == 0, out.stdout[-4000:]
+
+
+def raw_request(url: str, method: str, target: str, body: bytes = b"") -> tuple[int, dict]:
+    """A request with the target sent byte for byte (httpx would re-encode a stray %)."""
+    import http.client
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=10)
+    try:
+        conn.putrequest(method, target, skip_accept_encoding=True)
+        conn.putheader("Content-Type", "application/json")
+        conn.putheader("Content-Length", str(len(body)))
+        conn.endheaders(body)
+        r = conn.getresponse()
+        return r.status, json.loads(r.read() or b"{}")
+    finally:
+        conn.close()
+
+
+def test_keys_with_bad_percent_encoding_or_utf8_are_400_not_mangled(tmp_path):
+    with ServiceProcess("kv", tmp_path / "kv", ["--store", "sqlite", "--no-durable"]) as svc:
+        body = b'{"value": "x"}'
+        for target in ("/v1/kv/a%zzb", "/v1/kv/a%ffb", "/v1/kv/bad%c3", "/v1/kv/trail%"):
+            status, answer = raw_request(svc.url, "PUT", target, body)
+            assert status == 400 and "detail" in answer, (target, status, answer)
+            assert raw_request(svc.url, "GET", target)[0] == 400
+        status, answer = raw_request(svc.url, "PUT", "/v1/kv/caf%C3%A9/x%2Fy", body)
+        assert status == 200 and answer["key"] == "/café/x/y", answer
+        status, answer = raw_request(svc.url, "GET", "/v1/kv/caf%C3%A9/x%2Fy")
+        assert status == 200 and answer["key"] == "/café/x/y"
+        keys = httpx.get(svc.url + "/v1/keys").json()["keys"]
+        assert keys == ["/café/x/y"] and not any("\ufffd" in k for k in keys)
+
+
+async def test_get_json_of_a_non_json_value_is_a_store_error():
+    from shoal.kv import KvError, MemoryStore, ValueNotJson
+
+    store = MemoryStore()
+    await store.set("/k", b"\xffnot json")
+    with pytest.raises(ValueNotJson) as info:
+        await store.get_json("/k")
+    assert isinstance(info.value, KvError) and "/k" in str(info.value)
+    await store.set_json("/j", {"a": 1})
+    assert await store.get_json("/j") == {"a": 1} and await store.get_json("/absent", 7) == 7

@@ -18,6 +18,7 @@ from .errors import (
     StoreBusy,
     StoreClosed,
     StoreUnavailable,
+    ValueNotJson,
     VersionConflict,
 )
 from .factory import STORE_KINDS, add_store_arguments, open_store
@@ -48,6 +49,7 @@ __all__ = [
     "StoreUnavailable",
     "TransactionOp",
     "TxnResult",
+    "ValueNotJson",
     "VersionConflict",
     "Watch",
     "add_store_arguments",

@@ -13,7 +13,7 @@ from typing import Any, Self
 
 import orjson
 
-from .errors import LimitExceeded, NotFound, StoreClosed, VersionConflict
+from .errors import LimitExceeded, NotFound, StoreClosed, ValueNotJson, VersionConflict
 from .keys import check_key, check_prefix, parse_pattern
 from .model import Entry, Limits, TransactionOp, TxnResult
 from .watch import Watch, WatchHub
@@ -149,7 +149,12 @@ class KvStore(ABC):
     async def get_json(self, key: str, default: Any = None) -> Any:
         """The value parsed as JSON, or `default` if the key is absent."""
         entry = await self.get(key)
-        return default if entry is None else orjson.loads(entry.value)
+        if entry is None:
+            return default
+        try:
+            return orjson.loads(entry.value)
+        except orjson.JSONDecodeError as exc:
+            raise ValueNotJson(key, str(exc)) from None
 
     # -- writes -----------------------------------------------------------------------------
     @abstractmethod

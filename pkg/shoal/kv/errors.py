@@ -60,6 +60,14 @@ class StoreClosed(KvError):
         super().__init__("the store is closed")
 
 
+class ValueNotJson(KvError, ValueError):
+    """get_json of a value that is not JSON (the key holds something else)."""
+
+    def __init__(self, key: str, reason: str) -> None:
+        super().__init__(f"the value of {key!r} is not JSON: {reason}")
+        self.key = key
+
+
 class StoreBusy(KvError):
     """Another process held the write lock for longer than the busy timeout."""
 

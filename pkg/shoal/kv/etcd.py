@@ -13,8 +13,11 @@ Layout and envelope: see etcd_codec. Semantics, and how etcd provides them:
 - A write whose answer was lost (member died mid-request) is looked up by its commit id in the
   change log before anything is retried: it is applied exactly once.
 - Watch: a mirror of the namespace's commits fed by one etcd watch stream (etcd_log), read by the
-  same WatchHub as the other backends. `limits.history` revisions are kept; the store compacts
-  etcd to the same point (turn off with compact=False when the cluster compacts itself).
+  same WatchHub as the other backends. `limits.history` revisions are kept for watches. etcd
+  compaction is cluster-wide (it drops every client's history), so the store compacts only when
+  told to (compact=True, `--etcd-compact`); by default the cluster's own policy applies.
+- Writers of one key inside one process queue on a per-key lock, so contention on a hot key
+  costs optimistic retries only between processes (which back off with jitter).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import random
 import time
 from collections.abc import Sequence
 from typing import NamedTuple
@@ -80,6 +84,7 @@ class EtcdStore(KvStore):
         self._cache: dict[str, KeyState] = {}
         self._known = 0  # the newest store revision any etcd answer has shown us
         self._compacted = 0
+        self._key_locks: dict[str, list] = {}  # key -> [lock, users]
         self._compact_task: asyncio.Task[None] | None = None
         self.ambiguous_writes = 0  # writes whose answer was lost and that were looked up by id
 
@@ -90,7 +95,7 @@ class EtcdStore(KvStore):
         *,
         namespace: str = "kv",
         limits: Limits | None = None,
-        compact: bool = True,
+        compact: bool = False,
         timeout: float = 30.0,
         call_timeout: float = 5.0,
         max_request_bytes: int = 1_572_864,
@@ -102,7 +107,8 @@ class EtcdStore(KvStore):
         one fails. timeout: how long an operation keeps trying while etcd is unreachable (then
         StoreUnavailable). max_request_bytes / max_txn_ops: the etcd server's --max-request-bytes
         and --max-txn-ops, checked before sending (a transaction uses one op per written key plus
-        one for the commit record). compact: compact etcd to keep `limits.history` revisions.
+        one for the commit record). compact: compact etcd to keep `limits.history` revisions (off by
+        default: etcd compaction removes other clients' history too).
         """
         self = cls()
         self.limits = limits or Limits()
@@ -272,6 +278,36 @@ class EtcdStore(KvStore):
         return await self._commit(validate_ops(ops, self.limits))
 
     async def _commit(self, ops: list[TransactionOp]) -> TxnResult:
+        """Writers of the same keys in this process take turns (per-key locks, in key order so
+        two transactions never wait on each other); then the optimistic commit below."""
+        if all(op.kind == "check" for op in ops):
+            return await self._commit_optimistic(ops)
+        keys = sorted({op.key for op in ops if op.kind != "check"})
+        locks = [self._key_lock(k) for k in keys]
+        try:
+            for lock in locks:
+                await lock.acquire()
+            return await self._commit_optimistic(ops)
+        finally:
+            for k, lock in zip(keys, locks, strict=True):
+                if lock.locked():
+                    lock.release()
+                self._key_unlock(k)
+
+    def _key_lock(self, key: str) -> asyncio.Lock:
+        entry = self._key_locks.get(key)
+        if entry is None:
+            entry = self._key_locks[key] = [asyncio.Lock(), 0]
+        entry[1] += 1
+        return entry[0]
+
+    def _key_unlock(self, key: str) -> None:
+        entry = self._key_locks[key]
+        entry[1] -= 1
+        if entry[1] == 0:
+            del self._key_locks[key]
+
+    async def _commit_optimistic(self, ops: list[TransactionOp]) -> TxnResult:
         """Plan against the keys' state and commit guarded by it; redo on a stale state."""
         keys = list(dict.fromkeys(op.key for op in ops))
         ekeys = [self.prefix + k.encode() for k in keys]
@@ -282,7 +318,9 @@ class EtcdStore(KvStore):
         sent = False  # a commit with txn_id may have reached etcd
         failure = [_range(k) for k in ekeys]
         client = self._client
-        for _ in range(MAX_ATTEMPTS):
+        for attempt in range(MAX_ATTEMPTS):
+            if attempt >= 2:  # another process keeps winning: back off, with jitter
+                await asyncio.sleep(random.uniform(0, min(0.05, 0.0005 * 2**attempt)))
             conflict: VersionConflict | None = None
             writes: list[Mutation] = []
             try:

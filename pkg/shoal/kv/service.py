@@ -21,6 +21,8 @@ import asyncio
 import base64
 import binascii
 import contextlib
+import re
+import urllib.parse
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -195,7 +197,22 @@ def store_errors():
         raise api_error(err) from None
 
 
-def path_key(key: str) -> str:
+_PERCENT = re.compile(rb"%(?![0-9A-Fa-f]{2})")
+
+
+def path_key(key: str, request: Request | None = None) -> str:
+    """The key of a /v1/kv/<key> URL. Checked on the raw bytes of the path: the server decodes
+    invalid percent-encoding or UTF-8 as U+FFFD, and such a key would be stored mangled."""
+    raw = request.scope.get("raw_path") if request is not None else None
+    if raw is not None:
+        _, sep, encoded = raw.partition(b"/v1/kv/")
+        if sep:
+            if _PERCENT.search(encoded):
+                raise ApiError(400, "the key has invalid percent-encoding (% must start %XX)")
+            try:
+                key = urllib.parse.unquote_to_bytes(encoded).decode("utf-8")
+            except UnicodeDecodeError:
+                raise ApiError(400, "the key is not valid UTF-8 once percent-decoded") from None
     return "/" + key
 
 
@@ -206,14 +223,14 @@ def make_api(get_store) -> Api:
     async def get_key(request: Request, key: str) -> EntryOut:
         """Read one key."""
         with store_errors():
-            return entry_out(await get_store().require(path_key(key)))
+            return entry_out(await get_store().require(path_key(key, request)))
 
     @api.put("/v1/kv/{key:path}", body=PutBody, response=PutOut, extra_responses={409: "version conflict"})
     async def put_key(request: Request, key: str, body: PutBody) -> PutOut:
         """Create or replace one key; with expected_version, only if the key is at that version (0: absent)."""
         value = decode_value(body.value, body.encoding)
         with store_errors():
-            k = path_key(key)
+            k = path_key(key, request)
             ops = [TransactionOp.set(k, value)]
             if body.expected_version is not None:
                 ops.insert(0, TransactionOp.check_version(k, body.expected_version))
@@ -225,7 +242,7 @@ def make_api(get_store) -> Api:
         """Delete one key (deleted=false if it was absent); with expected_version, only at that version."""
         store = get_store()
         with store_errors():
-            k = path_key(key)
+            k = path_key(key, request)
             ops = [TransactionOp.delete(k)]
             if query.expected_version is not None:
                 ops.insert(0, TransactionOp.check_version(k, query.expected_version))
@@ -350,6 +367,11 @@ def add_arguments(parser) -> None:
     parser.add_argument(
         "--history", type=int, default=DEFAULTS.history, help="revisions kept for watch replay"
     )
+    parser.add_argument(
+        "--etcd-compact",
+        action="store_true",
+        help="with --store etcd: compact etcd to --history (cluster-wide: drops every client's history)",
+    )
     add_auth_arguments(parser)
 
 
@@ -367,6 +389,7 @@ async def open_store(options: dict[str, Any]) -> KvStore:
         namespace=options.get("etcd_namespace"),
         durable=bool(options.get("durable", True)),
         limits=limits,
+        **({"compact": True} if options.get("etcd_compact") else {}),
     )
 
 
