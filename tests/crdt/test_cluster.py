@@ -61,7 +61,8 @@ def test_concurrent_writes_partition_and_restart_converge(trio):
     assert r.status_code == 200, r.text
     wait_converged(urls[:2], timeout=15, min_items=64)
     trio.nodes[2].start()
-    create_cidrs(urls[2], 52, 3)  # written on the returning node before it caught up
+    trio.wait_ready(nodes=[2])  # it refuses writes until it has read its peers' logs
+    create_cidrs(urls[2], 52, 3)
     state = wait_converged(urls, timeout=20, min_items=67)
     assert len(state["cidrs"]) == 67 and all(c["id"] != target for c in state["cidrs"])
     statuses = [httpx.get(u + "/replication/status").json() for u in urls]
@@ -77,6 +78,7 @@ def test_node_that_lost_its_data_resyncs(trio):
     trio.nodes[1].kill()
     shutil.rmtree(trio.nodes[1].data_dir)
     trio.nodes[1].start()  # same key (kept outside the data dir), empty store
+    trio.wait_ready(nodes=[1])
     after = wait_converged(urls, timeout=20, min_items=60)
     assert after == before
     # and it takes writes again, which reach the others
@@ -86,11 +88,12 @@ def test_node_that_lost_its_data_resyncs(trio):
 
 def test_acknowledged_write_survives_kill_and_still_replicates(trio):
     urls = trio.urls()
-    trio.nodes[1].stop()
     trio.nodes[2].stop()
-    ids = create_cidrs(urls[0], 7, 5)  # acknowledged only by node 0, which then dies
+    ids = create_cidrs(urls[0], 7, 5)  # claimed on nodes 0 and 1 (a majority); node 0 then dies
     trio.nodes[0].kill()
+    trio.nodes[1].stop()
     trio.nodes[0].start()
+    trio.wait_ready(nodes=[0])  # its peers are down: ready after --catch-up-grace
     assert {c["id"] for c in listing(urls[0])["cidrs"]} == set(ids)
     trio.nodes[1].start()
     trio.nodes[2].start()
@@ -98,31 +101,31 @@ def test_acknowledged_write_survives_kill_and_still_replicates(trio):
     assert {c["id"] for c in state["cidrs"]} == set(ids)
 
 
-def test_unique_conflict_resolves_the_same_way_everywhere(trio):
+def test_a_minority_refuses_unique_creates_and_writes_nothing(trio):
+    """A node cut off from the majority answers 503 NO_QUORUM for a create of a unique value, and
+    nothing of it appears later; with the majority back, the value is taken once, everywhere."""
     urls = trio.urls()
-    trio.nodes[1].stop()  # two sides create a peer with the same public key without seeing each other
+    trio.nodes[1].stop()
     trio.nodes[2].stop()
     key = "0x" + "ab" * 20
     a = httpx.post(urls[0] + "/peers/create", json={"name": "A", "public_key": key, "peer_type": "user"})
-    assert a.status_code == 200, a.text
-    trio.nodes[0].stop()
+    assert a.status_code == 503 and a.json()["code"] == "NO_QUORUM", a.text
+    assert "majority" in a.json()["error"]
     trio.nodes[1].start()
+    trio.wait_ready(nodes=[1])
     b = httpx.post(urls[1] + "/peers/create", json={"name": "B", "public_key": key, "peer_type": "user"})
     assert b.status_code == 200, b.text
-    trio.nodes[0].start()
     trio.nodes[2].start()
+    trio.wait_ready(nodes=[2])
     state = wait_converged(urls, timeout=20, min_items=1)
-    winner = min(a.json()["peer_id"], b.json()["peer_id"])
-    assert [p["id"] for p in state["peers"]] == [winner]
-    # a new create with that key is refused on every node: the value is taken
-    for u in urls:
+    assert [p["id"] for p in state["peers"]] == [b.json()["peer_id"]]
+    for u in urls:  # the value is taken, on every node
         r = httpx.post(u + "/peers/create", json={"name": "C", "public_key": key, "peer_type": "user"})
-        assert r.status_code == 409
-    # deleting the visible one brings the other back, on every node
-    assert httpx.delete(f"{urls[2]}/peers/{winner}").status_code == 200
-    loser = max(a.json()["peer_id"], b.json()["peer_id"])
-    state = wait_converged(urls, timeout=20, min_items=1)
-    assert [p["id"] for p in state["peers"]] == [loser]
+        assert r.status_code == 409, r.text
+    assert httpx.delete(f"{urls[2]}/peers/{b.json()['peer_id']}").status_code == 200
+    wait_converged(urls, timeout=20)
+    r = httpx.post(urls[0] + "/peers/create", json={"name": "D", "public_key": key, "peer_type": "user"})
+    assert r.status_code == 200, r.text  # free again once deleted
 
 
 def _peers(url: str) -> dict[str, dict]:

@@ -11,6 +11,7 @@ import pytest
 from eth_account import Account
 from eth_account.messages import encode_defunct
 
+from shoal.state.auth.eth import to_checksum_address
 from shoal.state.service import create_app
 from shoal.testing import asgi_client
 
@@ -70,7 +71,9 @@ async def dev(tmp_path) -> AsyncIterator[httpx.AsyncClient]:
         yield http
 
 
-PEER = {"name": "Alice", "public_key": "0x1234567890abcdef1234567890abcdef12345678", "peer_type": "user"}
+# addresses in the EIP-55 form the service stores them in (whatever case a client sends)
+ADDRESS = to_checksum_address("0x1234567890abcdef1234567890abcdef12345678")
+PEER = {"name": "Alice", "public_key": ADDRESS, "peer_type": "user"}
 NODE = {
     "name": "Worker-1",
     "public_key": "WFmc3ixj8Ue4qZEQRTH+GYKJmUFQd2H4UBW5BJdXpXE=",
@@ -91,7 +94,7 @@ INSTANCE = {
 DNS = {"domain": "myapp.formation.cloud", "record_type": "A", "value": "192.168.100.10", "ttl": 300}
 ACCOUNT = {
     "name": "Alice",
-    "ethereum_address": "0x1234567890abcdef1234567890abcdef12345678",
+    "ethereum_address": ADDRESS,
     "email": "alice@example.com",
     "role": "user",
 }

@@ -20,13 +20,15 @@ from tests.state.test_api import assert_error
 
 
 def user_signed(
-    account, method: str, target: str, body: bytes, ts: int | None = None, nonce: str | None = None
-) -> dict:
+    account, method: str, target: str, body: bytes, ts: int | None = None, nonce: str | None = None,
+    audience: str = "shoal:any",
+) -> dict:  # fmt: skip
     ts = int(time.time()) if ts is None else ts
     nonce = nonce or secrets.token_hex(16)
-    message = request_message("user", method, target, body, ts, nonce)
+    message = request_message("user", method, target, body, ts, nonce, audience)
     sig = Account.sign_message(encode_defunct(primitive=message), account.key).signature
     return {
+        "X-Shoal-Audience": audience,
         "X-Shoal-Address": account.address,
         "X-Shoal-Timestamp": str(ts),
         "X-Shoal-Nonce": nonce,
@@ -35,13 +37,17 @@ def user_signed(
     }
 
 
-def node_signed(identity: NodeIdentity, method: str, target: str, body: bytes) -> dict:
+def node_signed(
+    identity: NodeIdentity, method: str, target: str, body: bytes, audience: str = "shoal:any"
+) -> dict:
     ts, nonce = int(time.time()), secrets.token_hex(16)
+    message = request_message("node", method, target, body, ts, nonce, audience)
     return {
+        "X-Shoal-Audience": audience,
         "X-Shoal-Node-Key": identity.public_key,
         "X-Shoal-Timestamp": str(ts),
         "X-Shoal-Nonce": nonce,
-        "X-Shoal-Node-Signature": identity.sign(request_message("node", method, target, body, ts, nonce)),
+        "X-Shoal-Node-Signature": identity.sign(message),
         "Content-Type": "application/json",
     }
 
@@ -65,13 +71,13 @@ async def test_anonymous_requests_reach_only_public_routes(service):
 async def test_login_issues_a_token_with_the_right_role(service, admin):
     http = service.http
     who = (await http.get("/auth/whoami", headers=admin)).json()
-    assert who["role"] == "admin" and who["address"] == service.admin.address.lower()
+    assert who["role"] == "admin" and who["address"] == service.admin.address  # EIP-55
     assert who["account_id"].startswith("account-")  # configured admin got an account at start
     user = Account.create()
     headers = await login(http, user)
     who = (await http.get("/auth/whoami", headers=headers)).json()
     assert who == {
-        "kind": "user", "address": user.address.lower(), "node_id": None, "role": "user",
+        "kind": "user", "address": user.address, "node_id": None, "role": "user",
         "account_id": None, "peer_id": None,
     }  # fmt: skip
     assert (await http.get("/peers", headers=headers)).status_code == 200
@@ -340,3 +346,119 @@ def test_node_identity_is_kept_in_the_data_dir(tmp_path):
     first = NodeIdentity.load_or_create(tmp_path)
     assert (tmp_path / "node_identity.pem").stat().st_mode & 0o777 == 0o600
     assert NodeIdentity.load_or_create(tmp_path).public_key == first.public_key
+
+
+async def test_signatures_name_their_audience(service):
+    http = service.http
+    alice = Account.create()
+    own = service.ctx.identity.public_key
+    for audience in ("shoal:any", f"shoal:{own}"):
+        h = user_signed(alice, "GET", "/peers", b"", audience=audience)
+        assert (await http.get("/peers", headers=h)).status_code == 200
+    other = NodeIdentity.generate().public_key
+    for audience, code in ((f"shoal:{other}", "WRONG_AUDIENCE"), ("elsewhere:any", "WRONG_AUDIENCE")):
+        assert_error(
+            await http.get("/peers", headers=user_signed(alice, "GET", "/peers", b"", audience=audience)),
+            401,
+            code,
+        )
+    h = user_signed(alice, "GET", "/peers", b"")
+    h["X-Shoal-Audience"] = f"shoal:{own}"  # the audience is signed: changing it breaks the signature
+    assert_error(await http.get("/peers", headers=h), 401, "SIGNATURE_MISMATCH")
+    h = user_signed(alice, "GET", "/peers", b"")
+    del h["X-Shoal-Audience"]
+    assert_error(await http.get("/peers", headers=h), 401, "MISSING_AUDIENCE")
+    status = (await http.get("/status")).json()
+    assert status["audience"] == f"shoal:{own}" and status["cluster_id"] == "shoal"
+
+
+async def test_sign_in_domain_comes_from_configuration_not_the_host_header(service):
+    alice = Account.create()
+    r = await service.http.post(
+        "/auth/challenge", json={"address": alice.address}, headers={"Host": "evil.example"}
+    )
+    assert r.status_code == 200
+    message = r.json()["message"]
+    assert "evil.example" not in message
+    assert message.startswith(f"{service.ctx.siwe_domain} wants you to sign in")
+    assert f"URI: {service.ctx.public_url}\n" in message
+
+
+async def test_challenges_are_rate_limited_per_client(service):
+    alice = Account.create()
+    codes = [
+        (await service.http.post("/auth/challenge", json={"address": alice.address})).status_code
+        for _ in range(40)
+    ]
+    assert 429 in codes and codes[0] == 200
+    r = await service.http.post("/auth/challenge", json={"address": alice.address})
+    assert_error(r, 429, "RATE_LIMITED")
+    assert int(r.headers["retry-after"]) >= 1
+
+
+async def test_a_users_node_has_node_rights_only(service, admin):
+    http = service.http
+    mallory = Account.create()
+    headers = await login(http, mallory)
+    key = NodeIdentity.generate()
+    body = {**NODE, "public_key": key.public_key, "operator_id": mallory.address}
+    r = await http.post("/nodes/create", json=body, headers=headers)
+    assert r.status_code == 200, r.text
+    node_id = r.json()["node_id"]
+    assert (await http.get(f"/nodes/{node_id}", headers=headers)).json()["trusted"] is False
+    await http.post(
+        "/accounts/create", json={"name": "a", "ethereum_address": Account.create().address}, headers=admin
+    )
+    for path in ("/accounts", "/peers"):
+        r = await http.get(path, headers=node_signed(key, "GET", path, b""))
+        assert r.status_code == 403, r.text
+    r = await http.get(f"/nodes/{node_id}", headers=node_signed(key, "GET", f"/nodes/{node_id}", b""))
+    assert r.status_code == 200  # its own record
+    beat = orjson.dumps({"id": node_id, "state": "maintenance", "available_vcpus": 2})
+    r = await http.post(
+        "/nodes/update", content=beat, headers=node_signed(key, "POST", "/nodes/update", beat)
+    )
+    assert r.status_code == 200, r.text
+    for change in ({"trusted": True}, {"operator_id": "peer-1"}):
+        b = orjson.dumps({"id": node_id, **change})
+        assert_error(
+            await http.post("/nodes/update", content=b, headers=node_signed(key, "POST", "/nodes/update", b)),
+            403,
+        )
+    assert_error(
+        await http.post("/nodes/update", json={"id": node_id, "trusted": True}, headers=headers),
+        403,
+        "TRUST_NEEDS_ADMIN",
+    )
+    r = await http.post("/nodes/update", json={"id": node_id, "trusted": True}, headers=admin)
+    assert r.status_code == 200
+    r = await http.get("/peers", headers=node_signed(key, "GET", "/peers", b""))
+    assert r.status_code == 200  # trusted by an admin: reads the non-account entities
+    r = await http.get("/accounts", headers=node_signed(key, "GET", "/accounts", b""))
+    assert_error(r, 403, "NODE_RIGHTS_ONLY")  # never accounts
+
+
+async def test_owner_addresses_match_in_any_case(service, admin):
+    http = service.http
+    alice = Account.create()
+    headers = await login(http, alice)
+    lower = alice.address.lower()
+    r = await http.post("/instances/create", json={**INSTANCE_OF(lower)}, headers=headers)
+    assert r.status_code == 200, r.text
+    r2 = await http.post("/instances/create", json={**INSTANCE_OF(alice.address)}, headers=headers)
+    assert r2.status_code == 200
+    got = (await http.get(f"/instances/{r.json()['instance_id']}", headers=headers)).json()
+    assert got["owner"] == alice.address  # stored in EIP-55 form
+    upd = await http.post("/instances/update", json={"id": got["id"], "name": "x"}, headers=headers)
+    assert upd.status_code == 200, upd.text
+    for asked in (lower, alice.address, "0x" + alice.address[2:].upper()):
+        listed = (await http.get("/instances", params={"owner": asked}, headers=headers)).json()
+        assert listed["total"] == 2, asked
+    mine = (await http.get("/accounts", params={"ethereum_address": lower}, headers=headers)).json()
+    assert mine["success"] is True
+
+
+def INSTANCE_OF(owner: str) -> dict:
+    from tests.state.conftest import INSTANCE
+
+    return {**INSTANCE, "owner": owner}

@@ -40,6 +40,7 @@ import asyncio
 import base64
 import contextlib
 import logging
+import secrets
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,8 +50,11 @@ import httpx
 import msgspec
 
 from shoal.crdt.replica import Replica
+from shoal.crdt.reserve import Reservations, ReserveReply, ReserveRequest
 from shoal.crdt.signing import (
+    AUDIENCE_HEADER,
     KEY_HEADER,
+    NONCE_HEADER,
     SIG_HEADER,
     TIME_HEADER,
     WINDOW,
@@ -129,6 +133,19 @@ def add_replication_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--node-key-dir", default=None, help="directory of node_identity.pem (default: data dir)")
     g.add_argument("--sync-interval", type=float, default=1.0, help="seconds between anti-entropy rounds")
     g.add_argument(
+        "--cluster-id",
+        default="shoal",
+        help="name of this cluster: every signed request and replication request names it "
+        "(a request signed for another cluster is refused)",
+    )
+    g.add_argument(
+        "--catch-up-grace",
+        type=float,
+        default=10.0,
+        help="seconds after start a peer may stay unreachable before this node stops waiting for "
+        "it to catch up (a node is catching_up, refusing writes and lists, until then)",
+    )
+    g.add_argument(
         "--compact-interval",
         type=float,
         default=0.0,
@@ -158,6 +175,7 @@ class PeerState:
     restored: int | None = None  # `since` as loaded from the kv store at start
     saved: tuple = ()
     received: int = 0  # ops it sent us by anti-entropy since start
+    caught_up: bool = False  # we have read its whole log once since we started
     queue: list[bytes] = field(default_factory=list)
     wake: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -176,6 +194,13 @@ class ReplicationNode:
         except ValueError as exc:
             raise SystemExit(f"--trust-node: {exc}") from None
         self.trusted = trusted | {signer.public}
+        self.trusted_b64 = {base64.b64encode(k).decode() for k in self.trusted}
+        self.cluster_id: str = options.get("cluster_id") or "shoal"
+        self.catch_up_grace = float(options.get("catch_up_grace") or 10.0)
+        self.started_at = time.monotonic()
+        self.ready = not options.get("peer")  # a node without peers has nobody to catch up with
+        self.seen_nonces: dict[str, float] = {}  # replication request nonces within the window
+        self.reservations = Reservations(self)
         self.peers = [PeerState(url.rstrip("/")) for url in options.get("peer") or []]
         self.interval = float(options.get("sync_interval") or 1.0)
         self.bootstrap = options.get("bootstrap") or "log"
@@ -194,6 +219,7 @@ class ReplicationNode:
         return self.replica.core
 
     async def start(self, store: Any) -> None:
+        self.started_at = time.monotonic()
         self.journal = await StateJournal.attach(store, self.replica)
         self.journal.on_local.append(self._queue_push)
         for peer in self.peers:  # where we stopped reading each peer's log (kept in the kv store)
@@ -216,6 +242,7 @@ class ReplicationNode:
     def disable(self, reason: str) -> None:
         """No journal and no peers: the store itself is shared by every State Service (etcd)."""
         self.off = reason
+        self.ready = True
 
     async def stop(self) -> None:
         for task in self.tasks:
@@ -234,15 +261,36 @@ class ReplicationNode:
                 peer.queue.append(frame)
             peer.wake.set()
 
+    async def _discover(self, peer: PeerState) -> str:
+        """The peer's node key, from its public status (a request then names it as its audience)."""
+        assert self.http is not None
+        try:
+            r = await self.http.get(peer.url + "/replication/status", timeout=2.0)
+            key = r.json()["node_key"] if r.status_code == 200 else None
+        except (httpx.HTTPError, ValueError, KeyError, TypeError) as exc:
+            raise PeerError(f"status: {type(exc).__name__}: {exc}") from None
+        if key not in self.trusted_b64:
+            raise PeerError("its node key is not trusted (--trust-node)")
+        peer.key = key
+        return key
+
+    async def call(self, peer: PeerState, path: str, message: msgspec.Struct, reply_type: type) -> Any:
+        """A signed request to a peer (audience: this cluster and that node), its verified reply."""
+        return await self._call(peer, path, message, reply_type)
+
     async def _call(self, peer: PeerState, path: str, message: msgspec.Struct, reply_type: type) -> Any:
         assert self.http is not None
+        target = peer.key or await self._discover(peer)
         body = msgspec.msgpack.encode(message)
         now = int(time.time())
-        signature = self.signer.sign(request_message("POST", path, body, now))
+        audience, nonce = f"{self.cluster_id}:{target}", secrets.token_hex(16)
+        signature = self.signer.sign(request_message("POST", path, body, now, audience, nonce))
         headers = {
             KEY_HEADER: self.signer.public_b64,
             TIME_HEADER: str(now),
             SIG_HEADER: signature.hex(),
+            AUDIENCE_HEADER: audience,
+            NONCE_HEADER: nonce,
             "content-type": "application/msgpack",
         }
         try:
@@ -258,7 +306,9 @@ class ReplicationNode:
             raise PeerError(f"{path}: unsigned reply") from None
         if key not in self.trusted or not verify(key, reply_message(signature, r.content), sig):
             raise PeerError(f"{path}: reply not signed by a trusted node")
-        peer.key = r.headers[KEY_HEADER]
+        if r.headers[KEY_HEADER] != peer.key:
+            peer.key = None  # another node answers at that URL now: learn its key again
+            raise PeerError(f"{path}: reply signed by another node than the one addressed")
         try:
             return msgspec.msgpack.decode(r.content, type=reply_type)
         except msgspec.DecodeError as exc:
@@ -294,6 +344,7 @@ class ReplicationNode:
             try:
                 await self.sync_with(peer)
                 peer.last_error = None
+                peer.caught_up = True
             except PeerError as exc:
                 if peer.last_error != str(exc):
                     log.warning("anti-entropy with %s: %s", peer.url, exc)
@@ -302,6 +353,7 @@ class ReplicationNode:
                 log.exception("anti-entropy with %s failed", peer.url)
                 peer.last_error = f"{type(exc).__name__}: {exc}"
             self.replica.expire_buffer()
+            self._check_ready()
             await asyncio.sleep(self.interval)
 
     async def sync_with(self, peer: PeerState) -> None:
@@ -347,6 +399,27 @@ class ReplicationNode:
                 peer.url, {"since": peer.since, "mark": peer.mark, "log_id": peer.log_id.hex()}
             )
             peer.saved = position
+
+    def _check_ready(self) -> None:
+        """Ready once every peer's log was read to its end since start; a peer still unreachable
+        after --catch-up-grace seconds is not waited for (it catches up from us instead)."""
+        if self.ready:
+            return
+        late = time.monotonic() - self.started_at > self.catch_up_grace
+        if all(p.caught_up or (late and p.rounds == 0) for p in self.peers):
+            self.ready = True
+            log.info("caught up with the peers: serving writes and lists")
+
+    def progress(self) -> dict:
+        """How far catching up is (for /health while catching_up)."""
+        return {
+            "peers_caught_up": sum(p.caught_up for p in self.peers),
+            "peers": len(self.peers),
+            "ops": len(self.replica.known),
+            "received": sum(p.received for p in self.peers),
+            "behind": {p.url: max(0, p.remote_seq - p.since) for p in self.peers if not p.caught_up},
+            "seconds": round(time.monotonic() - self.started_at, 1),
+        }
 
     def stable_seq(self) -> int:
         """Our log position every peer has caught up to: the ops before it are in every peer's
@@ -427,12 +500,32 @@ class ReplicationNode:
             raise ApiError(403, "this node key is not trusted (--trust-node)", "UNTRUSTED_NODE")
         if abs(ts - time.time()) > WINDOW:
             raise ApiError(401, f"request time is more than {WINDOW} s off", "STALE_REQUEST")
-        if not verify(key, request_message(scope["method"], scope["path"], body, ts), sig):
+        audience, nonce = headers.get(AUDIENCE_HEADER, ""), headers.get(NONCE_HEADER, "")
+        if not verify(key, request_message(scope["method"], scope["path"], body, ts, audience, nonce), sig):
             raise ApiError(401, "bad replication request signature", "SIGNATURE_MISMATCH")
+        if audience != f"{self.cluster_id}:{self.signer.public_b64}":
+            raise ApiError(
+                401, "this replication request is addressed to another cluster or node", "WRONG_AUDIENCE"
+            )
+        if not 16 <= len(nonce) <= 64 or not self._fresh_nonce(nonce):
+            raise ApiError(401, "this replication request nonce was already used (replay)", "REPLAYED_NONCE")
         try:
             return msgspec.msgpack.decode(body, type=message_type), sig
         except msgspec.DecodeError as exc:
             raise ApiError(400, f"bad {message_type.__name__}: {exc}", "BAD_MESSAGE") from None
+
+    def _fresh_nonce(self, nonce: str) -> bool:
+        """True the first time a nonce is seen within the window (kept in memory: a request names
+        this node as its audience, so no other node would accept it anyway)."""
+        now = time.monotonic()
+        seen = self.seen_nonces
+        if len(seen) > 200_000:
+            for n in [n for n, t in seen.items() if t < now]:
+                del seen[n]
+        if nonce in seen and seen[nonce] >= now:
+            return False
+        seen[nonce] = now + 2 * WINDOW
+        return True
 
     async def _reply(self, send: Any, request_sig: bytes, message: msgspec.Struct) -> None:
         body = msgspec.msgpack.encode(message)
@@ -501,6 +594,15 @@ class ReplicationNode:
             records, heads, winners, upto = await j.snapshot()
             await node._reply(send, sig, SnapshotReply(records, heads, winners, upto, j.log_id))
 
+        @api.raw("POST", "/replication/reserve", summary="Claim unique values or nonces (reservation round)")
+        async def reserve(scope: dict, receive: Any, send: Any) -> None:
+            msg, sig = await node._read_signed(scope, receive, ReserveRequest)
+            journal()
+            if len(msg.claims) > 64:
+                raise ApiError(413, "at most 64 claims per request", "TOO_MANY")
+            verdicts = await node.reservations.accept(msg.claims, msg.release)
+            await node._reply(send, sig, ReserveReply(verdicts))
+
         @api.get("/replication/status", summary="Replication state: heads, peers, lag, buffered, rejected")
         async def status(request: Any) -> dict:
             return node.status()
@@ -531,6 +633,13 @@ class ReplicationNode:
             else {k: self.journal.base[k] for k in ("source", "upto", "winners")},
             "snapshot_refused": self.snapshot_refused,
             "trusted_nodes": sorted(base64.b64encode(k).decode() for k in self.trusted),
+            "cluster_id": self.cluster_id,
+            "ready": self.ready,
+            "reservations": {
+                "rounds": self.reservations.rounds,
+                "refused": self.reservations.refused,
+                "no_quorum": self.reservations.no_quorum,
+            },
             "peers": [
                 {
                     "url": p.url,
@@ -544,6 +653,7 @@ class ReplicationNode:
                     "rounds": p.rounds,
                     "last_error": p.last_error,
                     "queued": len(p.queue),
+                    "caught_up": p.caught_up,
                 }
                 for p in self.peers
             ],

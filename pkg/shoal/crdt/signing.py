@@ -2,8 +2,10 @@
 
 An operation's author signs b"shoal-crdt-op-v1" + op id (the BLAKE3 hash of its encoding), so a
 signature covers every byte of the operation and cannot be reused for anything else the node
-signs. Replication requests sign method, path, body hash and time; replies sign the request's
-signature and the reply body's hash, so a reply cannot be replayed for another request.
+signs. Replication requests sign their audience (cluster id and the target node's key), a nonce,
+method, path, body hash and time, so a captured request is refused by every other node (audience)
+and by its target a second time (nonce, remembered for the time window); replies sign the
+request's signature and the reply body's hash, so a reply cannot be replayed for another request.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ OP_CONTEXT = b"shoal-crdt-op-v1"
 KEY_HEADER = "x-shoal-repl-key"
 TIME_HEADER = "x-shoal-repl-time"
 SIG_HEADER = "x-shoal-repl-signature"
+AUDIENCE_HEADER = "x-shoal-repl-audience"
+NONCE_HEADER = "x-shoal-repl-nonce"
 WINDOW = 300  # seconds a replication request's time may be off
 
 
@@ -81,8 +85,10 @@ def parse_key(text: str) -> bytes:
     return raw
 
 
-def request_message(method: str, path: str, body: bytes, timestamp: int) -> bytes:
-    return f"shoal-repl-v1\n{method.upper()}\n{path}\n{blake3(body).hexdigest()}\n{timestamp}".encode()
+def request_message(method: str, path: str, body: bytes, timestamp: int, audience: str, nonce: str) -> bytes:
+    """What a replication request's signature covers; `audience` is '<cluster id>:<target key b64>'."""
+    digest = blake3(body).hexdigest()
+    return f"shoal-repl-v2\n{audience}\n{nonce}\n{method.upper()}\n{path}\n{digest}\n{timestamp}".encode()
 
 
 def reply_message(request_signature: bytes, body: bytes) -> bytes:

@@ -15,6 +15,11 @@ Layout in the State Service's kv store, beside shoal.state's keys:
   /crdt/base/meta                           the base: {gen, chunks, heads, seq, source, upto, ...}
   /crdt/base/cover/<gen>/<n>                its covered (id, hlc) records (Dag.export), in chunks
   /crdt/base/pending                        a snapshot adoption is being written (wiped on restart)
+  /crdt/resv/<namespace>/<value>            a claim accepted in a reservation round (shoal.crdt.reserve)
+
+Besides the entity kinds, two internal kinds replicate what every node must know alike: "idem"
+(an Idempotency-Key's first answer, materialized at /state-idem/<key>) and "revoked" (a logged
+out bearer token, at /state-auth/revoked/<key>). Their keys are 64 hex digits.
 
 A base is written by a snapshot adoption (it covers the peer's ops; the winners it came with are
 the first log entries) or by compaction (it covers every op known then, and the log entries of
@@ -92,8 +97,27 @@ def claim_prefix(kind: str, field: str, value: str) -> str:
     return f"{CLAIM}{kind}/{field}/{quote(value, safe='')}/"
 
 
+INTERNAL = {"idem": "/state-idem/", "revoked": "/state-auth/revoked/"}  # kind -> kv prefix
+
+
+def _internal_value(op: Any) -> str | None:
+    if len(op.key) != 64 or any(c not in "0123456789abcdef" for c in op.key):
+        return "bad internal key"
+    if op.value is None:
+        return None
+    try:
+        doc = orjson.loads(op.value)
+    except orjson.JSONDecodeError:
+        return "malformed value"
+    if not isinstance(doc, dict) or not isinstance(doc.get("expires_at"), int):
+        return "malformed value"
+    return None
+
+
 def validate_value(op: Any) -> str | None:
     """Why a remote op's value is not a document the State Service could have written, or None."""
+    if op.kind in INTERNAL:
+        return _internal_value(op)
     spec = SPECS.get(op.kind)
     if spec is None:
         return "unknown kind"
@@ -210,20 +234,39 @@ class StateJournal:
             value = None if new is None else orjson.dumps(new)
             op = self.replica.create(kind, entity_id, actor, value)
             state_op = Operation(kind, entity_id, new, write.author, to_seconds(op.hlc), op.id.hex())
-            overlay = _Overlay(self.kv)
-            await self._materialize(overlay, op)
-            self._append(overlay, op, self.seq + 1)
-            extra = []
+            ops = [op]
             if write.idempotency_key is not None and write.idempotency_record is not None:
-                extra.append(TransactionOp.set(write.idempotency_key, write.idempotency_record(state_op)))
-            await self.kv.transaction(checks + overlay.ops() + extra)
-            self.seq += 1
-            self.log_ids.append(op.id)
-            self.replica.admit([op], trusted_source=True)
-            frame = op.sig + op.blob
-        for listener in self.on_local:
-            listener(frame)
+                self.replica.admit([op], trusted_source=True)  # the record's op follows it
+                record = write.idempotency_record(state_op)
+                ops.append(self.replica.create("idem", write.idempotency_key, actor, record))
+            try:
+                await self._commit_local(ops, checks)
+            except BaseException:
+                if len(ops) > 1:
+                    await self.load()  # the first op was admitted in memory only: rebuild
+                raise
         return state_op
+
+    async def put_internal(self, kind: str, key: str, value: bytes | None) -> None:
+        """Replicate an internal record (see INTERNAL) from this node."""
+        async with self.lock:
+            op = self.replica.create(kind, key, "system", value)
+            await self._commit_local([op], [])
+
+    async def _commit_local(self, ops: list[Any], checks: list[TransactionOp]) -> None:
+        """Materialize, log and commit this node's new ops in one transaction, then push them."""
+        overlay = _Overlay(self.kv)
+        for i, op in enumerate(ops):
+            await self._materialize(overlay, op)
+            self._append(overlay, op, self.seq + 1 + i)
+        await self.kv.transaction(checks + overlay.ops())
+        self.seq += len(ops)
+        self.log_ids += [op.id for op in ops]
+        self.replica.admit(ops, trusted_source=True)
+        for op in ops:
+            frame = op.sig + op.blob
+            for listener in self.on_local:
+                listener(frame)
 
     # -- remote operations ---------------------------------------------------------------------
     async def apply_frames(self, frames: list[bytes]) -> Admission:
@@ -270,6 +313,9 @@ class StateJournal:
     async def _materialize(self, ov: _Overlay, op: Any) -> None:
         """Make the documents reflect `op`, which just won its register."""
         kind, entity_id = op.kind, op.key
+        if kind in INTERNAL:
+            ov.put(INTERNAL[kind] + entity_id, op.value)
+            return
         spec = SPECS[kind]
         raw_old = await ov.get(doc_key(kind, entity_id)) or await ov.get(shadow_key(kind, entity_id))
         old = None if raw_old is None else orjson.loads(raw_old)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import time
 from typing import TYPE_CHECKING, Annotated, Any
-from urllib.parse import quote
 
 import msgspec
 import orjson
@@ -20,7 +19,8 @@ from starlette.responses import Response
 
 from shoal.state import models as m
 from shoal.state import validate
-from shoal.state.auth.policy import may_read_account, require_auth, write_guard
+from shoal.state.auth.eth import same_address
+from shoal.state.auth.policy import check_read, may_read_account, require_auth, write_guard
 from shoal.state.auth.principal import Principal
 from shoal.state.entities import SPECS, EntitySpec
 from shoal.state.errors import StateError, bad_request, forbidden, not_found
@@ -107,12 +107,15 @@ def entity_routes(api: Api, ctx: StateContext, spec: EntitySpec) -> None:
     )
     async def create(request: Request, body: msgspec.Struct) -> Any:
         principal = await principal_of(ctx, request.scope)
+        ctx.require_ready("writes")
         key = request.headers.get("idempotency-key")
         request_hash = hashlib.sha256(
             f"POST {spec.path}/create\n".encode() + msgspec.json.encode(body)
         ).hexdigest()
         if kind == "dns" and getattr(body, "owner", None) is None and principal.kind == "user":
             body = msgspec.structs.replace(body, owner=principal.address)
+        if kind == "node" and body.trusted is None:  # type: ignore[attr-defined]
+            body = msgspec.structs.replace(body, trusted=principal.is_admin)  # a user's node: untrusted
         write = Write(
             kind, "create", principal.label, body=body, guard=write_guard(ctx.store, principal, spec)
         )
@@ -123,8 +126,8 @@ def entity_routes(api: Api, ctx: StateContext, spec: EntitySpec) -> None:
         if key is not None:
             if not 1 <= len(key) <= 255:
                 raise bad_request("Idempotency-Key is 1 to 255 characters", "INVALID_IDEMPOTENCY_KEY")
-            key_hash = hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()
-            write.idempotency_key = f"/state-idem/{quote(principal.label, safe='')}/{key_hash}"
+            scoped = f"{principal.label}\n{key}".encode("utf-8", "surrogatepass")
+            write.idempotency_key = hashlib.sha256(scoped).hexdigest()  # replicated: any node answers it
             write.idempotency_record = lambda op: orjson.dumps(
                 {
                     "hash": request_hash,
@@ -148,6 +151,8 @@ def entity_routes(api: Api, ctx: StateContext, spec: EntitySpec) -> None:
     @api.raw("GET", f"{spec.path}/{{{spec.key_field}}}", response=spec.entity, summary=f"Get a {name}")
     async def get(scope: dict, receive: Any, send: Any, **params: str) -> None:
         principal = require_auth(scope.get("shoal.principal"))
+        if principal.kind == "node":
+            check_read(await ctx.auth.resolve(principal), kind, params[spec.key_field])
         entity_id = params[spec.key_field] if by_id else await locate(params[spec.key_field])
         raw = await ctx.store.get_raw(kind, entity_id)
         if raw is None:
@@ -163,6 +168,7 @@ def entity_routes(api: Api, ctx: StateContext, spec: EntitySpec) -> None:
     )
     async def update(request: Request, body: msgspec.Struct) -> Any:
         principal = await principal_of(ctx, request.scope)
+        ctx.require_ready("writes")
         changes = set_fields(body)
         entity_id = await locate(changes.pop(spec.key_field))
         write = Write(
@@ -175,6 +181,7 @@ def entity_routes(api: Api, ctx: StateContext, spec: EntitySpec) -> None:
     @api.delete(f"{spec.path}/{{{spec.key_field}}}", response=deleted_t, summary=f"Delete a {name}")
     async def delete(request: Request, **params: str) -> Any:
         principal = await principal_of(ctx, request.scope)
+        ctx.require_ready("writes")
         entity_id = await locate(params[spec.key_field])
         write = Write(
             kind, "delete", principal.label, id=entity_id, guard=write_guard(ctx.store, principal, spec)
@@ -185,6 +192,8 @@ def entity_routes(api: Api, ctx: StateContext, spec: EntitySpec) -> None:
     @api.get(spec.path, query=query_t, response=list_t, summary=f"List {spec.plural} (filter by any field)")
     async def list_all(request: Request, query: msgspec.Struct) -> Response:
         principal = await principal_of(ctx, request.scope)
+        check_read(principal, kind)
+        ctx.require_ready("lists")
         filters = {
             k: v
             for k, v in msgspec.structs.asdict(query).items()
@@ -192,9 +201,9 @@ def entity_routes(api: Api, ctx: StateContext, spec: EntitySpec) -> None:
         }
         limit, offset = query.limit, query.offset  # type: ignore[attr-defined]
         total, docs = 0, []
-        if kind == "account" and not (principal.is_admin or principal.kind == "node"):
+        if kind == "account" and not principal.is_admin:
             asked = filters.get("ethereum_address")
-            if asked is None or asked.lower() == principal.address:
+            if asked is None or same_address(asked, principal.address):
                 filters["ethereum_address"] = principal.address
                 total, docs = await ctx.store.list(kind, filters, limit, offset)
         else:
@@ -206,13 +215,15 @@ def entity_routes(api: Api, ctx: StateContext, spec: EntitySpec) -> None:
 def auth_routes(api: Api, ctx: StateContext) -> None:
     @api.post("/auth/challenge", body=m.ChallengeRequest, response=m.Challenge, summary="Start a sign-in")
     async def challenge(request: Request, body: m.ChallengeRequest) -> dict:
-        """A Sign-In with Ethereum message to sign with personal_sign; single use, expires."""
+        """A Sign-In with Ethereum message to sign with personal_sign; single use, expires. Its
+        domain and URI are the service's --public-url, never the request's Host header."""
+        ctx.limit(request, "challenge")
         address = validate.eth_address(body.address, field="address")
-        host = request.headers.get("host", "localhost")[:255]
-        return await ctx.auth.challenge(address, host, f"{request.url.scheme}://{host}")
+        return await ctx.auth.challenge(address, ctx.siwe_domain, ctx.public_url)
 
     @api.post("/auth/login", body=m.LoginRequest, response=m.Login, summary="Finish a sign-in: get a token")
     async def login(request: Request, body: m.LoginRequest) -> dict:
+        ctx.limit(request, "login")
         address = validate.eth_address(body.address, field="address")
         return await ctx.auth.login(address, body.signature, body.nonce)
 
@@ -238,18 +249,26 @@ def auth_routes(api: Api, ctx: StateContext) -> None:
 
 
 def service_routes(api: Api, ctx: StateContext) -> None:
-    @api.get("/health", response=str, summary="Service health")
-    async def health(request: Request) -> str:
-        return "healthy"
+    @api.get("/health", response=str | m.CatchingUp, summary="Service health (catching_up after a start)")
+    async def health(request: Request) -> Any:
+        """'healthy', or while this node has not caught up with its peers after starting:
+        {"status": "catching_up", "progress": ...} (HTTP 200: it is alive; it refuses writes and
+        lists with 503 until then)."""
+        if ctx.ready:
+            return "healthy"
+        return {"status": "catching_up", "progress": ctx.replication.progress()}
 
     @api.get("/status", response=m.Status, summary="Health plus configuration: auth mode, store, node key")
     async def status(request: Request) -> dict:
         return {
-            "status": "healthy",
+            "status": "healthy" if ctx.ready else "catching_up",
             "auth": "disabled" if ctx.insecure else "enabled",
             "store": ctx.backend,
             "node_public_key": ctx.identity.public_key,
             "warning": "INSECURE DEV MODE: authentication is disabled" if ctx.insecure else None,
+            "cluster_id": ctx.cluster_id,
+            "audience": f"{ctx.cluster_id}:{ctx.identity.public_key}",
+            "public_url": ctx.public_url,
         }
 
 

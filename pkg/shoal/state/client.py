@@ -71,38 +71,64 @@ def _signer(account: Any) -> EthSigner:
     return EthSigner(bytes(key))
 
 
-class _UserSignature(httpx.Auth):
-    requires_request_body = True
+class _Signed(httpx.Auth):
+    """Signs each request for its audience: learned once from the service's /status (its cluster
+    id and node key), or `audience` as given ('<cluster id>:<node key | any>', or 'any' for any
+    node of the cluster the service is in)."""
 
-    def __init__(self, signer: EthSigner) -> None:
+    requires_request_body = True
+    requires_response_body = True
+    who = "user"
+
+    def __init__(self, audience: str | None) -> None:
+        self.audience = audience if audience and audience != signing.ANY else None
+        self.any = audience == signing.ANY
+
+    def _sign(self, request: httpx.Request, audience: str) -> None:
+        raise NotImplementedError
+
+    def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
+        if self.audience is None:
+            status = yield httpx.Request("GET", request.url.copy_with(path="/status", query=None))
+            info = status.json()
+            self.audience = f"{info['cluster_id']}:any" if self.any else info["audience"]
+        self._sign(request, self.audience)
+        yield request
+
+    def _fields(self, request: httpx.Request, audience: str) -> tuple[int, str, bytes]:
+        ts, nonce = int(time.time()), signing.fresh_nonce()
+        target = signing.target_of_url(request.url.raw_path)
+        message = signing.request_message(
+            self.who, request.method, target, request.content, ts, nonce, audience
+        )
+        request.headers[signing.TIMESTAMP] = str(ts)
+        request.headers[signing.NONCE] = nonce
+        request.headers[signing.AUDIENCE] = audience
+        return ts, nonce, message
+
+
+class _UserSignature(_Signed):
+    def __init__(self, signer: EthSigner, audience: str | None = None) -> None:
+        super().__init__(audience)
         self.signer = signer
 
-    def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
-        ts, nonce = int(time.time()), signing.fresh_nonce()
-        target = signing.target_of_url(request.url.raw_path)
-        message = signing.request_message("user", request.method, target, request.content, ts, nonce)
+    def _sign(self, request: httpx.Request, audience: str) -> None:
+        _, _, message = self._fields(request, audience)
         request.headers[signing.ADDRESS] = self.signer.address
-        request.headers[signing.TIMESTAMP] = str(ts)
-        request.headers[signing.NONCE] = nonce
         request.headers[signing.SIGNATURE] = self.signer.sign_message(message)
-        yield request
 
 
-class _NodeSignature(httpx.Auth):
-    requires_request_body = True
+class _NodeSignature(_Signed):
+    who = "node"
 
-    def __init__(self, identity: NodeIdentity) -> None:
+    def __init__(self, identity: NodeIdentity, audience: str | None = None) -> None:
+        super().__init__(audience)
         self.identity = identity
 
-    def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
-        ts, nonce = int(time.time()), signing.fresh_nonce()
-        target = signing.target_of_url(request.url.raw_path)
-        message = signing.request_message("node", request.method, target, request.content, ts, nonce)
+    def _sign(self, request: httpx.Request, audience: str) -> None:
+        _, _, message = self._fields(request, audience)
         request.headers[signing.NODE_KEY] = self.identity.public_key
-        request.headers[signing.TIMESTAMP] = str(ts)
-        request.headers[signing.NONCE] = nonce
         request.headers[signing.NODE_SIGNATURE] = self.identity.sign(message)
-        yield request
 
 
 def _drop_none(fields: dict[str, Any]) -> dict[str, Any]:
@@ -120,18 +146,21 @@ class StateClient:
         token: str | None = None,
         node: NodeIdentity | None = None,
         sign_requests: bool = False,
+        audience: str | None = None,
         timeout: float = 10.0,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
+        """`audience` of signed requests: None (the node at base_url, learned from its /status),
+        'any' (any node of its cluster) or '<cluster id>:<node key | any>'."""
         self.signer = _signer(account) if account is not None else None
         self.token = token
         auth: httpx.Auth | None = None
         if node is not None:
-            auth = _NodeSignature(node)
+            auth = _NodeSignature(node, audience)
         elif sign_requests:
             if self.signer is None:
                 raise ValueError("sign_requests needs an account")
-            auth = _UserSignature(self.signer)
+            auth = _UserSignature(self.signer, audience)
         self._http = httpx.AsyncClient(base_url=base_url, timeout=timeout, transport=transport, auth=auth)
 
     @property

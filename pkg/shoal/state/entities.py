@@ -16,6 +16,7 @@ import msgspec
 
 from shoal.state import models as m
 from shoal.state import validate as v
+from shoal.state.auth.eth import canonical_address
 from shoal.state.errors import bad_request
 
 
@@ -35,6 +36,16 @@ class EntitySpec:
     owner_field: str | None = None  # who may write it (besides admins)
     key_field: str = "id"  # how update bodies and GET name it (dns: domain)
     label: str = ""  # for messages
+    addresses: tuple[str, ...] = ()  # fields stored in EIP-55 form when they hold an address
+
+    def normalize(self, field: str, value: Any) -> Any:
+        """A value as it is stored (and so as a filter must name it): addresses in EIP-55 form,
+        unique fields by their index normalizer."""
+        if not isinstance(value, str):
+            return value
+        if field in self.addresses:
+            value = canonical_address(value)
+        return value
 
     @property
     def name(self) -> str:
@@ -53,14 +64,21 @@ def new_id(prefix: str) -> str:
     return f"{prefix}-{_last_tick}{secrets.randbelow(1000):03d}"
 
 
+def _addresses(doc: dict, *fields: str) -> dict:
+    for f in fields:
+        if isinstance(doc.get(f), str):
+            doc[f] = canonical_address(doc[f])
+    return doc
+
+
 def _peer(doc: dict) -> dict:
-    doc["public_key"] = v.peer_public_key(doc["public_key"])
+    doc["public_key"] = canonical_address(v.peer_public_key(doc["public_key"]))
     return doc
 
 
 def _cidr(doc: dict) -> dict:
     doc["cidr"] = v.cidr(doc["cidr"])
-    return doc
+    return _addresses(doc, "owner")
 
 
 def _association(doc: dict) -> dict:
@@ -72,14 +90,15 @@ def _association(doc: dict) -> dict:
 def _dns(doc: dict) -> dict:
     doc["domain"] = v.domain(doc["domain"])
     doc["value"] = v.dns_value(doc["record_type"], doc["value"])
-    return doc
+    return _addresses(doc, "owner")
 
 
 def _instance(doc: dict) -> dict:
-    return doc
+    return _addresses(doc, "owner")
 
 
 def _node(doc: dict) -> dict:
+    doc["trusted"] = bool(doc.get("trusted"))
     doc["public_key"] = v.node_public_key(doc["public_key"])
     doc["endpoint"] = v.endpoint(doc["endpoint"])
     for what in ("vcpus", "memory_mib", "disk_gb"):
@@ -87,11 +106,11 @@ def _node(doc: dict) -> dict:
             doc[f"available_{what}"] = doc[f"total_{what}"]
         if doc[f"available_{what}"] > doc[f"total_{what}"]:
             raise bad_request(f"available_{what} exceeds total_{what}", "INVALID_CAPACITY")
-    return doc
+    return _addresses(doc, "operator_id")
 
 
 def _account(doc: dict) -> dict:
-    doc["ethereum_address"] = v.eth_address(doc["ethereum_address"])
+    doc["ethereum_address"] = canonical_address(v.eth_address(doc["ethereum_address"]))
     if doc.get("email") is not None:
         doc["email"] = v.email(doc["email"])
     return doc
@@ -110,11 +129,11 @@ SPECS: dict[str, EntitySpec] = {
     for s in (
         EntitySpec(
             "peer", "peer", "/peers", "peers", "peer_id", m.Peer, m.PeerCreate, m.PeerUpdate, _peer,
-            unique={"public_key": _lower_hex},
+            unique={"public_key": _lower_hex}, addresses=("public_key",),
         ),
         EntitySpec(
             "cidr", "cidr", "/cidrs", "cidrs", "cidr_id", m.Cidr, m.CidrCreate, m.CidrUpdate, _cidr,
-            unique={"cidr": _same}, owner_field="owner", label="CIDR",
+            unique={"cidr": _same}, owner_field="owner", label="CIDR", addresses=("owner",),
         ),
         EntitySpec(
             "association", "assoc", "/associations", "associations", "association_id",
@@ -124,19 +143,21 @@ SPECS: dict[str, EntitySpec] = {
         EntitySpec(
             "dns", "dns", "/dns", "dns_records", "dns_id", m.DnsRecord, m.DnsCreate, m.DnsUpdate, _dns,
             unique={"domain": _same}, owner_field="owner", key_field="domain", label="DNS record",
+            addresses=("owner",),
         ),
         EntitySpec(
             "instance", "instance", "/instances", "instances", "instance_id",
             m.Instance, m.InstanceCreate, m.InstanceUpdate, _instance, owner_field="owner",
+            addresses=("owner",),
         ),
         EntitySpec(
             "node", "node", "/nodes", "nodes", "node_id", m.Node, m.NodeCreate, m.NodeUpdate, _node,
-            unique={"public_key": _same}, owner_field="operator_id",
+            unique={"public_key": _same}, owner_field="operator_id", addresses=("operator_id",),
         ),
         EntitySpec(
             "account", "account", "/accounts", "accounts", "account_id",
             m.Account, m.AccountCreate, m.AccountUpdate, _account,
-            unique={"ethereum_address": str.lower},
+            unique={"ethereum_address": str.lower}, addresses=("ethereum_address",),
         ),
     )
 }  # fmt: skip

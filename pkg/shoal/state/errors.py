@@ -30,3 +30,7 @@ def unauthorized(message: str, code: str = "UNAUTHORIZED") -> StateError:
 
 def forbidden(message: str, code: str = "FORBIDDEN") -> StateError:
     return StateError(403, message, code)
+
+
+def unavailable(message: str, code: str = "UNAVAILABLE", retry_after: int = 2) -> StateError:
+    return StateError(503, message, code, headers={"Retry-After": str(retry_after)})

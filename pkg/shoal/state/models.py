@@ -104,6 +104,7 @@ class Node(msgspec.Struct):
     state: NodeState
     created_at: Timestamp
     updated_at: Timestamp
+    trusted: bool = False  # registered or approved by an admin (only an admin sets it)
 
 
 class Account(msgspec.Struct):
@@ -166,6 +167,7 @@ class NodeCreate(msgspec.Struct, **_BODY):
     available_memory_mib: Size | None = None
     available_disk_gb: Size | None = None
     state: NodeState = "online"
+    trusted: bool | None = None  # default: true when an admin registers it, else false
 
 
 class AccountCreate(msgspec.Struct, **_BODY):
@@ -230,6 +232,7 @@ class NodeUpdate(msgspec.Struct, **_BODY):
     available_disk_gb: Size | UnsetType = UNSET
     operator_id: Ref | UnsetType = UNSET
     state: NodeState | UnsetType = UNSET
+    trusted: bool | UnsetType = UNSET
 
 
 class AccountUpdate(msgspec.Struct, **_BODY):
@@ -277,12 +280,20 @@ class Logout(msgspec.Struct):
     success: bool
 
 
+class CatchingUp(msgspec.Struct):
+    status: Literal["catching_up"]
+    progress: dict
+
+
 class Status(msgspec.Struct):
     status: str
     auth: Literal["enabled", "disabled"]
     store: str
     node_public_key: str
     warning: str | None = None
+    cluster_id: str = "shoal"
+    audience: str = ""  # what a signed request for this node names ('<cluster id>:<node key>')
+    public_url: str = ""
 
 
 class WhoAmI(msgspec.Struct):

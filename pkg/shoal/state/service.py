@@ -1,9 +1,13 @@
 """`shoal serve state`: the State Service on port 3004.
 
 shoal serve state --port 3004 --data-dir D [--store lmdb|sqlite|etcd] [--admin-address 0x...]
-                  [--etcd URL[,URL...]] [--etcd-namespace NS]
-                  [--insecure-dev] [--token-ttl SECONDS] [--no-fsync]
-                  [--peer URL ...] [--trust-node KEY ...] [--node-key-dir DIR]  (docs/crdt.md)
+                  [--etcd URL[,URL...]] [--etcd-namespace NS] [--public-url URL]
+                  [--insecure-dev] [--token-ttl SECONDS] [--no-fsync] [--auth-rate R/B]
+                  [--peer URL ...] [--trust-node KEY ...] [--node-key-dir DIR] [--cluster-id ID]
+                  (docs/crdt.md)
+
+--public-url is the URL clients use to reach this service: the sign-in message's domain and URI
+come from it (never from a request's Host header).
 
 With --store etcd, every State Service given the same etcd and namespace shares one store (one
 consistent state, unique fields enforced by etcd transactions), so CRDT replication between them
@@ -29,11 +33,13 @@ from shoal.state.auth.eth import is_address
 from shoal.state.auth.middleware import AuthMiddleware
 from shoal.state.auth.node_identity import NodeIdentity
 from shoal.state.auth.sessions import Authenticator
-from shoal.state.errors import StateError
+from shoal.state.auth.signing import CLUSTER_ID
+from shoal.state.errors import StateError, unavailable
 from shoal.state.models import AccountCreate
 from shoal.state.store import StateStore, Write
 from shoal.web import STATE_ENVELOPE
 from shoal.web import create_app as build_app
+from shoal.web.auth.ratelimit import Rate, RateLimiter, client_bucket, retry_after
 
 TITLE = "State Service"
 MAX_WORKERS = 1  # the CRDT replica (op log sequence, heads, registers) lives in this process
@@ -52,6 +58,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--token-ttl", type=int, default=86_400, help="bearer token lifetime in seconds")
     parser.add_argument(
         "--no-fsync", action="store_true", help="no fsync per commit (survives a crash, not power loss)"
+    )
+    parser.add_argument(
+        "--public-url",
+        default=None,
+        help="URL clients reach this service at (sign-in messages name its host; default "
+        "http://127.0.0.1:PORT)",
+    )
+    parser.add_argument(
+        "--auth-rate",
+        default="5/20",
+        help="sign-in requests (/auth/challenge, /auth/login) per second per client IP, as RATE/BURST "
+        "(0: unlimited)",
     )
     add_replication_arguments(parser)
 
@@ -73,6 +91,15 @@ class StateContext:
         self.token_ttl = int(options.get("token_ttl") or 86_400)
         self.durable = not options.get("no_fsync")
         self.max_body = MAX_BODY
+        self.public_url = (
+            options.get("public_url") or f"http://127.0.0.1:{options.get('port') or 3004}"
+        ).rstrip("/")
+        self.siwe_domain = public_domain(self.public_url)
+        self.cluster_id: str = options.get("cluster_id") or "shoal"
+        if not CLUSTER_ID.match(self.cluster_id):
+            raise SystemExit(f"--cluster-id {self.cluster_id!r}: 1-64 letters, digits, '.', '_' or '-'")
+        rate = Rate.parse(options.get("auth_rate") or "5/20")
+        self.limiters = {"challenge": RateLimiter(rate), "login": RateLimiter(rate)}
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.identity = NodeIdentity.load_or_create(options.get("node_key_dir") or self.data_dir)
         self.replication = ReplicationNode(options, load_signer(options, self.data_dir))
@@ -87,7 +114,12 @@ class StateContext:
             self.replication.disable(ETCD_SHARED)
         else:
             await self.replication.start(self.store)  # every write becomes a signed op (shoal.crdt)
-        self.auth = Authenticator(self.store, admin_address=self.admin_address, token_ttl=self.token_ttl)
+            if self.replication.peers:  # unique values are claimed on a majority first
+                self.store.reserver = self.replication.reservations.reserve_unique
+        self.auth = Authenticator(
+            self.store, admin_address=self.admin_address, token_ttl=self.token_ttl,
+            identity=self.identity, cluster=self.replication,
+        )  # fmt: skip
         if self.admin_address:
             await self.ensure_admin_account(self.admin_address)
 
@@ -102,16 +134,53 @@ class StateContext:
             if exc.status != 409:
                 raise
 
+    @property
+    def ready(self) -> bool:
+        """False while this node catches up with its peers after starting (shoal.crdt.node)."""
+        return self.replication.ready
+
+    def require_ready(self, what: str) -> None:
+        if not self.replication.ready:
+            p = self.replication.progress()
+            raise unavailable(
+                f"this node is catching up with its peers after starting ({p['peers_caught_up']} of "
+                f"{p['peers']} read, {p['ops']} operations so far): {what} are refused until it has; "
+                "see /health",
+                "CATCHING_UP",
+            )
+
+    def limit(self, request: Any, route: str) -> None:
+        """429 with Retry-After once a client IP exceeds --auth-rate on a sign-in route."""
+        client = request.scope.get("client")
+        wait = self.limiters[route].take(client_bucket(client[0] if client else None))
+        if wait > 0:
+            raise StateError(
+                429, f"too many sign-in requests from this address; retry in {wait:.1f} s", "RATE_LIMITED",
+                headers={"Retry-After": retry_after(wait)},
+            )  # fmt: skip
+
     async def sweep_forever(self) -> None:
         while True:
             await asyncio.sleep(SWEEP_SECONDS)
             try:
                 await self.auth.sweep()
+                if self.replication.journal is not None:
+                    await self.replication.reservations.sweep()
             except Exception:
                 log.exception("sweeping expired sessions failed")
 
 
 ETCD_SHARED = "--store etcd: every State Service on this etcd namespace shares one store"
+
+
+def public_domain(url: str) -> str:
+    """The SIWE domain of a public URL: its host[:port]."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise SystemExit(f"--public-url {url!r}: expected http(s)://host[:port][/path]")
+    return parts.netloc
 
 
 def check_options(options: dict[str, Any]) -> None:

@@ -6,7 +6,7 @@ Layout in shoal.kv (one kv transaction per write, so a crash leaves all of it or
   /state-meta/<kind>/<id>               last operation: timestamp, author, op id, deleted (tombstone)
   /state-index/<kind>/<field>/<value>   unique secondary index -> id (peer key, CIDR, domain, ...)
   /state-refs/<kind>/<id>               how many documents point at this one (CIDRs from associations)
-  /state-idem/<caller>/<sha256 of key>   a create's Idempotency-Key record (request hash + first answer)
+  /state-idem/<sha256 of caller + key>  a create's Idempotency-Key record (request hash + first answer)
 
 `apply(write)` reads what it needs, builds an `Operation` (kind, id, new document or tombstone,
 author, timestamp, op id) and commits the document, its meta, index and reference keys in one
@@ -30,6 +30,7 @@ import msgspec
 import orjson
 
 from shoal.kv import KvStore, TransactionOp, VersionConflict, open_store
+from shoal.state.auth.eth import looks_like_address
 from shoal.state.entities import SPECS, EntitySpec, merged_document, new_document, new_id
 from shoal.state.errors import StateError, bad_request, conflict, not_found
 
@@ -37,7 +38,8 @@ log = logging.getLogger("shoal.state")
 
 MAX_ATTEMPTS = 20
 FILES = {"lmdb": "state.lmdb", "sqlite": "state.sqlite3"}  # in the data dir
-SNAPSHOT_MAX_DOCS = 50_000  # lists of kinds larger than this read the store on every call
+SNAPSHOT_MAX_DOCS = 50_000
+IDEM = "/state-idem/"  # + sha256 hex of caller and Idempotency-Key: the first answer  # lists of kinds larger than this read the store on every call
 Guard = Callable[[dict | None, dict | None], Awaitable[None]]
 
 
@@ -91,8 +93,9 @@ class Write:
     body: msgspec.Struct | None = None
     changes: dict[str, Any] | None = None
     guard: Guard | None = None  # authorization, given (current, new) documents; raises to refuse
-    idempotency_key: str | None = None  # kv key of the Idempotency-Key record
+    idempotency_key: str | None = None  # sha256 hex naming the Idempotency-Key record (IDEM + it)
     idempotency_record: Callable[[Operation], bytes] | None = None
+    generated: bool = False  # `id` was generated here (not named by the caller)
 
 
 class IdempotentReplay(Exception):
@@ -127,6 +130,8 @@ class StateStore:
         self.clock = clock
         self.listeners: list[Callable[[Operation], None]] = []
         self.journal: Any = None  # shoal.crdt.statedb.StateJournal: writes become replicated ops
+        # shoal.crdt.reserve: claims new unique values on a majority of the nodes before a write
+        self.reserver: Callable[[EntitySpec, str, dict[str, str]], Awaitable[None]] | None = None
         self._snapshots: dict[str, _Snapshot] = {}
 
     @classmethod
@@ -176,21 +181,18 @@ class StateStore:
         if not filters:
             return len(cached.raws), cached.raws[offset : offset + limit]
         spec = SPECS[kind]
-        wanted = {
-            f: (spec.unique[f](v) if f in spec.unique and isinstance(v, str) else v)
-            for f, v in filters.items()
-        }
+
+        def norm(f: str, v: Any) -> Any:  # the normalisation of writes, for both sides
+            if not isinstance(v, str):
+                return v
+            if f in spec.addresses and looks_like_address(v):
+                v = v.lower()  # EIP-55 on write; one case for either side is the same comparison
+            return spec.unique[f](v) if f in spec.unique else v
+
+        wanted = {f: norm(f, v) for f, v in filters.items()}
         matched = []
         for raw, doc in zip(cached.raws, cached.docs(), strict=True):
-            if all(
-                (
-                    spec.unique[f](doc.get(f))
-                    if f in spec.unique and isinstance(doc.get(f), str)
-                    else doc.get(f)
-                )
-                == v
-                for f, v in wanted.items()
-            ):
+            if all(norm(f, doc.get(f)) == v for f, v in wanted.items()):
                 matched.append(raw)
         return len(matched), matched[offset : offset + limit]
 
@@ -220,6 +222,8 @@ class StateStore:
     async def apply(self, write: Write) -> Operation:
         """Validate, authorize (write.guard), index and commit one write; the committed Operation."""
         spec = SPECS[write.kind]
+        if self.reserver is not None and spec.unique and write.action != "delete":
+            await self._reserve(spec, write)
         for _ in range(MAX_ATTEMPTS):
             try:
                 op = await self._attempt(spec, write)
@@ -233,15 +237,41 @@ class StateStore:
             return op
         raise conflict(f"{spec.name} is being changed by other requests; retry", "CONTENTION")
 
+    async def _reserve(self, spec: EntitySpec, write: Write) -> None:
+        """Claim the unique values this write takes on a majority of the nodes (409 if taken,
+        503 without a majority), before anything is written."""
+        current: dict | None = None
+        if write.action == "create":
+            if write.id is None:
+                write.id, write.generated = new_id(spec.prefix), True
+            assert write.body is not None
+            new = new_document(spec, write.body, write.id, 0)
+        else:
+            current = await self.get(spec.kind, write.id or "")
+            if current is None:
+                return  # _attempt answers 404
+            new = merged_document(spec, current, write.changes or {}, 0)
+        if write.guard is not None:
+            await write.guard(current, new)
+        values = {}
+        for field, norm in spec.unique.items():
+            value = norm(new[field])
+            if current is None or norm(current[field]) != value:
+                values[field] = value
+        if values:
+            assert self.reserver is not None
+            await self.reserver(spec, write.id or "", values)
+
     async def _attempt(self, spec: EntitySpec, write: Write) -> Operation:
         kv = self.kv
         checks: list[TransactionOp] = []
         writes: list[TransactionOp] = []
         if write.idempotency_key is not None:
-            seen = await kv.get(write.idempotency_key)
+            idem_key = IDEM + write.idempotency_key
+            seen = await kv.get(idem_key)
             if seen is not None:
                 raise IdempotentReplay(seen.value)
-            checks.append(TransactionOp.check_version(write.idempotency_key, 0))
+            checks.append(TransactionOp.check_version(idem_key, 0))
         timestamp = self.clock()
         now = int(timestamp)
 
@@ -251,7 +281,7 @@ class StateStore:
             entity_id = write.id or new_id(spec.prefix)
             key = doc_key(spec.kind, entity_id)
             if await kv.version(key):
-                if write.id:
+                if write.id and not write.generated:
                     raise conflict(f"{spec.name} {entity_id!r} already exists", "DUPLICATE")
                 raise VersionConflict(key, 0, 1)  # a generated id collided: plan again
             checks.append(TransactionOp.check_version(key, 0))
@@ -284,7 +314,7 @@ class StateStore:
         meta = {"ts": timestamp, "author": write.author, "op": op.op_id, "deleted": new is None}
         writes.append(TransactionOp.set(meta_key(spec.kind, entity_id), orjson.dumps(meta)))
         if write.idempotency_key is not None and write.idempotency_record is not None:
-            writes.append(TransactionOp.set(write.idempotency_key, write.idempotency_record(op)))
+            writes.append(TransactionOp.set(IDEM + write.idempotency_key, write.idempotency_record(op)))
         await kv.transaction(checks + writes)
         return op
 

@@ -43,10 +43,24 @@ class StateCluster:
                 args += ["--trust-node", key]
             self.nodes.append(ServiceProcess("state", self.root / f"node{i}", args, port=self.ports[i]))
 
-    def start(self) -> StateCluster:
+    def start(self, wait_ready: bool = True) -> StateCluster:
         for node in self.nodes:
             node.start()
+        if wait_ready:
+            self.wait_ready()
         return self
+
+    def wait_ready(self, timeout: float = 30.0, nodes: list[int] | None = None) -> None:
+        """Until each node says /health "healthy" (not catching_up with its peers any more)."""
+        deadline = time.monotonic() + timeout
+        for i in nodes if nodes is not None else range(len(self.nodes)):
+            while True:
+                with contextlib.suppress(httpx.HTTPError, ValueError):
+                    if httpx.get(self.nodes[i].url + "/health", timeout=5).json() == "healthy":
+                        break
+                if time.monotonic() > deadline:
+                    raise AssertionError(f"node {i} still catching up after {timeout} s")
+                time.sleep(0.1)
 
     def stop(self) -> None:
         for node in self.nodes:
@@ -97,18 +111,37 @@ def cluster(root: Path, n: int = 3, **kwargs: Any) -> Iterator[StateCluster]:
         c.stop()
 
 
-def signed_post(url: str, path: str, message: Any, signer: Any, timeout: float = 30.0) -> httpx.Response:
-    """A replication request signed with `signer` (a shoal.crdt.signing.Signer), as a node sends it."""
+def signed_post(
+    url: str, path: str, message: Any, signer: Any, timeout: float = 30.0, cluster_id: str = "shoal",
+    audience: str | None = None, nonce: str | None = None,
+) -> httpx.Response:  # fmt: skip
+    """A replication request signed with `signer` (a shoal.crdt.signing.Signer), as a node sends it
+    (addressed to the node at `url`, whose key its public status names, unless `audience` is given)."""
+    import secrets
+
     import msgspec
 
-    from shoal.crdt.signing import KEY_HEADER, SIG_HEADER, TIME_HEADER, request_message
+    from shoal.crdt.signing import (
+        AUDIENCE_HEADER,
+        KEY_HEADER,
+        NONCE_HEADER,
+        SIG_HEADER,
+        TIME_HEADER,
+        request_message,
+    )
 
     body = message if isinstance(message, bytes) else msgspec.msgpack.encode(message)
     now = int(time.time())
+    if audience is None:
+        key = httpx.get(url + "/replication/status", timeout=timeout).json()["node_key"]
+        audience = f"{cluster_id}:{key}"
+    nonce = nonce or secrets.token_hex(16)
     headers = {
         KEY_HEADER: signer.public_b64,
         TIME_HEADER: str(now),
-        SIG_HEADER: signer.sign(request_message("POST", path, body, now)).hex(),
+        SIG_HEADER: signer.sign(request_message("POST", path, body, now, audience, nonce)).hex(),
+        AUDIENCE_HEADER: audience,
+        NONCE_HEADER: nonce,
         "content-type": "application/msgpack",
     }
     return httpx.post(url + path, content=body, headers=headers, timeout=timeout)

@@ -45,8 +45,26 @@ def is_address(value: object) -> bool:
 
 
 def normalize_address(address: str) -> str:
-    """The form used for comparisons and index keys: lower case."""
+    """The form used for index keys: lower case."""
     return address.lower()
+
+
+def looks_like_address(value: object) -> bool:
+    """0x and 40 hex digits, whatever the case (checksum or not)."""
+    return isinstance(value, str) and _ADDRESS.match(value) is not None
+
+
+def canonical_address(value: str) -> str:
+    """The EIP-55 form of an address, and any other value unchanged: how addresses are stored,
+    compared and filtered on (owner, operator_id, ethereum_address, a user peer's public_key)."""
+    return to_checksum_address(value) if looks_like_address(value) else value
+
+
+def same_address(a: object, b: object) -> bool:
+    """Equal values, addresses compared case-insensitively."""
+    if looks_like_address(a) and looks_like_address(b):
+        return a.lower() == b.lower()  # type: ignore[union-attr]
+    return a == b
 
 
 def personal_message_hash(message: bytes) -> bytes:

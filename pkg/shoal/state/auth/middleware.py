@@ -104,12 +104,12 @@ class AuthMiddleware:
             if node_sig is not None:
                 principal = await auth.from_node_signature(
                     scope["method"], request_target, body, text(signing.NODE_KEY), text(signing.TIMESTAMP),
-                    text(signing.NONCE), node_sig,
+                    text(signing.NONCE), node_sig, text(signing.AUDIENCE),
                 )  # fmt: skip
             else:
                 principal = await auth.from_user_signature(
                     scope["method"], request_target, body, text(signing.ADDRESS), text(signing.TIMESTAMP),
-                    text(signing.NONCE), user_sig or "",
+                    text(signing.NONCE), user_sig or "", text(signing.AUDIENCE),
                 )  # fmt: skip
             return principal, _replay(body, receive)
         header = text("authorization")
@@ -129,4 +129,5 @@ _WANTED = {
     signing.NODE_KEY.encode(),
     signing.TIMESTAMP.encode(),
     signing.NONCE.encode(),
+    signing.AUDIENCE.encode(),
 }

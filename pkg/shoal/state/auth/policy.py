@@ -1,15 +1,22 @@
 """Authorization: who may read and write what.
 
 - Anonymous: /health, /status, /openapi.json, /metrics and the sign-in routes only.
-- Reads: any authenticated principal; accounts only by admins, nodes, or the account's owner.
+- Reads: any authenticated user; accounts only by admins or the account's owner.
 - Writes: admins anything. A user writes what they own: an entity whose owner / operator_id is
   their address, their account id or their peer id; the peer whose public_key is their address;
   their own account (never its role); an association only between CIDRs they own.
-- Nodes (Ed25519-signed requests from registered nodes) update their own node record.
+- Nodes (Ed25519-signed requests from registered nodes) have node rights only: they update their
+  own node record (heartbeats: state and available capacity, never its key, operator or trust)
+  and read it. A node whose record an admin registered or approved (`trusted: true`) also reads
+  the other non-account entities. No node ever reads accounts, and only an admin sets `trusted`
+  (a node registered by a user is untrusted). Replication trust is the --trust-node keys alone.
+Addresses are compared in one form (EIP-55; shoal.state.auth.eth.same_address), whatever case
+a client sent.
 """
 
 from __future__ import annotations
 
+from shoal.state.auth.eth import same_address
 from shoal.state.auth.principal import Principal
 from shoal.state.entities import EntitySpec
 from shoal.state.errors import forbidden, unauthorized
@@ -23,13 +30,48 @@ def require_auth(principal: Principal | None) -> Principal:
 
 
 def may_read_account(principal: Principal, account: dict) -> bool:
-    if principal.is_admin or principal.kind == "node":
+    if principal.is_admin:
         return True
-    return principal.address is not None and account.get("ethereum_address", "").lower() == principal.address
+    if principal.kind != "user":
+        return False
+    return principal.address is not None and same_address(account.get("ethereum_address"), principal.address)
+
+
+NODE_HEARTBEAT = frozenset(
+    {
+        "state",
+        "available_vcpus",
+        "available_memory_mib",
+        "available_disk_gb",
+        "endpoint",
+        "name",
+        "updated_at",
+    }
+)
+
+
+def check_read(principal: Principal, kind: str, entity_id: str | None = None) -> None:
+    """403 unless `principal` may read documents of `kind` (a node: see the module docstring)."""
+    if principal.kind != "node":
+        return
+    if kind == "account":
+        raise forbidden("nodes never read accounts", "NODE_RIGHTS_ONLY")
+    if principal.trusted:
+        return
+    if kind == "node" and entity_id is not None and entity_id == principal.node_id:
+        return
+    raise forbidden(
+        "this node was not registered or approved by an admin: it may only read and update its own "
+        "node record",
+        "UNTRUSTED_NODE",
+    )
 
 
 def _owned(principal: Principal, doc: dict | None, field: str) -> bool:
-    return doc is None or doc.get(field) in principal.identities
+    if doc is None:
+        return True
+    value = doc.get(field)
+    return any(same_address(value, i) for i in principal.identities)
 
 
 def write_guard(store: StateStore, principal: Principal, spec: EntitySpec) -> Guard:
@@ -39,6 +81,12 @@ def write_guard(store: StateStore, principal: Principal, spec: EntitySpec) -> Gu
         if principal.is_admin:
             return
         what = spec.name
+        if (
+            spec.kind == "node"
+            and new is not None
+            and new.get("trusted") != (current.get("trusted", False) if current else False)
+        ):
+            raise forbidden("only an admin may trust a node (trusted)", "TRUST_NEEDS_ADMIN")
         if principal.kind == "node":
             if (
                 spec.kind == "node"
@@ -46,19 +94,26 @@ def write_guard(store: StateStore, principal: Principal, spec: EntitySpec) -> Gu
                 and current["id"] == principal.node_id
                 and new is not None
             ):
-                if new["public_key"] != current["public_key"] or new["operator_id"] != current["operator_id"]:
-                    raise forbidden("a node may not change its own public_key or operator_id")
+                changed = {k for k in new if new[k] != current.get(k)}
+                if changed - NODE_HEARTBEAT:
+                    raise forbidden(
+                        f"a node updates only its heartbeat fields ({', '.join(sorted(NODE_HEARTBEAT))}), "
+                        f"not {', '.join(sorted(changed - NODE_HEARTBEAT))}",
+                        "NODE_RIGHTS_ONLY",
+                    )
                 return
-            raise forbidden(f"nodes may only update their own node record, not write a {what}")
+            raise forbidden(
+                f"nodes may only update their own node record, not write a {what}", "NODE_RIGHTS_ONLY"
+            )
         address = principal.address or ""
         if spec.kind == "peer":
             for doc in (current, new):
-                if doc is not None and doc["public_key"].lower() != address:
+                if doc is not None and not same_address(doc["public_key"], address):
                     raise forbidden("users may only write the peer whose public_key is their own address")
             return
         if spec.kind == "account":
             for doc in (current, new):
-                if doc is not None and doc["ethereum_address"].lower() != address:
+                if doc is not None and not same_address(doc["ethereum_address"], address):
                     raise forbidden("users may only write their own account")
             if new is not None and new["role"] != (current["role"] if current else "user"):
                 raise forbidden("only an admin may set an account's role")
@@ -69,7 +124,7 @@ def write_guard(store: StateStore, principal: Principal, spec: EntitySpec) -> Gu
                     continue
                 for field in ("source_cidr", "target_cidr"):
                     cidr = await store.get("cidr", doc[field])
-                    if cidr is not None and cidr["owner"] not in principal.identities:
+                    if cidr is not None and not _owned(principal, cidr, "owner"):
                         raise forbidden(f"{field} {doc[field]!r} is not your CIDR")
             return
         if spec.owner_field:

@@ -9,13 +9,14 @@ from typing import Literal
 @dataclass(slots=True)
 class Principal:
     kind: Literal["user", "node", "dev"]
-    address: str | None = None  # users: lower-case 0x address
+    address: str | None = None  # users: EIP-55 checksum address
     node_id: str | None = None  # nodes: the id of the nodes entity whose key signed
     # filled in by Authenticator.resolve (looked up once per request, when a route needs it)
     role: Literal["user", "admin"] | None = None
     account_id: str | None = None
     peer_id: str | None = None
     resolved: bool = False
+    trusted: bool = False  # nodes: their record was registered (or approved) by an admin
     identities: set[str] = field(default_factory=set)  # what owner / operator_id may equal
 
     @property

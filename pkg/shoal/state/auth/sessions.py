@@ -1,32 +1,38 @@
 """Authentication: sign-in challenges, bearer tokens, per-request signatures, replay protection.
 
-Everything lives in shoal.kv, so sessions survive restarts and are shared by every worker:
+Bearer tokens are signed by the node that issued them (Ed25519, its node key): any node of the
+cluster that trusts that key checks a token without a lookup, so a login on node a works on b at
+once. A logout is a replicated revocation (shoal.crdt: an op of kind "revoked"), so it reaches
+every node; each node watches the revocation keys and evicts a cached token within the store's
+watch delay (milliseconds).
 
   /state-auth/challenge/<address>/<nonce>   a pending sign-in challenge (single use, expires)
-  /state-auth/token/<sha256 of token>       a bearer token's address and expiry (only hashes stored)
+  /state-auth/revoked/<sha256 of token>     a revoked token (replicated), kept until it expires
+  /state-auth/token/<sha256 of token>       a bearer token of the previous, stored kind
   /state-auth/nonce/<sha256 of who|nonce>   a per-request nonce already seen (kept past the window)
 
-Tokens are cached in memory per worker, and each worker watches the token keys: a logout on any
-worker (or any process sharing the store) evicts the token everywhere within the store's watch
-delay (milliseconds), not after the cache lifetime. TOKEN_CACHE_SECONDS only bounds how stale an
-entry can be should the watch be down. Everything else is read from the store on each use.
+Challenges are bounded: at most MAX_PENDING_CHALLENGES per address and MAX_CHALLENGES in all
+(expired ones are deleted as new ones come), and the route is rate limited per client.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import hashlib
 import logging
 import secrets
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
+from typing import Any
 
 import orjson
 
 from shoal.kv import Compacted, EventType, KvStore, StoreClosed, TransactionOp, VersionConflict
 from shoal.state.auth import node_identity, signing
-from shoal.state.auth.eth import SignatureError, recover_address, to_checksum_address
+from shoal.state.auth.eth import SignatureError, canonical_address, recover_address, to_checksum_address
 from shoal.state.auth.principal import Principal
 from shoal.state.errors import StateError, bad_request, unauthorized
 from shoal.state.store import StateStore
@@ -36,9 +42,20 @@ log = logging.getLogger("shoal.state.auth")
 CHALLENGE = "/state-auth/challenge/"
 TOKEN = "/state-auth/token/"
 NONCE = "/state-auth/nonce/"
+REVOKED = "/state-auth/revoked/"
 IDEM = "/state-idem/"
 TOKEN_CACHE_SECONDS = 5.0
 MAX_PENDING_CHALLENGES = 16
+MAX_CHALLENGES = 10_000  # pending challenges kept in all (each ~500 bytes)
+TOKEN_CONTEXT = b"shoal-state-token-v1\n"
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
 def _iso(ts: int) -> str:
@@ -75,10 +92,16 @@ class Authenticator:
         challenge_ttl: int = 300,
         token_ttl: int = 86_400,
         clock: Callable[[], float] = time.time,
+        identity: Any = None,
+        cluster: Any = None,
     ) -> None:
         self.store = store
         self.kv: KvStore = store.kv
-        self.admin_address = admin_address.lower() if admin_address else None
+        self.identity = identity  # NodeIdentity: signs the tokens this node issues
+        self.cluster = cluster  # shoal.crdt.node.ReplicationNode: cluster id, trusted keys, rounds
+        self.cluster_id: str = getattr(cluster, "cluster_id", "shoal")
+        self.admin_address = canonical_address(admin_address) if admin_address else None
+        self._challenges = 0  # pending challenges stored, as last counted
         self.challenge_ttl = challenge_ttl
         self.token_ttl = token_ttl
         self.clock = clock
@@ -88,10 +111,23 @@ class Authenticator:
 
     # -- sign-in ----------------------------------------------------------------------------
     async def challenge(self, address: str, domain: str, uri: str) -> dict:
+        """A sign-in challenge for `domain` / `uri`: the service's configured public URL, never
+        anything taken from the request."""
         addr = address.lower()
         now = int(self.clock())
         pending = await self.kv.entries(f"{CHALLENGE}{addr}/")
         live = [e for e in pending if orjson.loads(e.value)["expires_at"] > now]
+        for e in pending:
+            if orjson.loads(e.value)["expires_at"] <= now:
+                await self.kv.delete(e.key)
+        if self._challenges >= MAX_CHALLENGES:
+            self._challenges = (await self._sweep_prefix(CHALLENGE, now))[1]
+            if self._challenges >= MAX_CHALLENGES:
+                raise StateError(
+                    429,
+                    "too many pending sign-in challenges on this node; retry later",
+                    "TOO_MANY_CHALLENGES",
+                )
         if len(live) >= MAX_PENDING_CHALLENGES:
             raise StateError(
                 429, "too many pending sign-in challenges for this address; wait", "TOO_MANY_CHALLENGES"
@@ -101,6 +137,7 @@ class Authenticator:
         message = challenge_message(domain, uri, addr, nonce, now, expires)
         record = {"message": message, "issued_at": now, "expires_at": expires}
         await self.kv.set(f"{CHALLENGE}{addr}/{nonce}", orjson.dumps(record))
+        self._challenges += 1
         return {
             "success": True,
             "address": to_checksum_address(addr),
@@ -135,23 +172,18 @@ class Authenticator:
                 raise unauthorized(f"invalid signature: {exc}", "INVALID_SIGNATURE") from None
             if signer.lower() != addr:
                 continue
-            token = secrets.token_urlsafe(32)
             expires = now + self.token_ttl
+            token = self.issue_token(addr, expires)
             try:
                 await self.kv.transaction(
-                    [
-                        TransactionOp.check_version(entry.key, entry.version),
-                        TransactionOp.delete(entry.key),
-                        TransactionOp.set(
-                            TOKEN + _hash(token), orjson.dumps({"address": addr, "expires_at": expires})
-                        ),
-                    ]
+                    [TransactionOp.check_version(entry.key, entry.version), TransactionOp.delete(entry.key)]
                 )
+                self._challenges = max(0, self._challenges - 1)
             except VersionConflict:
                 raise unauthorized(
                     "this challenge was already used; request a new one", "CHALLENGE_USED"
                 ) from None
-            principal = await self.resolve(Principal("user", address=addr))
+            principal = await self.resolve(Principal("user", address=to_checksum_address(addr)))
             return {
                 "success": True,
                 "token": token,
@@ -166,9 +198,52 @@ class Authenticator:
             "signature was not made by this address over a pending challenge", "SIGNATURE_MISMATCH"
         )
 
+    def issue_token(self, address: str, expires: int) -> str:
+        """A bearer token any node of the cluster can check: claims signed with this node's key."""
+        if self.identity is None:  # no node key (tests of the authenticator alone): stored token
+            raise RuntimeError("an Authenticator that issues tokens needs the node identity")
+        claims = orjson.dumps(
+            {"a": to_checksum_address(address), "e": expires, "k": self.identity.public_key,
+             "c": self.cluster_id, "j": secrets.token_hex(8)}
+        )  # fmt: skip
+        signature = base64.b64decode(self.identity.sign(TOKEN_CONTEXT + claims))
+        return f"{_b64(claims)}.{_b64(signature)}"
+
+    def _check_signed(self, token: str) -> tuple[str, int]:
+        """(address, expires) of a signed token; 401 unless a trusted node of this cluster signed it."""
+        from shoal.state.auth.node_identity import verify
+
+        try:
+            head, _, tail = token.partition(".")
+            claims_raw = _unb64(head)
+            claims = orjson.loads(claims_raw)
+            key, address, expires = claims["k"], claims["a"], int(claims["e"])
+            signature = base64.b64encode(_unb64(tail)).decode()
+        except (ValueError, KeyError, TypeError, binascii.Error, orjson.JSONDecodeError):
+            raise unauthorized("malformed bearer token; sign in again", "INVALID_TOKEN") from None
+        trusted = getattr(self.cluster, "trusted_b64", None) or {self.identity.public_key}
+        if key not in trusted or claims.get("c") != self.cluster_id:
+            raise unauthorized("this bearer token was not issued by a node of this cluster", "INVALID_TOKEN")
+        if not verify(key, TOKEN_CONTEXT + claims_raw, signature):
+            raise unauthorized("bearer token signature does not verify; sign in again", "INVALID_TOKEN")
+        return address, expires
+
     async def logout(self, token: str) -> bool:
+        """Revoke a token on every node (a replicated revocation; a stored token is deleted)."""
         self._tokens.pop(token, None)
-        return await self.kv.delete(TOKEN + _hash(token))
+        if "." not in token:
+            return await self.kv.delete(TOKEN + _hash(token))
+        _, expires = self._check_signed(token)
+        key = _hash(token)
+        if await self.kv.exists(REVOKED + key):
+            return False
+        record = orjson.dumps({"expires_at": expires})
+        journal = self.store.journal
+        if journal is not None:
+            await journal.put_internal("revoked", key, record)
+        else:  # a shared store (etcd): every node reads this very key
+            await self.kv.set(REVOKED + key, record)
+        return True
 
     def _follow_revocations(self) -> None:
         if self._revocations is None or self._revocations.done():
@@ -177,17 +252,23 @@ class Authenticator:
             )
 
     async def _evict_revoked(self) -> None:
-        """Drop a cached token as soon as its key is deleted by any worker (a logout elsewhere)."""
+        """Drop a cached token as soon as it is revoked (a revocation from any node, or a stored
+        token's key deleted by any worker)."""
         while True:
             try:
-                async with self.kv.watch(TOKEN + "*") as events:
+                async with self.kv.watch("/state-auth/*") as events:
                     self._tokens.clear()  # cached before the watch started: it may have missed a logout
                     self._hashes.clear()
                     async for event in events:
-                        if event.event_type == EventType.Deleted:
-                            token = self._hashes.pop(event.key[len(TOKEN) :], None)
-                            if token is not None:
-                                self._tokens.pop(token, None)
+                        if event.key.startswith(TOKEN) and event.event_type == EventType.Deleted:
+                            digest = event.key[len(TOKEN) :]
+                        elif event.key.startswith(REVOKED) and event.event_type != EventType.Deleted:
+                            digest = event.key[len(REVOKED) :]
+                        else:
+                            continue
+                        token = self._hashes.pop(digest, None)
+                        if token is not None:
+                            self._tokens.pop(token, None)
             except Compacted:  # fell behind the change log: start over from now
                 continue
             except (StoreClosed, asyncio.CancelledError):
@@ -208,7 +289,13 @@ class Authenticator:
         if cached is None or cached[2] < now:
             self._follow_revocations()
             digest = _hash(token)
-            record = await self.kv.get_json(TOKEN + digest) if len(token) <= 256 else None
+            if "." in token and len(token) <= 1024:
+                address, expires = self._check_signed(token)
+                record: dict | None = {"address": address, "expires_at": expires}
+                if await self.kv.exists(REVOKED + digest):
+                    record = None
+            else:
+                record = await self.kv.get_json(TOKEN + digest) if len(token) <= 256 else None
             if record is None:
                 self._tokens.pop(token, None)
                 raise unauthorized("unknown or revoked bearer token; sign in again", "INVALID_TOKEN")
@@ -217,7 +304,7 @@ class Authenticator:
                 self._hashes.clear()
             self._hashes[digest] = token
             cached = self._tokens[token] = (
-                record["address"],
+                to_checksum_address(record["address"]),
                 record["expires_at"],
                 now + TOKEN_CACHE_SECONDS,
             )
@@ -243,21 +330,51 @@ class Authenticator:
             raise bad_request(f"{signing.NONCE} is 8-128 letters, digits, '-' or '_'")
         return ts
 
-    async def _consume_nonce(self, who: str, nonce: str) -> None:
-        key = NONCE + _hash(f"{who}|{nonce}")
+    def _check_audience(self, audience: str | None) -> str:
+        """The node part of a request's audience: this node's key or 'any'; 401 for anything else."""
+        if not audience:
+            raise unauthorized(
+                f"signed requests name their audience in {signing.AUDIENCE} "
+                f"('<cluster id>:<node key | any>', see GET /status)",
+                "MISSING_AUDIENCE",
+            )
+        try:
+            cluster, node = signing.parse_audience(audience)
+        except ValueError as exc:
+            raise unauthorized(str(exc), "WRONG_AUDIENCE") from None
+        own = self.identity.public_key if self.identity is not None else None
+        if cluster != self.cluster_id or node not in (signing.ANY, own):
+            raise unauthorized(
+                f"this request is signed for {audience!r}, not for this node of cluster {self.cluster_id!r}",
+                "WRONG_AUDIENCE",
+            )
+        return node
+
+    async def _consume_nonce(self, who: str, nonce: str, node: str = "") -> None:
+        """Single use: this node remembers it; a request for any node also claims it on a majority."""
+        digest = _hash(f"{who}|{nonce}")
+        key = NONCE + digest
         record = orjson.dumps({"expires_at": int(self.clock()) + 2 * signing.WINDOW})
         if not await self.kv.create_if_not_exists(key, record):
             raise unauthorized("this request nonce was already used (replay)", "REPLAYED_NONCE")
+        if node == signing.ANY and self.cluster is not None and self.cluster.peers:
+            from shoal.crdt.reserve import Claim
+
+            claim = Claim(
+                "nonce", digest, f"{self.identity.public_key}|{secrets.token_hex(8)}", 2 * signing.WINDOW
+            )
+            await self.cluster.reservations.reserve([claim], what="request nonce")
 
     async def from_user_signature(
         self, method: str, request_target: str, body: bytes, address: str | None, timestamp: str | None,
-        nonce: str | None, signature: str,
+        nonce: str | None, signature: str, audience: str | None = None,
     ) -> Principal:  # fmt: skip
         if not address:
             raise unauthorized(f"signed requests carry {signing.ADDRESS}", "MISSING_SIGNATURE_FIELDS")
         ts = self._check_fresh(timestamp, nonce)
         assert nonce is not None
-        message = signing.request_message("user", method, request_target, body, ts, nonce)
+        node = self._check_audience(audience)
+        message = signing.request_message("user", method, request_target, body, ts, nonce, audience or "")
         try:
             signer = recover_address(message, signature)
         except SignatureError as exc:
@@ -266,18 +383,19 @@ class Authenticator:
             raise unauthorized(
                 "request signature does not match the address, method, path or body", "SIGNATURE_MISMATCH"
             )
-        await self._consume_nonce(address.lower(), nonce)
-        return Principal("user", address=address.lower())
+        await self._consume_nonce(address.lower(), nonce, node)
+        return Principal("user", address=to_checksum_address(address))
 
     async def from_node_signature(
         self, method: str, request_target: str, body: bytes, public_key: str | None, timestamp: str | None,
-        nonce: str | None, signature: str,
+        nonce: str | None, signature: str, audience: str | None = None,
     ) -> Principal:  # fmt: skip
         if not public_key:
             raise unauthorized(f"node requests carry {signing.NODE_KEY}", "MISSING_SIGNATURE_FIELDS")
         ts = self._check_fresh(timestamp, nonce)
         assert nonce is not None
-        message = signing.request_message("node", method, request_target, body, ts, nonce)
+        node = self._check_audience(audience)
+        message = signing.request_message("node", method, request_target, body, ts, nonce, audience or "")
         if not node_identity.verify(public_key, message, signature):
             raise unauthorized(
                 "node signature does not match the key, method, path or body", "SIGNATURE_MISMATCH"
@@ -290,7 +408,7 @@ class Authenticator:
             raise unauthorized(
                 "this node key is not registered (no node has this public_key)", "UNKNOWN_NODE"
             )
-        await self._consume_nonce(f"node:{public_key}", nonce)
+        await self._consume_nonce(f"node:{public_key}", nonce, node)
         return Principal("node", node_id=node_id)
 
     # -- roles and identities -------------------------------------------------------------------
@@ -301,7 +419,7 @@ class Authenticator:
         principal.resolved = True
         principal.role = "user"
         if principal.kind == "user" and principal.address:
-            addr = principal.address
+            addr = principal.address = canonical_address(principal.address)
             principal.identities.add(addr)
             principal.account_id = await self.store.lookup("account", "ethereum_address", addr)
             principal.peer_id = await self.store.lookup("peer", "public_key", addr)
@@ -316,33 +434,43 @@ class Authenticator:
                 principal.role = "admin"
         elif principal.kind == "node" and principal.node_id:
             principal.identities.add(principal.node_id)
+            record = await self.store.get("node", principal.node_id)
+            principal.trusted = bool(record and record.get("trusted"))
         return principal
 
     # -- housekeeping -----------------------------------------------------------------------------
     async def sweep(self) -> int:
-        """Delete expired challenges, tokens, nonces and idempotency records; how many."""
+        """Delete expired challenges, tokens, nonces, revocations and idempotency records; how many."""
         now = int(self.clock())
         removed = 0
-        for prefix in (CHALLENGE, TOKEN, NONCE, IDEM):
-            start: str | None = None
-            while True:
-                batch = await self.kv.entries(prefix, start_after=start, limit=500)
-                if not batch:
-                    break
-                for entry in batch:
-                    try:
-                        expires = orjson.loads(entry.value).get("expires_at", 0)
-                    except (orjson.JSONDecodeError, AttributeError):
-                        expires = 0
-                    if expires <= now:
-                        ops = [
-                            TransactionOp.check_version(entry.key, entry.version),
-                            TransactionOp.delete(entry.key),
-                        ]
-                        try:
-                            await self.kv.transaction(ops)
-                            removed += 1
-                        except VersionConflict:
-                            pass
-                start = batch[-1].key
+        for prefix in (CHALLENGE, TOKEN, NONCE, IDEM, REVOKED):
+            gone, left = await self._sweep_prefix(prefix, now)
+            removed += gone
+            if prefix == CHALLENGE:
+                self._challenges = left
         return removed
+
+    async def _sweep_prefix(self, prefix: str, now: int) -> tuple[int, int]:
+        """Delete the expired records under `prefix`: (how many were deleted, how many are left)."""
+        removed = left = 0
+        start: str | None = None
+        while True:
+            batch = await self.kv.entries(prefix, start_after=start, limit=500)
+            if not batch:
+                break
+            for entry in batch:
+                try:
+                    expires = orjson.loads(entry.value).get("expires_at", 0)
+                except (orjson.JSONDecodeError, AttributeError):
+                    expires = 0
+                if expires > now:
+                    left += 1
+                    continue
+                ops = [TransactionOp.check_version(entry.key, entry.version), TransactionOp.delete(entry.key)]
+                try:
+                    await self.kv.transaction(ops)
+                    removed += 1
+                except VersionConflict:
+                    pass
+            start = batch[-1].key
+        return removed, left
