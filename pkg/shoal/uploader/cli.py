@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 import tempfile
 import time
@@ -28,6 +29,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--redundancy", choices=["replication", "erasure_coding"], help="force a mode")
     p.add_argument("--concurrency", type=int, default=4, help="direct mode: chunks in parallel")
     p.add_argument("--quiet", action="store_true", help="print only the video id")
+    p.add_argument(
+        "--api-key",
+        default=os.environ.get("SHOAL_API_KEY"),
+        help="uploader API key for an uploader started with --auth-dir (default $SHOAL_API_KEY)",
+    )
+    p.add_argument(
+        "--auth-dir",
+        default=None,
+        help="direct mode against services with --auth-dir: sign as a cluster node with its secret",
+    )
+    p.add_argument(
+        "--tls-ca", default=None, help="CA certificate (PEM) the services' HTTPS is verified against"
+    )
 
 
 class Progress:
@@ -75,7 +89,13 @@ def _via_service(args: argparse.Namespace, bar: Progress) -> str:
         data["redundancy_mode"] = args.redundancy
     # httpx streams the file object; wrap it so progress shows while it goes out
     files = {"video": (path.name, _Reader(chunks()), "application/octet-stream")}
-    with httpx.Client(timeout=httpx.Timeout(600.0, connect=5.0)) as client:
+    from shoal.web.auth import BearerAuth
+    from shoal.web.tls import client_verify
+
+    auth = BearerAuth(args.api_key) if args.api_key else None
+    with httpx.Client(
+        timeout=httpx.Timeout(600.0, connect=5.0), auth=auth, verify=client_verify(args.tls_ca)
+    ) as client:
         r = client.post(f"{base}/upload", data=data, files=files)
         if r.status_code != 200:
             raise SystemExit(f"shoal upload: {r.status_code}: {_detail(r)}")
@@ -133,7 +153,14 @@ async def _direct(args: argparse.Namespace, bar: Progress) -> str:
     from shoal.uploader.sessions import SessionStore
 
     source = Path(args.file)
-    async with httpx.AsyncClient(timeout=httpx.Timeout(30.0, connect=3.0)) as http:
+    from shoal.storage.nodeauth import auth_for
+    from shoal.web.tls import client_verify
+
+    async with httpx.AsyncClient(
+        timeout=httpx.Timeout(30.0, connect=3.0),
+        auth=auth_for({"auth_dir": args.auth_dir}, "shoal-upload"),
+        verify=client_verify(args.tls_ca),
+    ) as http:
         sessions = SessionStore(MemoryStore())
         with tempfile.TemporaryDirectory(prefix="shoal-upload-") as work:
             pipeline = Pipeline(

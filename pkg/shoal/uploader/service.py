@@ -4,6 +4,10 @@ POST /upload streams the multipart body to disk, checks the content with ffprobe
 video record and answers at once; chunking and distribution run in the background, and
 GET /upload/status/{id} follows them. Sessions live in shoal.kv (SQLite) under the data dir.
 One process (MAX_WORKERS = 1): the background uploads and their counters live in it.
+
+With `--auth-dir D` (docs/security.md): POST /upload and GET /upload/status/{id} need an
+uploader key (or above); /health stays open. The uploader is a cluster member: its calls to the
+metadata service and its chunk PUTs/DELETEs to storage nodes are signed as node `--node-id`.
 """
 
 from __future__ import annotations
@@ -21,14 +25,18 @@ import msgspec
 from starlette.requests import ClientDisconnect
 
 from shoal.kv import SqliteStore
+from shoal.storage.nodeauth import auth_for
 from shoal.uploader.health import DependencyProbe
 from shoal.uploader.media import InvalidVideo, MediaToolError
 from shoal.uploader.metaclient import MetadataClient, MetadataError
 from shoal.uploader.pipeline import Pipeline, Settings
 from shoal.uploader.receive import receive_upload
-from shoal.uploader.sessions import SessionStore, progress_in
+from shoal.uploader.sessions import INTERRUPTED, SessionStore, progress_in
 from shoal.web import DETAIL_ENVELOPE, Api, ApiError
 from shoal.web import create_app as build_app
+from shoal.web.api import Endpoint
+from shoal.web.auth import UPLOADER, AuthLayer, Requirement, add_auth_arguments, check_startup
+from shoal.web.tls import add_client_tls_argument, options_verify
 
 TITLE = "Uploader service"
 MAX_WORKERS = 1
@@ -66,6 +74,24 @@ def add_arguments(parser) -> None:
         help="seconds the metadata service (and the storage nodes it lists) get to answer the "
         "health check before /health says degraded",
     )
+    parser.add_argument(
+        "--node-id", default=None, help="this service's id in signed requests (uploader-<port>)"
+    )
+    add_auth_arguments(parser)
+    add_client_tls_argument(parser)
+
+
+def check_options(options: dict[str, Any]) -> None:
+    check_startup(options, "uploader")
+
+
+def policy(ep: Endpoint) -> Requirement | None:
+    """Uploads and their status need an uploader; /health is open; anything new an operator."""
+    if ep.path == "/health":
+        return None
+    if ep.path in ("/upload", "/upload/status/{upload_session_id}"):
+        return UPLOADER
+    return Requirement("operator")
 
 
 class UploadAccepted(msgspec.Struct):
@@ -137,9 +163,12 @@ class Uploader:
         self.incoming = incoming
         self.kv = await SqliteStore.open(self.data_dir / "uploads.sqlite", durable=False)
         self.sessions = SessionStore(self.kv)
+        node_id = self.options.get("node_id") or f"uploader-{self.options.get('port') or 8084}"
         self.http = httpx.AsyncClient(
             timeout=httpx.Timeout(30.0, connect=3.0),
             limits=httpx.Limits(max_connections=64, max_keepalive_connections=32),
+            auth=auth_for(self.options, node_id),  # signs metadata calls and chunk PUTs/DELETEs
+            verify=options_verify(self.options),
         )
         self.metadata = MetadataClient(
             self.metadata_url, self.http, timeout=_positive(self.options, "metadata_timeout", 5.0)
@@ -177,10 +206,18 @@ class Uploader:
         from shoal.uploader.distribute import chunk_id_for, delete_pieces, fragment_id_for
 
         for s in stale:
-            if not s.video_id or not s.total_chunks or not s.nodes:
+            if not s.video_id:
+                continue
+            try:  # the upload is over: its video is failed (the metadata service collects its chunks)
+                await self.metadata.call("POST", f"/video/{s.video_id}/fail", json={"reason": INTERRUPTED})
+            except MetadataError as exc:  # its --upload-grace marks it failed later
+                log.warning("video %s not marked failed: %s", s.video_id, exc)
+            if not s.total_chunks or not s.nodes:
                 continue
             try:
-                manifest = await self.metadata.manifest(s.video_id)
+                manifest = await self.metadata.call(
+                    "GET", f"/manifest/{s.video_id}", params={"status": "any"}
+                )
                 committed = {c["chunk_id"] for c in manifest.get("chunks", [])}
             except MetadataError as exc:
                 log.warning("cleanup of %s skipped: %s", s.upload_session_id, exc)
@@ -327,10 +364,12 @@ def create_app(options: dict[str, Any]) -> Any:
         finally:
             await u.stop()
 
-    return build_app(
+    layer = AuthLayer.from_options(options, DETAIL_ENVELOPE)
+    app = build_app(
         title=TITLE,
-        apis=[make_api(u)],
+        apis=layer.secure([make_api(u)], policy),
         envelope=DETAIL_ENVELOPE,
         lifespan=lifespan,
         state={"uploader": u},
     )
+    return layer.wrap(app)
