@@ -15,6 +15,7 @@ import json
 import sys
 
 from shoal.client.scheduler import STRATEGIES
+from shoal.web.tls import client_verify
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -27,6 +28,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dashboard", action="store_true", help="serve the live dashboard while playing")
     p.add_argument("--dashboard-port", type=int, default=8888, help="dashboard port (default 8888)")
     p.add_argument("--quiet", action="store_true", help="no status lines")
+    p.add_argument(
+        "--api-key",
+        default=None,
+        help="viewer API key (or token) for services started with --auth-dir (default $SHOAL_API_KEY)",
+    )
+    p.add_argument(
+        "--tls-ca", default=None, help="CA certificate (PEM) the services' HTTPS is verified against"
+    )
 
 
 def _line(status: dict) -> str:
@@ -48,6 +57,8 @@ async def _play(args: argparse.Namespace) -> dict:
         speed=args.speed,
         parallel=args.parallel,
         output=args.output,
+        api_key=args.api_key,
+        ssl=client_verify(args.tls_ca),
     )
     task = player.start()
     while not task.done():
@@ -79,6 +90,8 @@ def run_play(args: argparse.Namespace) -> int:
                 "speed": args.speed,
                 "parallel": args.parallel,
                 "output": args.output,
+                "api_key": args.api_key,
+                "tls_ca": args.tls_ca,
             },
         )
         return 0

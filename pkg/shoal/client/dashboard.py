@@ -7,6 +7,11 @@ The Player runs inside the app's event loop (one worker), so every answer is rea
 live session. GET / is a page that polls the /api routes, draws its charts with canvas, and
 feeds the reassembled fMP4 segments (GET /api/segment/{n}) to a <video> element through
 Media Source Extensions. Nothing is loaded from outside this server.
+
+With `--auth-dir D` every /api route needs a viewer key (the page asks for one and keeps it in
+the browser's localStorage, or takes it from the URL as `#key=...`); the page and its script
+stay open. Towards the metadata service and the storage nodes the player uses `--api-key`
+(default $SHOAL_API_KEY), or without one, a node token minted from the auth dir.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import re
 from collections.abc import AsyncIterator
 from importlib import resources
@@ -25,8 +31,12 @@ from starlette.responses import Response
 from shoal.client.models import Metrics, Performance, PlayRequest, Stats, Status, Stream
 from shoal.client.scheduler import STRATEGIES
 from shoal.client.session import Player, PlayerError
+from shoal.storage.nodeauth import NodeCredentials
 from shoal.web import DETAIL_ENVELOPE, Api, ApiError
 from shoal.web import create_app as web_app
+from shoal.web.api import Endpoint
+from shoal.web.auth import VIEWER, AuthLayer, Requirement, add_auth_arguments, check_startup
+from shoal.web.tls import add_client_tls_argument, options_verify
 
 TITLE = "Smart client dashboard"
 MAX_WORKERS = 1  # the session lives in the worker's memory
@@ -42,6 +52,31 @@ def add_arguments(parser: Any) -> None:
     parser.add_argument("--speed", type=float, default=1.0, help="playback clock speed (tests: 10, 20)")
     parser.add_argument("--parallel", type=int, default=4, help="chunk downloads in flight")
     parser.add_argument("--output", default=None, help="also write the stream to this file")
+    parser.add_argument(
+        "--api-key",
+        default=None,
+        help="viewer API key for the metadata service and storage nodes (default $SHOAL_API_KEY)",
+    )
+    add_auth_arguments(parser)
+    add_client_tls_argument(parser)
+
+
+def check_options(options: dict) -> None:
+    check_startup(options, "dashboard")
+
+
+def policy(ep: Endpoint) -> Requirement | None:
+    """The page and its script are open (they hold nothing); every /api route needs a viewer."""
+    return VIEWER if ep.path.startswith("/api/") else None
+
+
+def outbound_credential(options: dict) -> str | None:
+    """What the player sends upstream: --api-key, $SHOAL_API_KEY, or a node token (auth dir)."""
+    key = options.get("api_key") or os.environ.get("SHOAL_API_KEY")
+    if key:
+        return key
+    creds = NodeCredentials.from_options(options, "dashboard")
+    return creds.token(ttl=86400) if creds else None
 
 
 def _static(name: str) -> bytes:
@@ -63,6 +98,8 @@ class Dashboard:
             speed=speed,
             parallel=int(self.options.get("parallel") or 4),
             output=output,
+            api_key=outbound_credential(self.options) or "",
+            ssl=options_verify(self.options),
         )
 
     async def play(self, player: Player) -> None:
@@ -183,6 +220,9 @@ def create_app(options: dict) -> Any:
 
 def build_app(d: Dashboard, lifespan: Any = None) -> Any:
     """The app around a Dashboard (tests build their own around a Player they control)."""
-    app = web_app(title=TITLE, apis=[make_api(d)], envelope=DETAIL_ENVELOPE, lifespan=lifespan)
+    layer = AuthLayer.from_options(d.options, DETAIL_ENVELOPE)
+    app = web_app(
+        title=TITLE, apis=layer.secure([make_api(d)], policy), envelope=DETAIL_ENVELOPE, lifespan=lifespan
+    )
     app.state.dashboard = d
-    return app
+    return layer.wrap(app)

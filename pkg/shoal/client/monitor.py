@@ -26,7 +26,14 @@ def new_scores(**kw: Any) -> Any:
 
 class NetworkMonitor:
     def __init__(
-        self, scores: Any, nodes: list[str], interval: float = 3.0, timeouts: Timeouts | None = None
+        self,
+        scores: Any,
+        nodes: list[str],
+        interval: float = 3.0,
+        timeouts: Timeouts | None = None,
+        *,
+        headers: dict[str, str] | None = None,
+        ssl: Any = True,
     ):
         self.scores = scores
         self.nodes = list(nodes)
@@ -34,6 +41,8 @@ class NetworkMonitor:
         self.timeouts = timeouts or Timeouts()
         self.last: dict[str, dict] = {}  # node -> {"ok", "ms", "at", "error"}
         self.pings = 0
+        self.headers = headers or {}  # the player's viewer credential: /ping needs one with auth on
+        self.ssl = ssl
         self._task: asyncio.Task | None = None
         self._session: aiohttp.ClientSession | None = None
         for n in self.nodes:
@@ -55,7 +64,9 @@ class NetworkMonitor:
         A node still silent after that gets its wait as a (lower-bound) latency sample, so the
         first scheduling decisions already rank it below nodes that answered.
         """
-        self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0, force_close=False))
+        self._session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=0, force_close=False, ssl=self.ssl), headers=self.headers
+        )
         first = asyncio.ensure_future(self.ping_all())
         done, _ = await asyncio.wait({first}, timeout=first_round_wait)
         if not done:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
 from collections import deque
 from typing import Any
@@ -56,6 +57,8 @@ class Player:
         ping_interval: float = 3.0,
         sample_every: float = 0.5,
         keep_segments: int = 256,
+        api_key: str | None = None,
+        ssl: Any = True,
         record_view: bool = True,
     ) -> None:
         if parallel < 1:
@@ -73,6 +76,10 @@ class Player:
         self.sample_every = sample_every
         self.keep_segments = keep_segments
         self.record_view = record_view
+        # a viewer credential for the metadata service and the storage nodes (issue #19)
+        key = api_key if api_key is not None else os.environ.get("SHOAL_API_KEY")
+        self.headers = {"Authorization": f"Bearer {key}"} if key else {}
+        self.ssl = ssl
         self.writer = OrderedWriter(output) if output else None
         self.scores = new_scores()
         self.monitor: NetworkMonitor | None = None
@@ -100,7 +107,9 @@ class Player:
     async def prepare(self) -> Manifest:
         """Fetch the manifest now (PlayerError if the video cannot be played), before play()."""
         if self.manifest is None:
-            async with aiohttp.ClientSession() as http:
+            async with aiohttp.ClientSession(
+                headers=self.headers, connector=aiohttp.TCPConnector(ssl=self.ssl)
+            ) as http:
                 self.manifest = await self._fetch_manifest(http)
         return self.manifest
 
@@ -125,8 +134,8 @@ class Player:
         """Play the video to its end; returns performance()."""
         self.started_at = time.monotonic()
         self.started_wall = time.time()
-        connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=30)
-        async with aiohttp.ClientSession(connector=connector) as http:
+        connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=30, ssl=self.ssl)
+        async with aiohttp.ClientSession(connector=connector, headers=self.headers) as http:
             try:
                 if self.manifest is None:
                     self.manifest = await self._fetch_manifest(http)
@@ -190,7 +199,9 @@ class Player:
             log.warning("could not record the view: %s", exc)
 
     async def _run(self, http: aiohttp.ClientSession, m: Manifest) -> None:
-        self.monitor = NetworkMonitor(self.scores, m.nodes, self.ping_interval, self.timeouts)
+        self.monitor = NetworkMonitor(
+            self.scores, m.nodes, self.ping_interval, self.timeouts, headers=self.headers, ssl=self.ssl
+        )
         self.scheduler = Scheduler(
             http,
             self.scores,

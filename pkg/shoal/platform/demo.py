@@ -30,6 +30,8 @@ import httpx
 
 from shoal.platform.layout import Child, ConfigError, layout
 from shoal.platform.up import add_layout_arguments, settings_from_args
+from shoal.web.auth import BearerAuth
+from shoal.web.tls import client_verify
 
 
 class DemoError(Exception):
@@ -54,6 +56,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=os.environ.get("SHOAL_ADMIN_KEY"),
         help="private key of the State Service's --admin-address (default $SHOAL_ADMIN_KEY); "
         "not needed in insecure-dev mode",
+    )
+    p.add_argument(
+        "--api-key",
+        default=os.environ.get("SHOAL_API_KEY"),
+        help="API key for services started with --auth-dir (default $SHOAL_API_KEY, else "
+        "DATA_ROOT/auth/admin.key when `shoal up` created one)",
+    )
+    p.add_argument(
+        "--tls-ca", default=None, help="CA certificate (PEM) the services' HTTPS is verified against"
     )
     p.add_argument("--json", default=None, metavar="FILE", help="also write the results as JSON here")
 
@@ -328,11 +339,13 @@ def play_in_dashboard(
     return perf, segments
 
 
-async def play_here(metadata: str, video_id: str, speed: float, out_path: Path) -> dict:
+async def play_here(
+    metadata: str, video_id: str, speed: float, out_path: Path, api_key: str | None = None
+) -> dict:
     """Without a dashboard in the layout: the same smart client, in this process."""
     from shoal.client.session import Player
 
-    return await Player(video_id, metadata, speed=speed, output=str(out_path)).play()
+    return await Player(video_id, metadata, speed=speed, output=str(out_path), api_key=api_key).play()
 
 
 # -- 6. integrity ---------------------------------------------------------------------------------
@@ -366,13 +379,29 @@ def run_demo(args: argparse.Namespace, stream: IO[str] = sys.stdout) -> int:
     return 0 if result["integrity"]["byte_exact"] and not result["integrity"]["decode_errors"] else 1
 
 
+def api_key_for(args: argparse.Namespace, data_root: str | Path) -> str | None:
+    """--api-key / $SHOAL_API_KEY, else the admin key `shoal up` (`shoal auth init`) left in
+    DATA_ROOT/auth/admin.key; None when the services run without auth."""
+    if getattr(args, "api_key", None):
+        return args.api_key
+    path = Path(data_root) / "auth" / "admin.key"
+    try:
+        return path.read_text().strip() or None
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise DemoError(f"cannot read the admin key {path}: {exc} (pass --api-key)") from None
+
+
 def demo(args: argparse.Namespace, out: Out) -> dict:
     settings = settings_from_args(args)
     children, _ = layout(settings, check_built=False)
     urls = urls_for(children, args.proxy_url)
     work = Path(settings.data_root) / "demo"
     need = 5 if args.redundancy == "erasure_coding" else 3
-    with httpx.Client(timeout=30.0) as http:
+    key = api_key_for(args, settings.data_root)
+    auth = BearerAuth(key) if key else None
+    with httpx.Client(timeout=30.0, auth=auth, verify=client_verify(getattr(args, "tls_ca", None))) as http:
         out.step(1, "services" + (f" (through {args.proxy_url})" if args.proxy_url else ""))
         check_services(http, urls, need, out)
 
@@ -408,7 +437,7 @@ def demo(args: argparse.Namespace, out: Out) -> dict:
             played.write_bytes(b"".join(segments))
         else:
             out.say("no dashboard in this layout: playing in this process")
-            perf = asyncio.run(play_here(urls.metadata, video_id, args.speed, played))
+            perf = asyncio.run(play_here(urls.metadata, video_id, args.speed, played, key))
 
         out.step(6, "integrity of the played stream")
         integrity = verify(source, played, work)

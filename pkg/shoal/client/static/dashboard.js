@@ -4,8 +4,26 @@
 const COLORS = ["#4fc3f7", "#ffb74d", "#81c784", "#e57373", "#ba68c8", "#fff176", "#4db6ac", "#f06292"];
 const dash = (window.__dash = { polls: 0, chartsDrawn: 0, appended: 0, mime: null, supported: null, errors: [] });
 
+// With --auth-dir the /api routes need a viewer key: from #key=... once, then localStorage.
+function authHeaders() {
+  const m = location.hash.match(/key=([^&]+)/);
+  if (m) { localStorage.setItem("shoal-api-key", decodeURIComponent(m[1])); history.replaceState(null, "", location.pathname); }
+  const key = localStorage.getItem("shoal-api-key");
+  return key ? { Authorization: "Bearer " + key } : {};
+}
+
+async function authFetch(path) {
+  let r = await fetch(path, { cache: "no-store", headers: authHeaders() });
+  if (r.status === 401 && !dash.asked) {
+    dash.asked = true;
+    const key = window.prompt("This dashboard needs a viewer API key (shoal auth key create --role viewer):");
+    if (key) { localStorage.setItem("shoal-api-key", key.trim()); r = await fetch(path, { cache: "no-store", headers: authHeaders() }); }
+  }
+  return r;
+}
+
 async function getJSON(path) {
-  const r = await fetch(path, { cache: "no-store" });
+  const r = await authFetch(path);
   if (!r.ok) throw new Error(path + ": HTTP " + r.status);
   return r.json();
 }
@@ -140,7 +158,7 @@ async function startVideo() {
     const s = await getJSON("api/stream");
     if (next < s.first_kept) next = s.first_kept;
     while (next < s.available) {
-      const r = await fetch("api/segment/" + next, { cache: "no-store" });
+      const r = await authFetch("api/segment/" + next);
       if (!r.ok) break;
       await appendTo(sb, await r.arrayBuffer());
       dash.appended = ++next;
