@@ -10,6 +10,11 @@
   has seen the same ETag, unchanged, for a whole TTL on its own monotonic clock (or the
   holder marked it released). The holder renews every TTL/3 and counts itself the writer only
   until its last successful renewal + TTL.
+- The body also names `replica`: the fencing token of the newest replica lineage (litestream
+  writes under `litestream/t<token>/`, one path per holder, so a stale holder can only ever
+  write to its own path, which nobody restores from once a successor has published its own).
+  A new holder restores from the lineage it finds there, and publishes its own (conditional
+  PUT, `publish_replica`) only once its replica has caught up, before its app starts.
 - Some S3 servers check the condition and store the object in two steps (moto does), so two
   racing takeovers could both get 200. After every acquisition we wait `settle` seconds and
   read the object back: only the writer whose body is there holds the lease.
@@ -64,6 +69,7 @@ class Lease:
         self.observed: Observed | None = None
         self.last_error: str | None = None
         self.released = False
+        self.replica: int | None = None  # the lineage named in the lease body we hold
 
     # -- reading and writing -------------------------------------------------------------
     def read(self) -> tuple[dict[str, Any] | None, str | None]:
@@ -100,6 +106,7 @@ class Lease:
             "renewed_at": time.time(),
             "ttl_seconds": self.ttl,
             "released": released,
+            "replica": self.replica,
             "nonce": uuid.uuid4().hex,  # every write has a distinct body, so a distinct ETag
         }
 
@@ -107,6 +114,30 @@ class Lease:
     @property
     def held(self) -> bool:
         return self.etag is not None and time.monotonic() < self.valid_until
+
+    def writer_ok(self, margin: float) -> bool:
+        """Held with at least `margin` seconds left: writers may run (they must be stopped
+        before the lease can expire, and stopping them takes time)."""
+        return self.etag is not None and time.monotonic() < self.valid_until - margin
+
+    def publish_replica(self, token: int) -> bool:
+        """Name our lineage in the lease (a conditional renewal); False if we lost the lease."""
+        if self.etag is None:
+            return False
+        started = time.monotonic()
+        previous, self.replica = self.replica, token
+        try:
+            new = self._put(self._body(self.token), if_match=self.etag)
+        except (ClientError, OSError) as exc:
+            self.replica = previous
+            self.last_error = str(exc)
+            return False
+        if new is None:
+            self.replica = previous
+            self._lose("publishing the replica was refused")
+            return False
+        self.etag, self.valid_until = new, started + self.ttl
+        return True
 
     def check_conditional_writes(self) -> None:
         """Refuse to run a lease on a server that ignores If-None-Match."""
@@ -153,6 +184,7 @@ class Lease:
         try:
             body, etag = self.read()
             if body is None:
+                self.replica = None
                 new = self._put(self._body(1), create=True)
                 return new is not None and self._won(new, 1, started)
             assert etag is not None
@@ -168,6 +200,7 @@ class Lease:
             mine = body.get("holder") == self.holder and not body.get("released")
             if mine or self._expired(body, etag):  # a previous run of ours, or a dead/released holder
                 token = int(body.get("token") or 0) + 1
+                self.replica = body.get("replica")  # the lineage to restore from, kept until ours
                 new = self._put(self._body(token), if_match=etag)
                 return new is not None and self._won(new, token, started)
             return False
@@ -204,5 +237,6 @@ class Lease:
             "ttl_seconds": self.ttl,
             "expires_in": round(self.valid_until - time.monotonic(), 3) if self.held else None,
             "current_holder": self.holder if self.held else (other or {}).get("holder"),
+            "replica_token": self.replica,
             "error": self.last_error,
         }

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import json
 import logging
 import os
 import socket
@@ -86,6 +87,10 @@ class Manager:
         self._s3_probe: S3Probe | None = None
         self._busy: tuple[str, float] | None = None  # the operation holding _lock, since when
         self.mount_path: Path | None = None  # confined (shoal.manager.paths)
+        self.fenced: str | None = None  # why the writers were stopped for the lease
+        self.fences = 0
+        self.last_fence: dict[str, Any] | None = None
+        self._fence_epoch = 0
         self.cache_dir: Path | None = None
 
     # -- life cycle ----------------------------------------------------------------------
@@ -117,10 +122,9 @@ class Manager:
 
     async def _boot(self) -> None:
         if self.config is not None:
-            async with self._lock:
+            async with self._exclusive("start-up"):
                 await self._start_stacks()
-        if self.process:
-            self.process.start()
+        self._start_app()  # with the leaser stack only once this manager is the writer
 
     def _spawn(self, coro: Any, name: str) -> None:
         task = asyncio.get_running_loop().create_task(coro, name=name)
@@ -303,75 +307,233 @@ class Manager:
                 self.lease.last_error = f"cannot reach S3: {exc}"
                 log.warning("lease probe failed: %s", exc)
             held = await asyncio.to_thread(self.lease.acquire_or_renew)
-            self._spawn(self._lease_loop(), "lease")
-            if not held:
+            self._spawn(self._renew_loop(), "lease renewal")
+            self._spawn(self._fence_loop(), "fencing")
+            if held and await self._start_writers():
+                self._start_app()
+            elif not held:
                 self.stacks_state = "standby"
                 log.info("lease held by another manager; standing by")
-                return
+            self._spawn(self._writer_loop(), "writer")
+            return
         await self._start_writers()
 
-    async def _start_writers(self) -> None:
+    def _margin(self) -> float:
+        """Writers stop this long before the lease could expire (the time fencing may take)."""
+        assert self.lease is not None
+        return max(1.0, self.lease.ttl * 0.3)
+
+    def _lineage_file(self) -> Path:
+        return self.tmp_dir / "replica-lineage.json"
+
+    def _lineages(self) -> dict[str, str]:
+        try:
+            return json.loads(self._lineage_file().read_text())
+        except (OSError, ValueError):
+            return {}
+
+    def _save_lineages(self, dbs: list[Replicated]) -> None:
+        data = {db.path.name: db.replica for db in dbs}
+        tmp = self._lineage_file().with_suffix(".tmp")
+        tmp.write_text(json.dumps(data))
+        os.replace(tmp, self._lineage_file())
+
+    async def _prepare_db(self, db: Replicated, source: str | None) -> None:
+        """A new holder's database: restored from the lineage the lease names unless the local
+        file is provably the newest (it replicated to that very lineage and is at or past the
+        replica's position)."""
+        assert self.replication is not None
+        if source is None:  # no holder ever published a replica: keep (or restore) as before
+            return
+        if db.path.exists() and self._lineages().get(db.path.name) == source:
+            local = self.replication.local_position(db)
+            remote = await asyncio.to_thread(self.replication.remote_position, source)
+            if local >= remote > 0:
+                self.replication.kept_local.append(db.path.name)
+                log.info("local database is the newest", extra={"db": str(db.path), "txid": local})
+                return
+        info = await self.replication.restore_verified(db, source)
+        self.replication.verified.append(info)
+        self.replication.restored.append(str(db.path))
+
+    async def _start_writers(self) -> bool:
+        """Replication and the filesystem (and, with the leaser stack, the restore decision and
+        the publication of our lineage); True when every writer runs."""
         cfg = self.config
         assert cfg is not None
-        dbs = []
-        if "db" in cfg.stacks:
-            dbs.append(Replicated(self.db_path, self._replica_key("database.sqlite")))
-        if "juicefs" in cfg.stacks:
-            dbs.append(Replicated(self.jfs_meta_path, self._replica_key("juicefs-meta.sqlite")))
+        leased = "leaser" in cfg.stacks and self.lease is not None
+        epoch = self._fence_epoch
+        token = self.lease.token if leased and self.lease else None
+        source_token = self.lease.replica if leased and self.lease else None
+        names = [
+            n
+            for n, stack in (("database.sqlite", "db"), ("juicefs-meta.sqlite", "juicefs"))
+            if stack in cfg.stacks
+        ]
+        paths = {"database.sqlite": self.db_path, "juicefs-meta.sqlite": self.jfs_meta_path}
+        dbs = [Replicated(paths[n], self._replica_key(n, token)) for n in names]
+        self._writers_up = False
         if dbs:
             self.replication = Replication(cfg.storage, dbs, self.tmp_dir / "litestream.yml")
             try:
-                await self.replication.restore_missing()
+                if leased and source_token is not None:
+                    for db in dbs:
+                        await self._prepare_db(db, self._replica_key(db.path.name, source_token))
+                        if epoch != self._fence_epoch:
+                            return False
+                elif leased:
+                    # no lineage published yet: restore a missing file from the legacy path
+                    self.replication.dbs = [Replicated(d.path, self._replica_key(d.path.name)) for d in dbs]
+                    await self.replication.restore_missing()
+                    self.replication.dbs = dbs
+                else:
+                    await self.replication.restore_missing()
                 if "db" in cfg.stacks:
                     await asyncio.to_thread(database.ensure, self.db_path)
                 self.db_error = None
             except Exception as exc:
                 self.db_error = str(exc)
                 log.error("database: %s", exc)
-            if "juicefs" in cfg.stacks:
-                await self._juicefs().start()
-                if self.juicefs and self.juicefs.state == "mounted":
-                    await asyncio.to_thread(checkpoints.recover, self.juicefs.mount_path)
+                if leased:  # never start writing over a database we could not bring up to date
+                    self.stacks_state = "error"
+                    return False
+            if "juicefs" in cfg.stacks and not self.jfs_meta_path.exists():
+                try:  # format before replicating, so its metadata is in our lineage from the start
+                    await self._juicefs().format()
+                except (RuntimeError, OSError) as exc:
+                    self._juicefs().error = str(exc)
+                    log.error("juicefs: %s", exc)
             try:
                 self.replication.start()
                 await self.replication.wait_started()
             except OSError as exc:
                 self.replication.error = str(exc)
                 log.error("replication: %s", exc)
+            if leased:
+                assert self.lease is not None
+                caught_up = await self.replication.wait_caught_up(timeout=max(10.0, self.lease.ttl * 2))
+                if epoch != self._fence_epoch:
+                    return False
+                if not caught_up:
+                    self.replication.error = "the new replica did not catch up; not taking writes yet"
+                    log.warning(self.replication.error)
+                    await self.replication.kill()
+                    self.stacks_state = "waiting for S3"
+                    return False
+                self._save_lineages(dbs)
+                if not await asyncio.to_thread(self.lease.publish_replica, token):
+                    await self.replication.kill()
+                    self.stacks_state = "standby"
+                    return False
+        if "juicefs" in cfg.stacks:
+            await self._juicefs().start()
+            if epoch != self._fence_epoch:
+                return False
+            if self.juicefs and self.juicefs.state == "mounted":
+                await asyncio.to_thread(checkpoints.recover, self.juicefs.mount_path)
         self._writers_up = True
+        self.fenced = None
         self.stacks_state = "running"
+        return True
 
-    def _replica_key(self, name: str) -> str:
+    def _replica_key(self, name: str, token: int | None = None) -> str:
         from shoal.manager import s3
 
         assert self.config is not None
-        return s3.key(self.config.storage, "litestream", name)
+        if token is None:
+            return s3.key(self.config.storage, "litestream", name)
+        return s3.key(self.config.storage, "litestream", f"t{token}", name)
 
     async def _stop_writers(self) -> None:
+        if self.process and "leaser" in (self.config.stacks if self.config else []):
+            await self.process.stop()  # the app writes too
         if self.juicefs:
             await self.juicefs.stop()
         if self.replication:
             await self.replication.stop()
         self._writers_up = False
 
-    async def _lease_loop(self) -> None:
+    async def _fence(self, why: str) -> None:
+        """Stop every writer now, without waiting for any operation: the app (SIGTERM, SIGKILL
+        soon after), litestream (SIGKILL: no last write to S3), juicefs (SIGKILL, mount
+        detached). Called while the lease still has `_margin()` seconds left."""
+        started = time.monotonic()
+        self._fence_epoch += 1
+        self.fenced = why
+        self.fences += 1
+        self.stacks_state = "fenced"
+        log.warning("fencing: %s", why)
+        grace = min(self.options.stop_timeout, self._margin() / 3)
+        if self.process:
+            await self.process.stop(timeout=grace)
+        if self.replication:
+            await self.replication.kill()
+        if self.juicefs:
+            await self.juicefs.kill()
+        self._writers_up = False
+        self.last_fence = {"reason": why, "at": time.time(), "seconds": round(time.monotonic() - started, 3)}
+        log.warning("fenced", extra=self.last_fence)
+
+    def _writing(self) -> bool:
+        return bool(
+            self._writers_up
+            or (self.process and self.process.running)
+            or (self.replication and self.replication.supervisor and self.replication.supervisor.running)
+            or (self.juicefs and self.juicefs.supervisor and self.juicefs.supervisor.running)
+        )
+
+    async def _fence_loop(self) -> None:
         lease = self.lease
         assert lease is not None
-        while True:
-            await asyncio.sleep(lease.ttl / 3 if lease.held else lease.ttl / 4)
+        while not lease.released:
+            if not lease.writer_ok(self._margin()) and self._writing():
+                why = lease.last_error or "the lease was not renewed in time"
+                if lease.etag is None:
+                    why = "the lease is lost"
+                await self._fence(f"{why}; writers stopped before the lease can expire")
+            await asyncio.sleep(0.05)
+
+    async def _renew_loop(self) -> None:
+        """Renew (or try to take) the lease, never waiting on an operation; renewals every
+        TTL/4 leave room for one that fails before fencing kicks in."""
+        lease = self.lease
+        assert lease is not None
+        while not lease.released:
+            await asyncio.sleep(lease.ttl / 4)
             if lease.released:
                 return
-            held = await asyncio.to_thread(lease.acquire_or_renew)
-            async with self._lock:
-                if lease.released:
-                    return
-                if held and not self._writers_up:
-                    log.info("became the writer")
-                    await self._start_writers()
-                elif not held and self._writers_up:
-                    log.warning("lease lost: stopping replication and the filesystem")
-                    self.stacks_state = "standby"
-                    await self._stop_writers()
+            try:
+                await asyncio.to_thread(lease.acquire_or_renew)
+            except Exception as exc:  # acquire_or_renew logs S3 errors itself
+                log.warning("lease step failed: %s", exc)
+
+    async def _writer_loop(self) -> None:
+        """Start the writers once we hold the lease (and after a fence, once renewals succeed
+        again); never while an operation runs."""
+        lease = self.lease
+        assert lease is not None
+        backoff = 0.5
+        while not lease.released:
+            await asyncio.sleep(backoff)
+            if lease.released:
+                return
+            if lease.writer_ok(self._margin()) and not self._writers_up:
+                if self._lock.locked():
+                    continue
+                async with self._exclusive("taking over as the writer"):
+                    if lease.released or not lease.writer_ok(self._margin()):
+                        continue
+                    log.info("becoming the writer", extra={"token": lease.token})
+                    self.stacks_state = "starting"
+                    if await self._start_writers():
+                        self._start_app()
+                        backoff = 0.5
+                    else:
+                        if self._writing() and self.fenced is None:
+                            await self._fence("could not become the writer")
+                        backoff = min(backoff * 2, 5.0)
+            elif not lease.held and not self._writing() and self.stacks_state in ("running", "starting"):
+                self.stacks_state = "standby"
 
     async def release_lease(self) -> dict[str, Any]:
         cfg = self._require_config()
@@ -524,6 +686,11 @@ class Manager:
     async def start_process(self) -> dict[str, Any]:
         if not self.process:
             raise ManagerError(400, "no process to supervise (no COMMAND given)")
+        if not self._may_run_app():
+            raise ManagerError(
+                409,
+                f"this manager is not the writer ({self.stacks_state}); the app runs only on the lease holder",
+            )
         self.process.start()
         await asyncio.sleep(0)
         return self.process.status()
@@ -544,6 +711,12 @@ class Manager:
             )
         if self.replication and self.replication.supervisor and self.replication.supervisor.state == "fatal":
             problems["replication"] = f"litestream is not running: {self.replication.status()['error']}"
+        if self.fenced:
+            problems["lease"] = f"fenced: {self.fenced}"
+        elif self.lease and self.lease.last_error and self.stacks_state != "standby":
+            problems["lease"] = f"lease renewal failing: {self.lease.last_error}"
+        if self.stacks_state == "error":
+            problems["stacks"] = self.db_error or self.config_error or "the stacks failed to start"
         cfg = self.config
         if cfg is not None and "juicefs" in cfg.stacks and self._writers_up and self.juicefs:
             fs = self.juicefs.status()
@@ -582,6 +755,12 @@ class Manager:
                 "stacks": list(cfg.stacks) if cfg else [],
                 "state": self.stacks_state,
                 "error": self.config_error,
+                "operation": {"name": self._busy[0], "seconds": round(time.monotonic() - self._busy[1], 3)}
+                if self._busy
+                else None,
+                "fenced": self.fenced,
+                "fences": self.fences,
+                "last_fence": self.last_fence,
             },
             "process": self.process.status() if self.process else None,
             "components": components,

@@ -8,14 +8,26 @@ metadata database. On a fresh machine a missing database is restored from its re
 Lag is measured, not guessed: litestream 0.5 writes each transaction as an LTX file under
 `<db>-litestream/ltx/0/` and uploads it to `<replica>/0000/`. The lag is the age of the
 oldest local LTX file not yet in the bucket (0 when caught up), plus at most one sync interval
-of WAL frames litestream has not cut into an LTX file yet.
+of WAL frames litestream has not cut into an LTX file yet. A measurement that fails (S3 down)
+makes the lag unknown (`lag_seconds: null`, `caught_up: false`, `stale: true`), never a
+remembered 0.
+
+Under the leaser stack every holder replicates to its own lineage (`litestream/t<token>/`),
+and a new holder restores from the lineage the lease names (`restore_verified`): into a temp
+file, checked with `PRAGMA integrity_check` and against the replica's position (the restored
+TXID must equal the newest TXID in the bucket), and only then swapped in for the local file
+(which is kept as `<name>.stale` for forensics).
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import os
 import re
+import shutil
+import sqlite3
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,14 +72,16 @@ class Replication:
         self.supervisor: Supervisor | None = None
         self.lag: dict[str, Any] = {}
         self.restored: list[str] = []
+        self.verified: list[dict[str, Any]] = []  # restores checked before the app started
+        self.kept_local: list[str] = []  # local files proven newer than the replica
         self.error: str | None = None
         self._lag_task: asyncio.Task | None = None
 
-    def write_config(self) -> None:
+    def write_config(self, dbs: list[Replicated] | None = None, path: Path | None = None) -> None:
         """litestream's YAML (mode 0600: it holds the secret key); values quoted, no env expansion."""
         s = self.storage
         lines = ["dbs:"]
-        for db in self.dbs:
+        for db in self.dbs if dbs is None else dbs:
             lines += [
                 f"  - path: {_yaml_str(str(db.path))}",
                 f"    meta-path: {_yaml_str(str(db.meta_path))}",
@@ -82,11 +96,12 @@ class Replication:
                 "        force-path-style: true",
                 f"        sync-interval: {SYNC_INTERVAL}",
             ]
-        self.config_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.config_path.with_suffix(".tmp")
+        target = path or self.config_path
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_suffix(".tmp")
         tmp.write_text("\n".join(lines) + "\n")
         tmp.chmod(0o600)
-        tmp.replace(self.config_path)
+        tmp.replace(target)
 
     async def _litestream(self, *args: str, timeout: float = 120.0) -> tuple[int, str]:
         proc = await asyncio.create_subprocess_exec(
@@ -126,6 +141,70 @@ class Replication:
                 log.info("restored from replica", extra={"db": str(db.path)})
         self.restored = restored
         return restored
+
+    def remote_position(self, prefix: str) -> int:
+        """The newest TXID in the bucket under a replica prefix (0: no replica)."""
+        return self._remote_txid(
+            s3.client(self.storage, timeout=5.0, attempts=2), Replicated(Path("x"), prefix)
+        )
+
+    async def restore_verified(self, db: Replicated, source: str) -> dict[str, Any]:
+        """Restore `db` from the replica at `source` and swap it in once verified; what was done.
+        RuntimeError (the local file untouched) when the replica cannot be restored or checked."""
+        want = await asyncio.to_thread(self.remote_position, source)
+        if want == 0:
+            raise RuntimeError(f"the replica {source} named by the lease holds nothing")
+        out = db.path.with_name(db.path.name + ".restoring")
+        for leftover in (out, Path(f"{out}-wal"), Path(f"{out}-shm")):
+            leftover.unlink(missing_ok=True)
+        cfg = self.config_path.with_name("litestream-restore.yml")
+        self.write_config([Replicated(db.path, source)], cfg)
+        rc, text = await self._litestream(
+            "restore", "-no-expand-env", "-config", str(cfg), "-json", "-o", str(out), str(db.path)
+        )
+        if rc != 0:
+            raise RuntimeError(
+                f"litestream restore of {db.path.name} from {source} failed: {text.strip()[-500:]}"
+            )
+        got = _restored_txid(text)
+        problem = await asyncio.to_thread(_integrity, out)
+        if problem:
+            raise RuntimeError(f"{db.path.name} restored from {source} fails its integrity check: {problem}")
+        if got is not None and got < want:
+            raise RuntimeError(
+                f"{db.path.name} restored from {source} reached TXID {got}, the replica holds {want}"
+            )
+        await asyncio.to_thread(_swap_in, out, db)
+        log.info("restored from replica", extra={"db": str(db.path), "source": source, "txid": got})
+        return {"db": str(db.path), "source": source, "txid": got, "replica_txid": want, "integrity": "ok"}
+
+    def local_position(self, db: Replicated) -> int:
+        return max((t for t, _ in self._local_ltx(db)), default=0)
+
+    async def kill(self) -> None:
+        """Stop litestream at once (SIGKILL, no last sync): fencing, the lease is running out."""
+        if self._lag_task:
+            self._lag_task.cancel()
+            self._lag_task = None
+        if self.supervisor:
+            await self.supervisor.stop(timeout=0)
+
+    async def wait_caught_up(self, timeout: float) -> bool:
+        """True once every database's replica holds its local position (measured in the bucket)."""
+        client = s3.client(self.storage, timeout=2.0, attempts=1)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                lag = await asyncio.wait_for(asyncio.to_thread(self.measure_lag, client), 5.0)
+            except Exception:  # S3 not answering: keep trying until the deadline
+                lag = {}
+            if lag and all(v["caught_up"] and v["replica_txid"] > 0 for v in lag.values()):
+                self.lag = lag
+                return True
+            if self.supervisor and self.supervisor.state == "fatal":
+                return False
+            await asyncio.sleep(0.2)
+        return False
 
     def start(self, stop_timeout: float = 15.0) -> None:
         self.write_config()
@@ -210,13 +289,15 @@ class Replication:
         return result
 
     async def _watch_lag(self, interval: float = 2.0) -> None:
-        client = s3.client(self.storage)
+        client = s3.client(self.storage, timeout=3.0, attempts=1)
         while True:
             try:
-                self.lag = await asyncio.to_thread(self.measure_lag, client)
+                self.lag = await asyncio.wait_for(asyncio.to_thread(self.measure_lag, client), 10.0)
                 self.error = None
-            except Exception as exc:  # S3 down: say so in the status, keep replicating
-                self.error = f"cannot measure replication lag: {exc}"
+            except Exception as exc:  # S3 down: the lag is unknown, not what it was
+                self.error = f"cannot measure replication lag: {exc or type(exc).__name__}"
+                for name, entry in list(self.lag.items()):
+                    self.lag[name] = {**entry, "lag_seconds": None, "caught_up": False, "stale": True}
             await asyncio.sleep(interval)
 
     def status(self) -> dict[str, Any]:
@@ -227,8 +308,59 @@ class Replication:
             "pid": sup["pid"] if sup else None,
             "restarts": sup["restarts"] if sup else 0,
             "state": sup["state"] if sup else "stopped",
-            "lag_seconds": max(lags) if lags else None,
+            "lag_seconds": max(lags) if lags and None not in lags else None,
+            "replicas": {db.path.name: db.replica for db in self.dbs},
             "databases": self.lag,
             "restored_from_replica": self.restored,
+            "verified_restores": self.verified,
+            "kept_local": self.kept_local,
             "error": self.error or (sup or {}).get("error"),
         }
+
+
+def _restored_txid(text: str) -> int | None:
+    start = text.find("{")
+    try:
+        return int(json.loads(text[start : text.rindex("}") + 1])["txid"], 16)
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+def _integrity(path: Path) -> str | None:
+    try:
+        conn = sqlite3.connect(path, timeout=10)
+        try:
+            rows = conn.execute("PRAGMA integrity_check").fetchall()
+        finally:
+            conn.close()
+    except sqlite3.Error as exc:
+        return str(exc)
+    text = "; ".join(str(r[0]) for r in rows[:5])
+    return None if text == "ok" else text
+
+
+def _swap_in(restored: Path, db: Replicated) -> None:
+    """Put a verified restore in place of the local file, keeping the old one as `.stale`; the
+    old lineage's litestream state goes (the next litestream starts fresh on the new lineage)."""
+    stale = db.path.with_name(db.path.name + ".stale")
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{stale}{suffix}").unlink(missing_ok=True)
+    for suffix in ("", "-wal", "-shm"):
+        src = Path(f"{db.path}{suffix}")
+        if src.exists():
+            os.rename(src, f"{stale}{suffix}")
+    shutil.rmtree(db.meta_path, ignore_errors=True)
+    conn = sqlite3.connect(restored, timeout=10)
+    try:
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    finally:
+        conn.close()
+    for suffix in ("-wal", "-shm"):
+        Path(f"{restored}{suffix}").unlink(missing_ok=True)
+    os.rename(restored, db.path)
+    fd = os.open(db.path.parent, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -189,15 +189,17 @@ class Supervisor:
                 return
             self.restarts += 1
 
-    async def stop(self) -> dict[str, Any] | None:
-        """Intentional stop: SIGTERM the group, SIGKILL after stop_timeout; returns the exit."""
+    async def stop(self, timeout: float | None = None) -> dict[str, Any] | None:
+        """Intentional stop: SIGTERM the group, SIGKILL after `timeout` (default stop_timeout;
+        0: SIGKILL at once, for fencing); returns the exit."""
         self._stopping.set()
         proc = self._proc
+        grace = self.options.stop_timeout if timeout is None else timeout
         if proc is not None and proc.returncode is None:
             self.state = "stopping"
-            self._signal(proc.pid, signal.SIGTERM)
+            self._signal(proc.pid, signal.SIGTERM if grace > 0 else signal.SIGKILL)
             try:
-                async with asyncio.timeout(self.options.stop_timeout):
+                async with asyncio.timeout(grace):
                     await proc.wait()
             except TimeoutError:
                 log.warning(
