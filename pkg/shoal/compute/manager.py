@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections.abc import AsyncIterator, Awaitable
 from typing import Any, TypeVar
@@ -38,6 +39,7 @@ from shoal.compute.errors import (
     OperationNotSupported,
     ValidationFailed,
 )
+from shoal.compute.events import EventBus
 from shoal.compute.health import DEFAULT_TIMEOUT, BackendHealth, Health
 from shoal.compute.models import (
     BACKENDS,
@@ -60,16 +62,45 @@ from shoal.compute.models import (
     UpdateInstance,
     Usage,
     UsedTotal,
+    whole,
 )
 from shoal.compute.registry import IdTaken, InstanceRegistry, NameTaken, new_identity
 
 UNAVAILABLE = Observed("unknown", "backend unavailable")
 MISSING = Observed("error", "missing from backend")
 UNFINISHED = Observed("error", "creation did not finish")
+CREATING = Observed("created", "creating")
+MAX_REF = 255  # ids and names in paths: longer ones are refused (400), never looked up
 ACTIVE = ("running", "paused", "restarting", "stopping")
 READ_ONLY = frozenset({"usage"})  # local operations that change nothing
 LEGACY_NODE: dict[str, Any] = {}  # records written before nodes existed: local by definition
 T = TypeVar("T")
+log = logging.getLogger("shoal.compute")
+
+
+def check_ref(value: str, field: str) -> str:
+    """400 for an id or name no instance can have (a NUL, a control character, over-long)."""
+    if len(value) > MAX_REF or any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in value):
+        shown = value[:40] + ("..." if len(value) > 40 else "")
+        raise ValidationFailed(
+            f"{field} {shown!r} is not valid: at most {MAX_REF} characters, no control characters",
+            {"field": field, "length": len(value)},
+        )
+    return value
+
+
+def check_strings(value: Any, where: str) -> None:
+    """400 for a NUL anywhere in a request's strings: daemons refuse them late, or truncate them."""
+    if isinstance(value, str):
+        if "\x00" in value:
+            raise ValidationFailed(f"{where} contains a NUL character", {"field": where})
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            check_strings(key, where)
+            check_strings(item, f"{where}.{key}")
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            check_strings(item, f"{where}[{i}]")
 
 
 def _builtins(obj: Any) -> Any:
@@ -106,8 +137,12 @@ class ComputeManager:
         self.endpoints = dict(endpoints or {})
         self.claim = claim
         self.access = access or HostAccess()
+        self.events = EventBus()
         self._locks: dict[str, asyncio.Lock] = {}
         self.health = {n: BackendHealth(n, b.ping, backend_timeout) for n, b in backends.items()}
+
+    def emit(self, action: str, record: dict[str, Any], **extra: Any) -> None:
+        self.events.lifecycle(action, record, **extra)
 
     async def close(self) -> None:
         for name, backend in self.backends.items():
@@ -132,12 +167,14 @@ class ComputeManager:
         return self.backends[name]
 
     async def record(self, instance_id: str) -> dict[str, Any]:
+        check_ref(instance_id, "id")
         record = await self.registry.get(instance_id)
         if record is None:
             raise InstanceNotFound(f"instance {instance_id!r} not found", {"id": instance_id})
         return record
 
     async def record_by_name(self, name: str) -> dict[str, Any]:
+        check_ref(name, "name")
         record = await self.registry.by_name(name)
         if record is None:
             raise InstanceNotFound(f"no instance named {name!r}", {"name": name})
@@ -190,6 +227,8 @@ class ComputeManager:
     async def observe(self, record: dict[str, Any]) -> Observed:
         if not self.is_local(record):
             return self.remote(record)
+        if record.get("phase") == "creating":
+            return CREATING
         if not record.get("backendId"):
             return UNFINISHED
         name = record["backend"]
@@ -224,7 +263,7 @@ class ComputeManager:
             status=seen.status,
             config=record.get("config") or {},
             resources=ResourcesOut(
-                cpu=CpuOut(cores=cpu.get("cores")),
+                cpu=CpuOut(cores=whole(cpu.get("cores"))),
                 memory=MemoryOut(limit=mem.get("limit")),
                 storage=StorageOut(total_space=sto.get("totalSpace")),
             ),
@@ -277,6 +316,8 @@ class ComputeManager:
                 seen = self.remote(r)
             elif isinstance(seen_all := seen_by[r["backend"]], str):
                 seen = UNAVAILABLE
+            elif r.get("phase") == "creating":
+                seen = CREATING
             elif not r.get("backendId"):
                 seen = UNFINISHED
             else:
@@ -316,6 +357,9 @@ class ComputeManager:
             "createdAt": stamp,
             "updatedAt": stamp,
             "seq": time.time_ns(),  # creation order, finer than the timestamps
+            # the journal: written before any backend call, cleared when the create is complete;
+            # a record still "creating" at the next start is rolled back (recover())
+            "phase": "creating",
         }
 
     async def _claim(self, spec: CreateInstance, backend: Backend) -> tuple[dict[str, Any], asyncio.Lock]:
@@ -342,28 +386,125 @@ class ComputeManager:
         raise RuntimeError("no free instance id after 4 random draws")
 
     async def create(self, spec: CreateInstance) -> Instance:
+        """Create (and start) an instance, or leave nothing: no record, no backend object, the name free."""
         self.require_claim("create")
         backend = self.backend(spec.backend)
+        check_strings(_builtins(spec.config), "config")
+        check_labels(spec.metadata)
         backend.validate(spec)
         self.access.check_create(spec)  # 403 for host paths, host network, privileges, devices
         if await self.registry.name_taken(spec.name):  # early answer; the claim below decides
             raise self._taken(spec.name)
         # Capacity first, so a refused request leaves no record behind.
         await self.call(spec.backend, backend.check_limits(spec.resources))
-        record, lock = await self._claim(spec, backend)  # a crash from here on leaves a visible record
-        instance_id = record["id"]
+        record, lock = await self._claim(spec, backend)  # the journal entry: phase "creating"
         try:
             try:
-                record["backendId"] = await self.call(spec.backend, backend.create(record, spec))
+                await self._build(record, spec, backend)
             except BaseException:
-                await self.registry.remove(instance_id)  # and frees the name
+                # also on cancellation (a client gone, an operation cancelled): the rollback runs
+                # to its end in its own task even if this one is cancelled again
+                undo = asyncio.ensure_future(self._rollback(record))
+                with contextlib.suppress(BaseException):
+                    await asyncio.shield(undo)
                 raise
-            await self.registry.put(record)
-            if spec.start:
-                await self.call(spec.backend, backend.start(record["backendId"]))
         finally:
             lock.release()
-        return await self.get(instance_id)
+        self.emit("instance-created", record)
+        return await self.get(record["id"])
+
+    async def _build(self, record: dict[str, Any], spec: CreateInstance, backend: Backend) -> None:
+        name = spec.backend
+        record["backendId"] = await self._backend_create(record, spec, backend)
+        await self.registry.put(record)  # still "creating": a crash from here is rolled back at start
+        if spec.start:
+            await self.call(name, backend.start(record["backendId"]))
+        record.pop("phase", None)
+        record["updatedAt"] = now_iso()
+        await self.registry.put(record)
+
+    async def _backend_create(self, record: dict[str, Any], spec: CreateInstance, backend: Backend) -> str:
+        """backend.create; a leftover of shoal's holding the name (a lost create) is removed first."""
+        name = spec.backend
+        try:
+            return await self.call(name, backend.create(record, spec))
+        except NameConflict:
+            left = await self.call(name, backend.leftover(spec.name))
+            if left is None:
+                raise
+            backend_id, owner = left
+            if owner != record["id"] and await self.registry.get(owner) is not None:
+                raise  # a live instance of shoal's (another node's registry view) holds it
+            log.warning("removing %s leftover %s of lost instance %s", name, backend_id, owner)
+            await self.call(name, backend.delete(backend_id, {**record, "id": owner}))
+            return await self.call(name, backend.create(record, spec))
+
+    async def _rollback(self, record: dict[str, Any], keep_unknown: bool = False) -> bool:
+        """Remove what a create made (backend object, files, record); False if the backend cannot say.
+
+        When the object exists (its backend id is known) and its daemon does not answer, the
+        record stays ("creating"): a delete or the next start finishes the job. When the create
+        itself never answered, the record goes: an object the daemon may still make carries
+        shoal's label with no record, which the next start sweeps and a create of the name replaces.
+        `keep_unknown` (recovery at start) keeps the record then too: it stays visible as `creating`
+        until a delete or a later start can ask the daemon.
+        """
+        name = record["backend"]
+        backend = self.backends[name]
+        try:
+            backend_id = record.get("backendId") or await self.call(name, backend.find(record))
+            if backend_id:
+                await self.call(name, backend.delete(backend_id, record))
+        except BackendUnavailable as exc:
+            if record.get("backendId") or keep_unknown:
+                log.warning("rollback of %s left for a delete or the next start: %s", record["id"], exc)
+                return False
+        except Exception as exc:
+            log.warning("rollback of %s left for later: %s", record["id"], exc)
+            return False
+        await self.registry.remove(record["id"])
+        self._locks.pop(record["id"], None)
+        return True
+
+    async def sweep(self) -> list[str]:
+        """At start: remove objects carrying shoal's label whose instance has no record (lost creates)."""
+        known = {r["id"] for r in await self.registry.all()}
+        removed = []
+        for name, backend in self.backends.items():
+            try:
+                owned = await self.call(name, backend.owned())
+            except ComputeError as exc:
+                log.warning("could not sweep %s for leftovers: %s", name, exc.message)
+                continue
+            for backend_id, owner in owned.items():
+                if owner in known:
+                    continue
+                try:
+                    await self.call(name, backend.delete(backend_id, {"id": owner, "backend": name}))
+                    log.warning("removed %s leftover %s of lost instance %s", name, backend_id, owner)
+                    removed.append(owner)
+                except ComputeError as exc:
+                    log.warning("could not remove %s leftover %s: %s", name, backend_id, exc.message)
+        return removed
+
+    async def recover(self) -> list[str]:
+        """At start: roll back every local create a crash interrupted (its record still "creating"),
+        then sweep leftovers of creates that were abandoned before their record knew them."""
+        done = []
+        for record in await self.registry.all():
+            if record.get("phase") != "creating" or not self.is_local(record):
+                continue
+            lock = self._locks.setdefault(record["id"], asyncio.Lock())
+            async with lock:
+                current = await self.registry.get(record["id"])
+                if (
+                    current is not None
+                    and current.get("phase") == "creating"
+                    and await self._rollback(current, keep_unknown=True)
+                ):
+                    log.warning("rolled back the interrupted create of %s (%s)", record["id"], record["name"])
+                    done.append(record["id"])
+        return done + await self.sweep()
 
     async def update(self, instance_id: str, body: UpdateInstance) -> Instance:
         check_labels(body.metadata)
@@ -383,11 +524,20 @@ class ComputeManager:
                 record = {**record, "metadata": _builtins(body.metadata)}
             record["updatedAt"] = now_iso()
             await self.registry.put(record)
+            self.emit("instance-updated", record)
         return await self.get(instance_id)
 
     async def delete(self, instance_id: str, force: bool) -> None:
         async with self.locked(instance_id, "delete") as record:
-            if record.get("backendId"):
+            if record.get("phase") == "creating" or not record.get("backendId"):
+                # half-created (a crash, a backend that went away mid-create): remove what exists
+                name = record["backend"]
+                backend_id = record.get("backendId") or await self.call(
+                    name, self.backends[name].find(record)
+                )
+                if backend_id:
+                    await self.call(name, self.backends[name].delete(backend_id, record))
+            elif record.get("backendId"):
                 seen = await self._observe_live(record)
                 if seen.state in ACTIVE and not force:
                     raise OperationNotSupported(
@@ -399,6 +549,7 @@ class ComputeManager:
                 await self.call(name, self.backends[name].delete(record["backendId"], record))
             await self.registry.remove(instance_id)
         self._locks.pop(instance_id, None)
+        self.emit("instance-deleted", record)
 
     # ---- lifecycle ---------------------------------------------------------------------------
 
@@ -424,8 +575,10 @@ class ComputeManager:
         name = record["backend"]
         await self.call(name, getattr(self.backends[name], operation)(record["backendId"], *args))
 
-    async def _touch(self, record: dict[str, Any]) -> None:
+    async def _touch(self, record: dict[str, Any], action: str | None = None) -> None:
         await self.registry.put({**record, "updatedAt": now_iso()})
+        if action:
+            self.emit(action, record)
 
     async def start(self, instance_id: str) -> Instance:
         async with self.locked(instance_id, "start") as record:
@@ -435,7 +588,7 @@ class ComputeManager:
                 raise self._conflict(seen, "start", "; unpause it")
             if seen.state not in ("running", "restarting"):
                 await self._act(record, "start")
-                await self._touch(record)
+                await self._touch(record, "instance-started")
         return await self.get(instance_id)
 
     async def stop(self, instance_id: str, force: bool, timeout: int) -> Instance:
@@ -444,7 +597,7 @@ class ComputeManager:
             self._require_present(seen, "stop")
             if seen.state != "stopped":
                 await self._act(record, "stop", force, timeout)
-                await self._touch(record)
+                await self._touch(record, "instance-stopped")
         return await self.get(instance_id)
 
     async def restart(self, instance_id: str, force: bool, timeout: int) -> Instance:
@@ -457,7 +610,7 @@ class ComputeManager:
                 await self._act(record, "start")
             else:
                 await self._act(record, "restart", force, timeout)
-            await self._touch(record)
+            await self._touch(record, "instance-restarted")
         return await self.get(instance_id)
 
     async def pause(self, instance_id: str) -> Instance:
@@ -466,7 +619,7 @@ class ComputeManager:
             self._require_present(seen, "pause")
             if seen.state == "running":
                 await self._act(record, "pause")
-                await self._touch(record)
+                await self._touch(record, "instance-paused")
             elif seen.state != "paused":
                 raise self._conflict(seen, "pause")
         return await self.get(instance_id)
@@ -477,7 +630,7 @@ class ComputeManager:
             self._require_present(seen, "unpause")
             if seen.state == "paused":
                 await self._act(record, "unpause")
-                await self._touch(record)
+                await self._touch(record, "instance-resumed")
             elif seen.state != "running":
                 raise self._conflict(seen, "unpause")
         return await self.get(instance_id)
@@ -487,7 +640,9 @@ class ComputeManager:
         seen = await self._observe_live(record)
         self._require_present(seen, "read usage of")
         name = record["backend"]
-        return await self.call(name, self.backends[name].usage(record["backendId"], record))
+        usage = await self.call(name, self.backends[name].usage(record["backendId"], record))
+        usage.cpu.cores = whole(usage.cpu.cores)
+        return usage
 
     # ---- cluster -----------------------------------------------------------------------------
 
@@ -518,8 +673,8 @@ class ComputeManager:
             status="healthy",
             instances=len(records),
             resources=BackendResources(
-                cpu=UsedTotal(used=cpu_used, total=cap.cpus),
-                memory=UsedTotal(used=mem_used, total=cap.memory),
+                cpu=UsedTotal(used=whole(round(cpu_used, 6)), total=cap.cpus),
+                memory=UsedTotal(used=whole(mem_used), total=cap.memory),
             ),
         )
 

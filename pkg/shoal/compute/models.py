@@ -131,8 +131,18 @@ class Out(Struct, rename="camel", omit_defaults=True):
     pass
 
 
+Number = int | float
+
+
+def whole(value: float | int | None) -> Number | None:
+    """A float with no fraction as an int: `cores: 2`, not `2.0` (JSON clients compare them)."""
+    if isinstance(value, float) and value.is_integer() and abs(value) < 2**63:
+        return int(value)
+    return value
+
+
 class CpuOut(Out):
-    cores: float | None = None
+    cores: Number | None = None
 
 
 class MemoryOut(Out):
@@ -192,7 +202,7 @@ class InstanceList(Out):
 
 class CpuUsage(Out):
     usage: float
-    cores: float
+    cores: Number
 
 
 class MemoryUsage(Out):
@@ -225,8 +235,8 @@ class Usage(Out):
 
 
 class UsedTotal(Out):
-    used: float
-    total: float
+    used: Number
+    total: Number
 
 
 class BackendResources(Out):

@@ -24,6 +24,7 @@ service whose /health fails, and restarting compute cannot fix a hung dockerd.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import logging
 import os
@@ -83,6 +84,7 @@ MAX_WORKERS = 1  # per-instance locks live in this process (names are claimed in
 NODE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 PREFIX = "/api/v1/compute"
 MAX_BODY = 256 * 1024
+RECOVER_TIMEOUT = 60.0
 log = logging.getLogger("shoal.compute")
 
 
@@ -542,6 +544,13 @@ def create_app(options: dict[str, Any]) -> Any:
             backend_timeout=float(options.get("backend_timeout") or DEFAULT_TIMEOUT),
             access=access,
         )
+        try:
+            async with asyncio.timeout(RECOVER_TIMEOUT):  # a hung daemon must not hold the start
+                await holder["manager"].recover()  # creates a crash interrupted: rolled back
+        except TimeoutError:
+            log.warning(
+                "recovery of interrupted creates took over %g s; left for the next start", RECOVER_TIMEOUT
+            )
         try:
             yield
         finally:

@@ -48,6 +48,15 @@ class Backend(Protocol):
     async def create(self, record: dict[str, Any], spec: CreateInstance) -> str:
         """Create the instance; returns the backend's id for it."""
 
+    async def find(self, record: dict[str, Any]) -> str | None:
+        """The backend id of what a half-finished create of `record` left (by shoal's label), if any."""
+
+    async def leftover(self, name: str) -> tuple[str, str] | None:
+        """(backend id, shoal instance id) of a shoal-labelled object holding `name`, if any."""
+
+    async def owned(self) -> dict[str, str]:
+        """Every object carrying shoal's label: backend id -> shoal instance id."""
+
     async def observe(self, backend_id: str) -> Observed | None:
         """Live state; None when the daemon no longer has it."""
 

@@ -42,6 +42,7 @@ LABEL_ID = "shoal.compute.id"
 LABEL_NAME = "shoal.compute.name"
 KVM_ONLY = ("disk_format", "network_type", "network_source", "cloud_init")
 MIN_MEMORY = 6 * 1024 * 1024  # dockerd refuses less
+MIN_CORES = 0.01  # dockerd's smallest NanoCpus (10 ms of CPU per second); below it means no limit
 CALL_TIMEOUT = 30.0
 
 _STATES = {
@@ -57,6 +58,7 @@ _PORT = re.compile(
     r"^(?:(?P<ip>\d{1,3}(?:\.\d{1,3}){3}|\[[0-9a-fA-F:]+\]):)?(?:(?P<host>\d{1,5}):)?(?P<cont>\d{1,5})(?:/(?P<proto>tcp|udp|sctp))?$"
 )
 _RESTART = re.compile(r"^(no|always|unless-stopped|on-failure(?::(\d{1,4}))?)$")
+_HEALTH = re.compile(r"\((?:health: )?(healthy|unhealthy|starting)\)")
 _ENV = re.compile(r"^[^=\s][^=]*=", re.S)
 
 
@@ -266,13 +268,25 @@ class DockerBackend:
             device_mapping(dev)
         if cfg.restart_policy:
             restart_policy(cfg.restart_policy)
-        memory = memory_of(spec.resources)
+        self._check_floor(spec.resources)
+
+    @staticmethod
+    def _check_floor(resources: Resources) -> None:
+        """What dockerd can enforce: at least 0.01 cores (less would round to 'no limit'), 6 MiB."""
+        cores, memory = cores_of(resources), memory_of(resources)
+        if cores is not None and cores < MIN_CORES:
+            raise ValidationFailed(
+                f"Docker's smallest CPU limit is {MIN_CORES} cores ({cores:g} requested)",
+                {"field": "resources.cpu.cores", "minimum": MIN_CORES},
+            )
         if memory is not None and memory < MIN_MEMORY:
             raise ValidationFailed(
-                "Docker needs a memory limit of at least 6 MiB", {"field": "resources.memory.limit"}
+                "Docker needs a memory limit of at least 6 MiB",
+                {"field": "resources.memory.limit", "minimum": MIN_MEMORY},
             )
 
     async def check_limits(self, resources: Resources) -> None:
+        self._check_floor(resources)
         cap = await self.capacity()
         cores, memory = cores_of(resources), memory_of(resources)
         if cores is not None and cores > cap.cpus:
@@ -322,6 +336,12 @@ class DockerBackend:
         try:
             container = await self._call(self.client().containers.create, config, name=record["name"])
         except BackendError as exc:
+            if exc.status == 404 and "network" in exc.message.lower():
+                raise BackendError(
+                    f"Docker has no network {cfg.network_mode!r}",
+                    {**exc.details, "field": "config.networkMode"},
+                    status=400,
+                ) from None
             if exc.status == 404:  # the image
                 raise BackendError(
                     f"Docker has no image {cfg.image!r}", {**exc.details, "image": cfg.image}, status=400
@@ -345,6 +365,21 @@ class DockerBackend:
             out["MemorySwap"] = -1
         return out
 
+    async def find(self, record: dict[str, Any]) -> str | None:
+        rows = await self._call(
+            self.client().containers.list, all=True, filters={"label": [f"{LABEL_ID}={record['id']}"]}
+        )
+        return rows[0]._container["Id"] if rows else None
+
+    async def owned(self) -> dict[str, str]:
+        rows = await self._call(self.client().containers.list, all=True, filters={"label": [LABEL_ID]})
+        return {c._container["Id"]: (c._container.get("Labels") or {}).get(LABEL_ID, "") for c in rows}
+
+    async def leftover(self, name: str) -> tuple[str, str] | None:
+        data = await self.inspect(name)
+        owner = ((data or {}).get("Config") or {}).get("Labels") or {}
+        return (data["Id"], owner[LABEL_ID]) if data and owner.get(LABEL_ID) else None
+
     # ---- state -------------------------------------------------------------------------------
 
     async def observe(self, backend_id: str) -> Observed | None:
@@ -361,13 +396,25 @@ class DockerBackend:
         out = {}
         for c in rows:
             raw = c._container
-            out[raw["Id"]] = Observed(_STATES.get(raw.get("State", ""), "unknown"), raw.get("Status", ""))
+            state = raw.get("State", "") or "unknown"
+            # the same words as observe(): Docker's state, or its health check's verdict when it has one
+            health = _HEALTH.search(raw.get("Status") or "")
+            out[raw["Id"]] = Observed(_STATES.get(state, "unknown"), health.group(1) if health else state)
         return out
 
     # ---- lifecycle ---------------------------------------------------------------------------
 
     async def start(self, backend_id: str) -> None:
-        await self._call(self.container(backend_id).start)
+        try:
+            await self._call(self.container(backend_id).start)
+        except BackendError as exc:
+            if exc.status == 404 and "network" in exc.message.lower():  # the container is there
+                raise BackendError(
+                    f"Docker cannot start it: {exc.details.get('reason')}",
+                    {**exc.details, "field": "config.networkMode"},
+                    status=400,
+                ) from None
+            raise
 
     async def stop(self, backend_id: str, force: bool, timeout: int) -> None:
         c = self.container(backend_id)

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from shoal.compute.backends.base import Capacity, Observed, cores_of, memory_of, now_iso, storage_of
-from shoal.compute.backends.kvm_xml import DomainSpec, domain_xml
+from shoal.compute.backends.kvm_xml import NS, DomainSpec, domain_xml, instance_id_of
 from shoal.compute.errors import (
     BackendError,
     BackendUnavailable,
@@ -78,6 +78,7 @@ MIN_MEMORY = 16 * 1024 * 1024
 DEFAULT_BLANK_DISK = 1 << 30
 CALL_TIMEOUT = 60.0
 POLL = 0.2
+_XML_BAD = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")  # not allowed in XML 1.0
 _TEMPLATE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:+-]{0,127}$")
 
 _STATES = {
@@ -291,6 +292,12 @@ class KvmBackend:
                 f"config.diskFormat must be one of {', '.join(DISK_FORMATS)}", {"field": "config.diskFormat"}
             )
         self._check_shape(spec.resources)
+        for key, value in spec.metadata.labels.items():
+            if _XML_BAD.search(key) or _XML_BAD.search(value):
+                raise ValidationFailed(
+                    f"label {key!r}: control characters cannot be stored in a libvirt domain",
+                    {"field": "metadata.labels", "label": key},
+                )
         self.template(cfg.image)
 
     @staticmethod
@@ -401,6 +408,52 @@ class KvmBackend:
             await _qemu_img("convert", "-f", tpl.disk_format, "-O", "raw", str(tpl.disk), str(disk))
             if size and size > virtual:
                 await _qemu_img("resize", "-f", "raw", str(disk), str(size))
+
+    async def find(self, record: dict[str, Any]) -> str | None:
+        """The domain uuid is the instance uuid; files may exist without a domain, delete removes both."""
+
+        def look(c: Any) -> bool:
+            try:
+                self._dom(c, record["uuid"])
+                return True
+            except libvirt.libvirtError as exc:
+                if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+                    return False
+                raise
+
+        found = await self._run(look)
+        return record["uuid"] if found or self.instance_dir(record["id"]).exists() else None
+
+    async def owned(self) -> dict[str, str]:
+        def scan(c: Any) -> dict[str, str]:
+            out = {}
+            for dom in c.listAllDomains(0):
+                try:
+                    owner = instance_id_of(dom.metadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, NS, 0))
+                except libvirt.libvirtError:
+                    continue  # not shoal's (no metadata of ours) or vanished mid-scan
+                if owner:
+                    out[dom.UUIDString()] = owner
+            return out
+
+        return await self._run(scan)
+
+    async def leftover(self, name: str) -> tuple[str, str] | None:
+        def look(c: Any) -> tuple[str, str] | None:
+            try:
+                dom = c.lookupByName(name)
+            except libvirt.libvirtError as exc:
+                if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+                    return None
+                raise
+            try:
+                meta = dom.metadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, NS, 0)
+            except libvirt.libvirtError:
+                return None
+            owner = instance_id_of(meta)
+            return (dom.UUIDString(), owner) if owner else None
+
+        return await self._run(look)
 
     # ---- state -------------------------------------------------------------------------------
 
