@@ -192,10 +192,7 @@ def test_kill_9_mid_create_is_rolled_back_or_deleted(dockerd, docker_http, templ
                 json={"Image": IMAGE, "Cmd": IDLE, "Labels": {"shoal.compute.id": inst["id"]}},
             )
             assert r.status_code in (201, 409), r.text  # 409: dockerd's own late create won the race
-        wait_for(
-            lambda: [c for c in ours(docker_http) if c["Labels"]["shoal.compute.id"] == inst["id"]],
-            what="the late container",
-        )
+        wait_for(partial(_labelled, docker_http, inst["id"]), what="the late container")
         if rnd == 1:
             assert api.delete(f"/instances/{inst['id']}").status_code == 204
         else:
@@ -228,6 +225,10 @@ def test_a_leftover_with_shoals_label_does_not_block_the_name(api: Api, docker_h
         assert api.get("/instances").json()["total"] == 1
     finally:
         docker_http.delete(f"/containers/{r.json()['Id']}", params={"force": 1})
+
+
+def _labelled(docker_http: httpx.Client, instance_id: str) -> list[dict]:
+    return [c for c in ours(docker_http) if c["Labels"]["shoal.compute.id"] == instance_id]
 
 
 def _journaled(api: Api, name: str) -> dict | None:
