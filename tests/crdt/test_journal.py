@@ -67,7 +67,8 @@ async def test_snapshot_adoption_then_the_log_after_it(pair, tmp_path):
     await a.store.apply(Write("cidr", "update", "test", id=first, changes={"name": "renamed"}))
     await a.store.apply(Write("cidr", "delete", "test", id=orjson.loads(listed[1])["id"]))
     records, heads, winners, upto = await a.snapshot()
-    assert len(records) == 32 * 40 and len(winners) == 30 and upto == 32
+    # the update is one op per field it names (name, updated_at): 33 ops, 30 + 2 registers held
+    assert len(records) == 33 * 40 and len(winners) == 32 and upto == 33
     frames = await a.frames_by_id(winners)
 
     forged = [bytes(64) + frames[0][64:], *frames[1:]]
@@ -92,9 +93,9 @@ async def test_snapshot_adoption_then_the_log_after_it(pair, tmp_path):
     await b.store.close()  # a restart rebuilds from the base and the log
     b2 = await open_node(tmp_path / "b.lmdb", 1)
     try:
-        assert b2.base is not None and b2.base["winners"] == 30
+        assert b2.base is not None and b2.base["winners"] == 32
         assert b2.replica.dag.registers() == a.replica.dag.registers()
-        assert len(b2.replica.dag) == len(a.replica.dag) == 37 and b2.seq == 35
+        assert len(b2.replica.dag) == len(a.replica.dag) == 38 and b2.seq == 37
         assert await b2.store.list("cidr", limit=1000) == await a.store.list("cidr", limit=1000)
     finally:
         await b2.store.close()
@@ -129,14 +130,14 @@ async def test_compaction_drops_superseded_ops_and_keeps_state(pair, tmp_path):
     assert await a.compact(stable_seq=a.seq) > 0
     assert await a.compact(stable_seq=a.seq) == 0
     frames, _ = await a.frames_after(0, 1000)
-    assert len(frames) == 20  # one winner per register (the tombstone included)
+    assert len(frames) == 36  # one winner per register (the tombstone, 8 x name and updated_at included)
     assert a.ids_after(0) == [a.core.digest(f[64:]) for f in frames]
     await write_cidrs(a, 3, prefix=3)  # it goes on writing after compaction
-    assert a.seq == 32 and len((await a.frames_after(0, 1000))[0]) == 23
+    assert a.seq == 40 and len((await a.frames_after(0, 1000))[0]) == 39
     await a.store.close()
     a2 = await open_node(tmp_path / "a.lmdb", 0)  # restart: base + compacted log
     try:
-        assert a2.seq == 32 and len(a2.replica.dag) == known + 3
+        assert a2.seq == 40 and len(a2.replica.dag) == known + 3
         assert {k: v for k, v in a2.replica.dag.registers().items() if k in registers} == registers
         assert len((await a2.store.list("cidr", limit=1000))[1]) == len(before[1]) + 3
         # a compacted node still serves a snapshot an empty node can adopt

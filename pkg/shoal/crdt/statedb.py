@@ -17,6 +17,14 @@ Layout in the State Service's kv store, beside shoal.state's keys:
   /crdt/base/pending                        a snapshot adoption is being written (wiped on restart)
   /crdt/resv/<namespace>/<value>            a claim accepted in a reservation round (shoal.crdt.reserve)
 
+Merge by field: a create or a delete is one op on register (kind, id), the whole document; a
+partial update is one op per field it names (and one for updated_at), each on its own register
+(kind, "<id>#<field>"), so concurrent updates of different fields both survive and the same
+field is last-writer-wins in the same (hlc, op id) order as whole documents. A field op counts
+only if it is newer than the document op it applies to: a document is its last create, with
+each newer field value laid over it (the field stamps are kept in its meta); a partial update
+never brings back a deleted document. This equals applying every op in (hlc, op id) order.
+
 Besides the entity kinds, two internal kinds replicate what every node must know alike: "idem"
 (an Idempotency-Key's first answer, materialized at /state-idem/<key>) and "revoked" (a logged
 out bearer token, at /state-auth/revoked/<key>). Their keys are 64 hex digits.
@@ -98,6 +106,48 @@ def claim_prefix(kind: str, field: str, value: str) -> str:
 
 
 INTERNAL = {"idem": "/state-idem/", "revoked": "/state-auth/revoked/"}  # kind -> kv prefix
+FIELD_SEP = "#"  # a field op's key: "<entity id>#<field>" (ids never hold '#')
+_PATCHES: dict[str, type] = {}
+
+
+def field_names(spec: Any) -> frozenset[str]:
+    """The fields a partial update may write (all but id and created_at)."""
+    return frozenset(f.name for f in msgspec.structs.fields(spec.entity)) - {"id", "created_at"}
+
+
+def _patch_type(spec: Any) -> type:
+    """A Struct of every updatable field, each optional: checks one field op's value."""
+    t = _PATCHES.get(spec.kind)
+    if t is None:
+        fields = [
+            (f.name, f.type | msgspec.UnsetType, msgspec.UNSET)
+            for f in msgspec.structs.fields(spec.entity)
+            if f.name in field_names(spec)
+        ]
+        t = _PATCHES[spec.kind] = msgspec.defstruct(f"{spec.entity.__name__}Field", fields)
+    return t
+
+
+def field_value(op_value: bytes) -> Any:
+    return orjson.loads(op_value)["v"]
+
+
+def _field_op_reason(spec: Any, op: Any) -> str | None:
+    entity_id, _, field = op.key.partition(FIELD_SEP)
+    if not valid_id(entity_id) or FIELD_SEP in entity_id or field not in field_names(spec):
+        return "bad field op key"
+    if op.value is None:
+        return "a field op carries a value"
+    try:
+        doc = orjson.loads(op.value)
+        if not isinstance(doc, dict) or set(doc) != {"v"}:
+            return "malformed value"
+        msgspec.convert({field: doc["v"]}, _patch_type(spec))
+    except Exception:
+        return "malformed value"
+    if orjson.dumps({"v": doc["v"]}) != op.value:
+        return "malformed value"
+    return None
 
 
 def _internal_value(op: Any) -> str | None:
@@ -121,6 +171,8 @@ def validate_value(op: Any) -> str | None:
     spec = SPECS.get(op.kind)
     if spec is None:
         return "unknown kind"
+    if FIELD_SEP in op.key:
+        return _field_op_reason(spec, op)
     if not valid_id(op.key):
         return "bad entity id"
     if op.value is None:
@@ -231,12 +283,21 @@ class StateJournal:
         it changes and its idempotency record, in one transaction."""
         actor = write.author.encode()[:255].decode(errors="ignore")
         async with self.lock:
-            value = None if new is None else orjson.dumps(new)
-            op = self.replica.create(kind, entity_id, actor, value)
+            if write.action == "update" and new is not None:  # one op per named field: merge by field
+                named = [f for f in new if f in (write.changes or {}) or f == "updated_at"]
+                ops = [
+                    self.replica.create(
+                        kind, f"{entity_id}{FIELD_SEP}{f}", actor, orjson.dumps({"v": new[f]})
+                    )
+                    for f in sorted(named)
+                ]
+                op = ops[-1]
+            else:
+                op = self.replica.create(kind, entity_id, actor, None if new is None else orjson.dumps(new))
+                ops = [op]
             state_op = Operation(kind, entity_id, new, write.author, to_seconds(op.hlc), op.id.hex())
-            ops = [op]
             if write.idempotency_key is not None and write.idempotency_record is not None:
-                self.replica.admit([op], trusted_source=True)  # the record's op follows it
+                self.replica.admit(ops, trusted_source=True)  # the record's op follows them
                 record = write.idempotency_record(state_op)
                 ops.append(self.replica.create("idem", write.idempotency_key, actor, record))
             try:
@@ -316,10 +377,71 @@ class StateJournal:
         if kind in INTERNAL:
             ov.put(INTERNAL[kind] + entity_id, op.value)
             return
+        if FIELD_SEP in entity_id:
+            await self._materialize_field(ov, op)
+            return
+        raw_meta = await ov.get(meta_key(kind, entity_id))
+        meta = orjson.loads(raw_meta) if raw_meta else {}
+        stamp = [op.hlc, op.id.hex()]
+        if "hlc" in meta and [meta["hlc"], meta["op"]] >= stamp:
+            return  # an older document op than the one in force (a snapshot's winners, any order)
+        fields = {f: v for f, v in meta.get("fields", {}).items() if v[:2] > stamp}  # newer fields stay
+        value = op.value
+        if value is not None and fields:
+            doc = orjson.loads(value)
+            doc.update({f: v[2] for f, v in fields.items()})
+            value = self._encode(SPECS[kind], doc)
+        await self._set_document(ov, kind, entity_id, value, op.hlc, op.id.hex(), op.actor, fields)
+
+    async def _materialize_field(self, ov: _Overlay, op: Any) -> None:
+        """A field op: laid over the document if newer than its document op and its field."""
+        kind = op.kind
+        entity_id, _, field = op.key.partition(FIELD_SEP)
+        raw_meta = await ov.get(meta_key(kind, entity_id))
+        meta = orjson.loads(raw_meta) if raw_meta else {}
+        stamp = [op.hlc, op.id.hex()]
+        fields = meta.get("fields", {})
+        if ("hlc" in meta and [meta["hlc"], meta["op"]] >= stamp) or (
+            field in fields and fields[field][:2] >= stamp
+        ):
+            return
+        value = field_value(op.value)
+        fields = {**fields, field: [op.hlc, op.id.hex(), value]}
+        raw = await ov.get(doc_key(kind, entity_id)) or await ov.get(shadow_key(kind, entity_id))
+        if raw is None or "hlc" not in meta:  # no document (yet, or deleted): keep the stamp only
+            meta = {**meta, "fields": fields}
+            ov.put(meta_key(kind, entity_id), orjson.dumps(meta))
+            return
+        doc = orjson.loads(raw)
+        doc[field] = value
+        await self._set_document(
+            ov,
+            kind,
+            entity_id,
+            self._encode(SPECS[kind], doc),
+            meta["hlc"],
+            meta["op"],
+            meta["author"],
+            fields,
+        )
+
+    @staticmethod
+    def _encode(spec: Any, doc: dict) -> bytes:
+        """A merged document in the one encoding GET serves (field order of the entity type)."""
+        try:
+            return orjson.dumps(msgspec.to_builtins(msgspec.convert(doc, spec.entity)))
+        except msgspec.ValidationError:
+            return orjson.dumps(doc)
+
+    async def _set_document(
+        self, ov: _Overlay, kind: str, entity_id: str, value: bytes | None, hlc: int, op_hex: str,
+        actor: str, fields: dict,
+    ) -> None:  # fmt: skip
+        """Write a document's new state: visibility, unique claims, references and meta."""
         spec = SPECS[kind]
         raw_old = await ov.get(doc_key(kind, entity_id)) or await ov.get(shadow_key(kind, entity_id))
         old = None if raw_old is None else orjson.loads(raw_old)
-        new = None if op.value is None else orjson.loads(op.value)
+        new = None if value is None else orjson.loads(value)
         visible = new is not None
         for field, norm in spec.unique.items():
             ov_val = norm(old[field]) if old else None
@@ -344,11 +466,11 @@ class StateJournal:
             ov.put(doc_key(kind, entity_id), None)
             ov.put(shadow_key(kind, entity_id), None)
         elif visible:
-            ov.put(doc_key(kind, entity_id), op.value)
+            ov.put(doc_key(kind, entity_id), value)
             ov.put(shadow_key(kind, entity_id), None)
         else:
             ov.put(doc_key(kind, entity_id), None)
-            ov.put(shadow_key(kind, entity_id), op.value)
+            ov.put(shadow_key(kind, entity_id), value)
         for field, target in spec.refs.items():
             old_ref = old.get(field) if old else None
             new_ref = new.get(field) if new else None
@@ -358,13 +480,9 @@ class StateJournal:
                         key = refs_key(target, ref)
                         count = int(await ov.get(key) or 0) + delta
                         ov.put(key, str(count).encode() if count > 0 else None)
-        meta = {
-            "ts": to_seconds(op.hlc),
-            "author": op.actor,
-            "op": op.id.hex(),
-            "deleted": new is None,
-            "hlc": op.hlc,
-        }
+        meta = {"ts": to_seconds(hlc), "author": actor, "op": op_hex, "deleted": new is None, "hlc": hlc}
+        if fields:
+            meta["fields"] = fields
         ov.put(meta_key(kind, entity_id), orjson.dumps(meta))
 
     async def _claimants(self, ov: _Overlay, kind: str, field: str, value: str) -> list[str]:
