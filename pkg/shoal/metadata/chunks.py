@@ -17,8 +17,8 @@ from shoal.paxos.placement import validate
 from shoal.paxos.proposer import Outcome, Proposer, prepare_quorum
 
 from .nodes import NodeRegistry
-from .records import ChunkRecord
-from .store import MetadataStore
+from .records import UPLOADING, ChunkRecord
+from .store import MetadataStore, VideoNotWritable
 
 Times = tuple[float | None, float | None]  # (start_sec, duration_sec) of a chunk, each optional
 
@@ -91,6 +91,10 @@ class ChunkService:
             taken = await self.store.chunk_at(video_id, seq)
             if taken is not None:
                 raise CommitFailed(409, f"sequence {seq} of video {video_id} holds chunk {taken.chunk_id}")
+            video = await self.store.video(video_id)
+            if video is None or video.status != UPLOADING:
+                what = "not found" if video is None else f"{video.status}: it takes no new chunks"
+                raise CommitFailed(409, f"video {video_id} is {what}")
             return await self._decide(chunk_id, video_id, seq, 0, placement, times)
 
     async def replace(self, current: ChunkRecord, placement: Placement) -> Committed:
@@ -128,6 +132,7 @@ class ChunkService:
         self.messages += outcome.messages
         if not outcome.chosen or outcome.value is None:
             self.phases[chunk_id] = Phase(epoch, "failed", outcome.ballot, outcome.reason, time.time())
+            await self.store.count_messages(outcome.messages)
             status = 409 if outcome.kind in ("refused", "contention") else 503
             raise CommitFailed(status, f"consensus on chunk {chunk_id} failed: {outcome.reason}", outcome)
         assert outcome.ballot is not None
@@ -144,7 +149,12 @@ class ChunkService:
             start_sec=times[0],
             duration_sec=times[1],
         )
-        await self.store.save_chunk(record)
+        try:
+            await self.store.save_chunk(record)
+        except VideoNotWritable as exc:  # failed or deleted while the proposal ran
+            self.phases.pop(chunk_id, None)
+            await self.store.count_messages(outcome.messages)
+            raise CommitFailed(409, str(exc), outcome) from None
         self.phases.pop(chunk_id, None)
         self.commits += 1
         return Committed(record, outcome.own, outcome)

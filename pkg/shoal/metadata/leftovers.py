@@ -34,6 +34,7 @@ import httpx
 from shoal.paxos.placement import ERASURE_TOTAL, parse_fragment_id, pieces
 
 from .chunks import ChunkService
+from .lifecycle import VideoReaper
 from .nodes import DOWN, HEALTHY, NodeRegistry
 from .orphans import OrphanCollector
 from .records import ChunkRecord
@@ -72,6 +73,8 @@ class LeftoverCollector:
         self.deleted = 0
         self.allowed = allowed
         self.orphans = OrphanCollector(store, chunks, client, grace=orphan_grace, allowed=allowed)
+        # abandoned uploads -> failed; failed and deleted videos' chunks (grace: --upload-grace)
+        self.videos = VideoReaper(store, registry, chunks, client, allowed=allowed)
 
     def due(self, now: float | None = None) -> set[str]:
         """Node URLs to collect in this pass: returned, with leftovers pending, or all if due."""
@@ -101,7 +104,13 @@ class LeftoverCollector:
         return todo & healthy
 
     async def run(self, now: float | None = None) -> tuple[int, int]:
-        """One pass over the nodes that are due; how many leftover and orphan copies were deleted."""
+        """One pass over the nodes that are due; how many leftover and orphan copies were deleted
+        (the pieces of failed and deleted videos, collected first, count as leftovers)."""
+        reaped = 0
+        try:
+            reaped = await self.videos.run(now)
+        except Exception as exc:  # the store or a node failing: the next pass tries again
+            log.warning("collecting failed and deleted videos: %r", exc)
         urls = sorted(self.due(now))
         orphans_before = self.orphans.deleted
         done = await asyncio.gather(*(self.collect(u) for u in urls), return_exceptions=True)
@@ -112,7 +121,7 @@ class LeftoverCollector:
             else:
                 total += n
         orphans = self.orphans.deleted - orphans_before
-        return total - orphans, orphans
+        return total - orphans + reaped, orphans
 
     async def list_ids(self, node_url: str) -> dict[str, float | None] | None:
         """Every live id on the node with its stored time (GET /chunks, paginated; None where the

@@ -74,3 +74,27 @@ class Heartbeat(msgspec.Struct):
 
 class OverrideQuery(msgspec.Struct):
     mode: str
+
+
+# -- video life cycle (beyond the spec) --------------------------------------------------------
+StatusName = Annotated[str, msgspec.Meta(pattern=r"^(active|uploading|failed|any)$")]
+
+
+class VideoList(msgspec.Struct):
+    limit: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 100
+    offset: Annotated[int, msgspec.Meta(ge=0, le=10**9)] = 0
+    # active (default), uploading, failed, or any (every status but deleted)
+    status: StatusName = "active"
+
+
+class StatusFilter(msgspec.Struct):
+    status: StatusName = "active"
+
+
+class CompleteBody(msgspec.Struct, forbid_unknown_fields=True):
+    # the number of chunks the upload made (0..n-1 must all be committed); default: as committed
+    total_chunks: Annotated[int, msgspec.Meta(ge=1, le=10**8)] | None = None
+
+
+class FailBody(msgspec.Struct, forbid_unknown_fields=True):
+    reason: Annotated[str, msgspec.Meta(max_length=2000)] = "upload failed"

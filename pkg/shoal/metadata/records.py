@@ -7,14 +7,25 @@ import msgspec
 from shoal.paxos import Ballot, Placement
 
 
+UPLOADING, ACTIVE, FAILED, DELETED = "uploading", "active", "failed", "deleted"
+VIDEO_STATUSES = (UPLOADING, ACTIVE, FAILED)  # DELETED is a tombstone, never listed
+
+
 class Video(msgspec.Struct):
+    """A video. Life cycle: uploading -> active (every chunk 0..n-1 committed, then completed)
+    or uploading -> failed; any of them -> deleted (a tombstone: the id is never reused, since
+    the storage nodes' acceptors still remember its chunks' instances)."""
+
     video_id: str
     title: str
     duration_sec: float
     status: str
     created_at: str
     created_ns: int
-    chunk_duration_sec: float = 10.0
+    chunk_duration_sec: float = 10.0  # written by older versions; unused (the manifest measures)
+    total_chunks: int | None = None  # fixed when the upload completes
+    status_at: float = 0.0  # unix time of the last status change (creation included)
+    reason: str | None = None  # why it failed
 
 
 class ChunkRecord(msgspec.Struct):
@@ -55,6 +66,9 @@ class Totals(msgspec.Struct):
     physical_replication: int = 0
     physical_erasure: int = 0
     members: int = 0
+    # counters /stats reports, persisted so a restart does not reset them
+    commits: int = 0  # placements chosen (first commits, migrations and repairs)
+    paxos_messages: int = 0  # messages of every proposal, chosen or not
 
     def add(self, p: Placement, sign: int) -> None:
         physical = p.physical_bytes()

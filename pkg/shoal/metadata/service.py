@@ -46,16 +46,18 @@ from .models import (
     CommitResult,
     Heartbeat,
     OverrideQuery,
-    Page,
     Register,
+    StatusFilter,
     VideoCreate,
     VideoCreated,
+    VideoList,
 )
 from .mover import Mover
 from .nodes import DEGRADED, DOWN, HEALTHY, NodeRegistry, Thresholds
 from .records import ChunkRecord
 from .redundancy import Policy, efficiency, mode_config, overhead
-from .store import MetadataStore, SlotTaken, VideoIdTaken
+from .store import ANY, MetadataStore, SlotTaken, VideoIdTaken
+from .videos import chunk_summary, make_video_api, video_json
 
 TITLE = "Metadata service"
 MAX_WORKERS = 1
@@ -111,6 +113,12 @@ def add_arguments(parser) -> None:
         type=float,
         default=86400.0,
         help="seconds a copy of a never-committed chunk waits before deletion",
+    )
+    parser.add_argument(
+        "--upload-grace",
+        type=float,
+        default=3600.0,
+        help="seconds an upload may go without progress before it is marked failed and collected",
     )
     parser.add_argument("--popularity-threshold", type=int, default=1000, help="views above -> replication")
     parser.add_argument("--migrate-settle", type=float, default=60.0, help="seconds a mode must hold")
@@ -173,6 +181,7 @@ class Metadata:
             files=FILES,
         )
         self.store = MetadataStore(self.kv)
+        await self.store.build_status_index()  # videos an older version wrote (once)
         self.registry = NodeRegistry(
             self.store,
             Thresholds(float(_opt(o, "degraded_after", 10.0)), float(_opt(o, "down_after", 15.0))),
@@ -205,6 +214,7 @@ class Metadata:
             orphan_grace=float(_opt(o, "orphan_grace", 86400.0)),
             lease_ttl=o.get("maintenance_lease_ttl"),
         )
+        self.maintenance.collector.videos.grace = float(_opt(o, "upload_grace", 3600.0))
         self.maintenance.start()
         log.info("metadata service up: proposer %s, %d nodes", self.proposer_id, len(self.registry.nodes))
 
@@ -225,15 +235,7 @@ def _opt(options: dict, name: str, default: float) -> float:
     return default if value is None else value
 
 
-def _video_json(video: Any, total_chunks: int) -> dict:
-    return {
-        "video_id": video.video_id,
-        "title": video.title,
-        "duration_sec": video.duration_sec,
-        "total_chunks": total_chunks,
-        "status": video.status,
-        "created_at": video.created_at,
-    }
+_video_json = video_json  # the listing's shape lives with the life-cycle routes (videos.py)
 
 
 def _ballot(b: Any) -> dict | None:
@@ -382,13 +384,16 @@ def make_api(m: Metadata) -> Api:
     async def stats(request: Any) -> dict:
         t = await m.store.totals()
         return {
-            "total_videos": await m.store.count_videos(),
+            "total_videos": await m.store.count_videos(),  # active ones (the others below)
             "total_chunks": t.replication_chunks + t.erasure_coded_chunks,
             "total_replicas": t.members,
             "healthy_nodes": len(m.registry.with_status(HEALTHY)),
             "service_version": SERVICE_VERSION,
-            "commits": m.chunks.commits,
-            "paxos_messages": m.chunks.messages,
+            # persisted with the placements (shoal.kv), so a restart does not reset them
+            "commits": t.commits,
+            "paxos_messages": t.paxos_messages,
+            "uploading_videos": await m.store.count_videos("uploading"),
+            "failed_videos": await m.store.count_videos("failed"),
         }
 
     # -- videos ---------------------------------------------------------------------------------
@@ -403,27 +408,36 @@ def make_api(m: Metadata) -> Api:
         try:
             video = await m.store.create_video(body.title, body.duration_sec, body.video_id)
         except VideoIdTaken as exc:
-            raise ApiError(409, f"video {exc} exists with another title or duration") from None
+            raise ApiError(409, f"video {exc}") from None
         return VideoCreated(video.video_id, f"/upload/{video.video_id}")
 
-    @api.get("/videos", query=Page, summary="Videos in creation order, paginated")
-    async def list_videos(request: Any, query: Page) -> list:
+    @api.get(
+        "/videos", query=VideoList, summary="Videos in creation order, paginated (?status=, default active)"
+    )
+    async def list_videos(request: Any, query: VideoList) -> list:
         return [
             _video_json(v, await m.store.total_chunks(v.video_id))
-            for v in await m.store.videos(query.limit, query.offset)
+            for v in await m.store.videos(query.limit, query.offset, query.status)
         ]
 
     @api.get(
         "/manifest/{video_id}",
-        summary="A video and where each chunk lives",
-        extra_responses={404: "no such video"},
+        query=StatusFilter,
+        summary="A video and where each chunk lives (active videos; ?status= for others)",
+        extra_responses={404: "no such video", 409: "the video is not active (its status in detail)"},
     )
-    async def manifest(request: Any, video_id: str) -> dict:
+    async def manifest(request: Any, video_id: str, query: StatusFilter) -> dict:
         video = await video_or_404(video_id)
+        if query.status not in (ANY, video.status):
+            why = f": {video.reason}" if video.reason else ""
+            raise ApiError(
+                409,
+                f"video {video_id} is {video.status}, not {query.status}{why}",
+                details={"status": video.status},
+            )
         chunks = await m.store.video_chunks(video_id)
         out = _video_json(video, len(chunks))
-        out["chunk_duration_sec"] = video.chunk_duration_sec
-        out["chunk_size_bytes"] = 2 * 1024 * 1024
+        out.update(chunk_summary(chunks))
         out["chunks"] = [_chunk_json(r) for r in chunks]
         return out
 
@@ -679,6 +693,9 @@ def make_api(m: Metadata) -> Api:
             "collected": c.collected,
             "orphans_collected": mt.collector.orphans.deleted,
             "orphans_waiting": mt.collector.orphans.waiting(),
+            "uploads_abandoned": mt.collector.videos.abandoned,
+            "video_chunks_collected": mt.collector.videos.chunks_removed,
+            "video_pieces_deleted": mt.collector.videos.pieces_deleted,
             "skipped": c.skipped,
             "leader": mt.lease.valid(),
             "lease": mt.lease.describe(),
@@ -705,7 +722,7 @@ def make_api(m: Metadata) -> Api:
 def create_app(options: dict[str, Any]) -> Any:
     if options.get("store") == "etcd" and not options.get("etcd"):
         raise SystemExit("--store etcd needs --etcd http://host:2379[,http://host2:2379...]")
-    for name in ("maintenance_lease_ttl", "orphan_grace", "gc_grace"):
+    for name in ("maintenance_lease_ttl", "orphan_grace", "gc_grace", "upload_grace"):
         value = options.get(name)
         if value is not None and not value >= 0:  # also refuses nan
             raise SystemExit(f"--{name.replace('_', '-')} must be >= 0 seconds")
@@ -726,7 +743,7 @@ def create_app(options: dict[str, Any]) -> Any:
     app = build_app(
         title=TITLE,
         version=__version__,
-        apis=layer.secure([make_api(m)], policy),
+        apis=layer.secure([make_api(m), make_video_api(m)], policy),
         envelope=DETAIL_ENVELOPE,
         lifespan=lifespan,
         state={"metadata": m},

@@ -4,8 +4,12 @@
     process:            chunking -> registering -> uploading_chunks -> finalizing -> completed
 
 The video id comes from the metadata service before the client gets its answer, so the id the
-client sees is the one the manifest uses. On failure everything this upload stored that is not
-part of a committed placement is deleted, and the status says why.
+client sees is the one the manifest uses. The video is `uploading` until every chunk is
+committed and `POST /video/{id}/complete` (the metadata service checks chunks 0..n-1) makes it
+`active`: all or nothing. On failure the video is marked `failed` (`POST /video/{id}/fail`; the
+metadata service collects its committed chunks, and marks it failed itself after
+--upload-grace if this call cannot reach it), everything this upload stored that is not part of
+a committed placement is deleted here, and the status says why.
 """
 
 from __future__ import annotations
@@ -70,7 +74,11 @@ class Pipeline:
         )
         video_id = await self.metadata.create_video(s.title, round(probe.duration_sec, 3))
         if mode is not None:
-            await self.metadata.set_override(video_id, mode)
+            try:
+                await self.metadata.set_override(video_id, mode)
+            except MetadataError as exc:
+                await self._mark_failed(video_id, f"setting the redundancy mode failed: {exc}")
+                raise
         await self.sessions.update(s, progress=19, video_id=video_id)
         return probe
 
@@ -126,7 +134,8 @@ class Pipeline:
             retries=self.settings.retries,
             backoff=self.settings.backoff,
         )
-        await self.sessions.update(s, progress=49, redundancy_mode=mode, nodes=d.picker.usable)
+        # d.mode: replication when erasure coding lacks 5 usable nodes (Distributor.fallback says why)
+        await self.sessions.update(s, progress=49, redundancy_mode=d.mode, nodes=d.picker.usable)
         return d
 
     async def _distribute(self, s: Session, d: Distributor, fmp4: Path, plans: list[ChunkPlan]) -> None:
@@ -174,32 +183,57 @@ class Pipeline:
     async def _finalize(self, s: Session, d: Distributor, plans: list[ChunkPlan]) -> None:
         await self.sessions.update(s, "finalizing")
         assert s.video_id is not None
-        manifest = await self.metadata.manifest(s.video_id)
-        listed = {c.get("chunk_id") for c in manifest.get("chunks", [])}
-        missing = [p.sequence_num for p in plans if chunk_id_for(s.video_id, p.sequence_num) not in listed]
-        if missing:
-            raise DistributionError(f"the manifest lacks committed chunks {missing[:10]}")
+        committed = {
+            p.sequence_num
+            for p in plans
+            if (st := d.stored.get(chunk_id_for(s.video_id, p.sequence_num))) is not None and st.committed
+        }
+        if len(committed) != len(plans):  # never ask to complete what this upload did not commit
+            missing = sorted(p.sequence_num for p in plans if p.sequence_num not in committed)
+            raise DistributionError(f"chunks {missing[:10]} were not committed")
+        # the metadata service checks that chunks 0..n-1 are all committed, then makes it active
+        await self.metadata.call(
+            "POST",
+            f"/video/{s.video_id}/complete",
+            json={"total_chunks": len(plans)},
+            deadline=self.metadata.commit_timeout,
+        )
         await self.sessions.update(s, progress=95)
         orphans = await d.cleanup(keep_committed=True)
         if orphans:
             await self.sessions.update(s, cleanup=f"removed {orphans} piece(s) left on nodes that failed")
         await self.sessions.finish(s)
 
+    async def _mark_failed(self, video_id: str, reason: str) -> tuple[str | None, bool]:
+        """POST /video/{id}/fail: (None when done, else why not, and whether the video turned
+        out active). Not reached: the metadata service marks it failed after its upload grace."""
+        try:
+            await self.metadata.call("POST", f"/video/{video_id}/fail", json={"reason": reason[:1900]})
+        except MetadataError as exc:
+            return str(exc), exc.status == 409 and " is active" in str(exc)
+        return None, False
+
     async def _fail(self, s: Session, d: Distributor | None, reason: str) -> None:
-        note = None
-        if d is not None:
-            try:
-                dropped = s.video_id is not None and await self.metadata.delete_video(s.video_id)
-            except MetadataError as exc:
-                dropped, note = False, f"video record not removed: {exc}"
-            committed = sum(1 for st in d.stored.values() if st.committed)
-            deleted = await d.cleanup(keep_committed=not dropped)
-            note = f"deleted {deleted} stored piece(s)" + (f"; {note}" if note else "")
-            if committed and not dropped:
-                note += (
-                    f"; {committed} committed chunk(s) stay referenced by the metadata service "
-                    "(it has no route to delete a video)"
+        notes = []
+        if s.video_id is not None:
+            why, active = await self._mark_failed(s.video_id, reason)
+            if active:  # our completion landed although its answer did not: the upload is whole
+                s.cleanup = f"the completion was answered late ({reason}); the video is active"
+                await self.sessions.finish(s)
+                return
+            if why is None:
+                notes.append(
+                    "video marked failed (its committed chunks are collected by the metadata service)"
                 )
+            else:
+                notes.append(
+                    f"video not marked failed now ({why}); the metadata service does it after its upload grace"
+                )
+        if d is not None:
+            # committed placements are the metadata service's to collect (with their records)
+            deleted = await d.cleanup(keep_committed=True)
+            notes.insert(0, f"deleted {deleted} uncommitted piece(s)")
+        note = "; ".join(notes) or None
         log.warning("upload %s failed: %s", s.upload_session_id, reason)
         if note:
             s.cleanup = note
