@@ -279,6 +279,14 @@ class Replication:
             local_txid = max((t for t, _ in local), default=0)
             remote_txid = self._remote_txid(client, db)
             pending = [mtime for txid, mtime in local if txid > remote_txid]
+            # WAL frames written after litestream's newest LTX are not in any LTX file yet
+            try:
+                wal_mtime = Path(f"{db.path}-wal").stat().st_mtime
+            except FileNotFoundError:
+                wal_mtime = 0.0
+            newest_ltx = max((mtime for _, mtime in local), default=0.0)
+            if wal_mtime > newest_ltx + 0.001 and wal_mtime > 0:
+                pending.append(wal_mtime)
             result[db.path.name] = {
                 "local_txid": local_txid,
                 "replica_txid": remote_txid,
