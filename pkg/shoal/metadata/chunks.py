@@ -14,11 +14,13 @@ from dataclasses import dataclass
 
 from shoal.paxos import Ballot, Placement, PlacementError
 from shoal.paxos.placement import validate
-from shoal.paxos.proposer import Outcome, Proposer, prepare_quorum
+from shoal.paxos.proposer import Outcome, Proposer
 
 from .nodes import NodeRegistry
 from .records import UPLOADING, ChunkRecord
 from .store import MetadataStore, VideoNotWritable
+
+MAX_SKIPS = 16  # abandoned instances a migration or repair steps over before giving up
 
 Times = tuple[float | None, float | None]  # (start_sec, duration_sec) of a chunk, each optional
 
@@ -111,29 +113,25 @@ class ChunkService:
                 current.epoch + 1,
                 placement,
                 (current.start_sec, current.duration_sec),
+                may_skip=True,
             )
 
     async def _decide(
-        self, chunk_id: str, video_id: str, seq: int, epoch: int, placement: Placement, times: Times
+        self,
+        chunk_id: str,
+        video_id: str,
+        seq: int,
+        epoch: int,
+        placement: Placement,
+        times: Times,
+        may_skip: bool = False,
     ) -> Committed:
-        cluster = self.registry.urls()
-        need = len(placement.nodes)
-        if len(cluster) < need:
-            raise PlacementError(
-                f"the cluster has {len(cluster)} registered nodes; {placement.mode} needs {need}"
-            )
-
-        def on_phase(phase: str, ballot: Ballot) -> None:
-            self.phases[chunk_id] = Phase(epoch, phase, ballot, at=time.time())
-
-        outcome = await self.proposer.propose(
-            chunk_id, epoch, placement, cluster, skip=self.registry.down_urls(), on_phase=on_phase
-        )
+        outcome, epoch, config_epoch = await self._consensus(chunk_id, epoch, placement, may_skip)
         self.messages += outcome.messages
         if not outcome.chosen or outcome.value is None:
             self.phases[chunk_id] = Phase(epoch, "failed", outcome.ballot, outcome.reason, time.time())
             await self.store.count_messages(outcome.messages)
-            status = 409 if outcome.kind in ("refused", "contention") else 503
+            status = 409 if outcome.kind in ("refused", "contention", "empty") else 503
             raise CommitFailed(status, f"consensus on chunk {chunk_id} failed: {outcome.reason}", outcome)
         assert outcome.ballot is not None
         record = ChunkRecord(
@@ -148,16 +146,84 @@ class ChunkService:
             rounds=outcome.rounds,
             start_sec=times[0],
             duration_sec=times[1],
+            config_epoch=config_epoch,
         )
         try:
-            await self.store.save_chunk(record)
+            stored = await self.store.save_chunk(record)
         except VideoNotWritable as exc:  # failed or deleted while the proposal ran
             self.phases.pop(chunk_id, None)
             await self.store.count_messages(outcome.messages)
             raise CommitFailed(409, str(exc), outcome) from None
         self.phases.pop(chunk_id, None)
         self.commits += 1
+        if stored is not None and stored.epoch >= record.epoch:
+            # a later epoch was stored first (our instance was abandoned, then finished late):
+            # the stored record is the chunk's placement, ours is superseded
+            # (or another process stored the same decision first: then it is still ours if it won)
+            return Committed(stored, outcome.own and stored.placement == record.placement, outcome)
         return Committed(record, outcome.own, outcome)
 
-    def prepare_quorum(self) -> int:
-        return prepare_quorum(len(self.registry.urls()))
+    async def _consensus(
+        self, chunk_id: str, epoch: int, placement: Placement, may_skip: bool
+    ) -> tuple[Outcome, int, int]:
+        """Run instance (chunk, epoch) over its pinned acceptor set; returns (outcome, the epoch
+        decided, the configuration epoch of the pin).
+
+        The pin is ours when we are first (our placement's nodes, all active members of the
+        configuration read now). A pin naming other nodes means another proposer got there
+        first: we learn or adopt what it accepted, never propose our own value there. With
+        `may_skip` (migration, repair) an instance where nothing was accepted is abandoned and
+        the next epoch tried: each instance still decides at most one value, and the store
+        keeps the highest epoch decided."""
+        membership = self.registry.membership
+        for _ in range(MAX_SKIPS):
+            config = await membership.fresh()
+            active = config.active_urls()
+            strangers = [u for u in placement.nodes if u not in active]
+            if strangers:
+                raise PlacementError(
+                    "placement names nodes that are not active members of the cluster "
+                    f"(configuration epoch {config.epoch}): {', '.join(strangers)}"
+                )
+            pin = await membership.pin(
+                chunk_id, epoch, placement.nodes, config.epoch, self.proposer.proposer_id
+            )
+
+            def on_phase(phase: str, ballot: Ballot, epoch: int = epoch) -> None:
+                self.phases[chunk_id] = Phase(epoch, phase, ballot, at=time.time())
+
+            down = self.registry.down_urls()
+            if set(pin.members) == set(placement.nodes):
+                outcome = await self.proposer.propose(
+                    chunk_id, epoch, placement, pin.members, skip=down, on_phase=on_phase, fixed=True
+                )
+                return outcome, epoch, pin.config_epoch
+            outcome = await self._adopt(chunk_id, epoch, pin.members, down, on_phase, 1 if may_skip else 8)
+            if outcome.kind != "empty":
+                return outcome, epoch, pin.config_epoch
+            outcome.reason = (
+                f"instance {epoch} of {chunk_id} is pinned to {pin.members} by proposer {pin.proposer} "
+                f"(configuration epoch {pin.config_epoch}) and nothing was accepted there yet"
+            )
+            if not may_skip:
+                return outcome, epoch, pin.config_epoch
+            epoch += 1  # an abandoned instance: move on to the next one
+        raise CommitFailed(503, f"chunk {chunk_id}: {MAX_SKIPS} instances in a row are pinned by others")
+
+    async def _adopt(
+        self, chunk_id: str, epoch: int, members: list[str], down: set[str], on_phase, patience: int
+    ) -> Outcome:
+        """Learn (read-only) what another proposer got chosen, waiting up to `patience` reads for
+        it; then run phase 1 without a value of our own to finish what was accepted."""
+        delay = 0.02
+        for attempt in range(patience):
+            learned = await self.proposer.learn(chunk_id, epoch, members)
+            if learned is not None:
+                ballot, value = learned
+                return Outcome(True, value, ballot, False, 0, 0, "learned from the acceptors")
+            if attempt + 1 < patience:
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 0.5)
+        return await self.proposer.propose(
+            chunk_id, epoch, None, members, skip=down, on_phase=on_phase, fixed=True
+        )

@@ -6,6 +6,12 @@ committed placement whole (at worst an orphan copy stays behind). Copies left on
 were down at the time are collected later (shoal.metadata.leftovers). With several metadata
 processes on one store, only the holder of the maintenance lease (shoal.metadata.lease) runs
 a pass: two repairs of one chunk, or a repair next to a collection, would step on each other.
+
+Decommission (DELETE /nodes/{id} marks a member `leaving`) is a repair of every piece the node
+holds, read from anywhere (the leaving node included), then the node's removal from membership
+once no committed placement names it. An erasure-coded chunk that cannot get 5 distinct healthy
+nodes is repaired as 3 replicas instead (never two fragments of one stripe on one node), and
+migrated back to the full code once 5 healthy active members exist again.
 """
 
 from __future__ import annotations
@@ -39,6 +45,9 @@ class Counters:
     failed: int = 0
     deleted_pieces: int = 0
     collected: int = 0  # leftover copies deleted from nodes that were down during a repair
+    drained: int = 0  # chunks moved off leaving nodes
+    removed_nodes: int = 0  # leaving nodes removed from membership once empty
+    waiting_for_nodes: int = 0  # migrations to erasure coding put off: fewer than 5 healthy nodes
     skipped: int = 0  # loop ticks without a pass: another process holds the maintenance lease
     last_error: str = ""
     events: list[str] = field(default_factory=list)
@@ -182,6 +191,7 @@ class Maintenance:
 
     async def _run_once(self) -> None:
         self.counters.passes += 1
+        await self.drain_pass()
         await self.repair_pass()
         await self.migrate_pass()
         if not self.lease.valid():  # lost while repairing: collection is for the holder only
@@ -193,14 +203,54 @@ class Maintenance:
         if orphans:
             self.counters.note(f"deleted {orphans} copies of chunks never committed")
 
+    # -- decommission -------------------------------------------------------------------------
+    async def drain_pass(self) -> None:
+        """Move every piece off leaving members, then remove the empty ones from membership."""
+        config = await self.registry.membership.fresh()
+        sem = asyncio.Semaphore(self.parallel)
+        for node_id, member in config.leaving().items():
+            chunk_ids = (await self.store.chunks_on(member.node_url))[: self.batch]
+
+            async def one(chunk_id: str, url: str = member.node_url) -> None:
+                async with sem:
+                    if await self.repair_chunk(chunk_id, {url}, readable={url}):
+                        self.counters.drained += 1
+
+            await asyncio.gather(*(one(c) for c in chunk_ids))
+            await self.finish_leaving(node_id)
+
+    async def finish_leaving(self, node_id: str) -> tuple[bool, int]:
+        """Remove a leaving member whose pieces are all gone from committed placements; returns
+        (removed, chunks still placed on it)."""
+        config = await self.registry.membership.fresh()
+        member = config.members.get(node_id)
+        if member is None:
+            return node_id in config.removed, 0
+        if member.state != "leaving":
+            return False, len(await self.store.chunks_on(member.node_url))
+        left = len(await self.store.chunks_on(member.node_url))
+        if left:
+            return False, left
+        await self.registry.membership.remove(node_id)
+        await self.registry.forget(node_id)
+        self.counters.removed_nodes += 1
+        self.counters.note(
+            f"node {node_id} ({member.node_url}) removed from the cluster: no piece left on it"
+        )
+        return True, 0
+
     # -- repair -------------------------------------------------------------------------------
     def _lost_nodes(self) -> set[str]:
         """Nodes down for longer than the grace period (and not within grace of our own start:
-        nodes that heartbeat us get a fair chance to reach a restarted service)."""
+        nodes that heartbeat us get a fair chance to reach a restarted service), and removed
+        nodes a placement still names (a commit that raced the removal)."""
+        gone = set(self.registry.membership.config.gone)
         now = time.time()
         if now - self.started < self.registry.thresholds.down_after + self.repair_grace:
-            return set()
-        return {n.node_url for n in self.registry.all() if self.registry.down_for(n, now) > self.repair_grace}
+            return gone
+        return gone | {
+            n.node_url for n in self.registry.all() if self.registry.down_for(n, now) > self.repair_grace
+        }
 
     async def repair_pass(self) -> None:
         work: dict[str, set[str]] = {}  # chunk id -> node URLs whose piece must be rebuilt
@@ -228,7 +278,9 @@ class Maintenance:
 
         await asyncio.gather(*(one(c, b) for c, b in list(work.items())[: self.batch]))
 
-    async def repair_chunk(self, chunk_id: str, bad: set[str]) -> bool:
+    async def repair_chunk(self, chunk_id: str, bad: set[str], readable: set[str] = frozenset()) -> bool:  # type: ignore[assignment]
+        """Rebuild the pieces `bad` nodes hold elsewhere (`readable`: bad nodes that may still be
+        read from, a leaving node), commit the placement as the next epoch."""
         record = await self.store.chunk(chunk_id)
         if record is None:
             return False
@@ -238,9 +290,11 @@ class Maintenance:
             return False
         targets = self.registry.placement_candidates(exclude=set(p.nodes) | bad)
         if len(targets) < len(bad):
+            if p.mode == ERASURE:
+                return await self._repair_as_replicas(record, bad, readable)
             self._fail(f"repair {chunk_id}: {len(bad)} pieces to rebuild, {len(targets)} spare healthy nodes")
             return False
-        data = await self.mover.read_chunk(chunk_id, p, avoid=bad)
+        data = await self.mover.read_chunk(chunk_id, p, avoid=bad - readable)
         if data is None:
             self._fail(f"repair {chunk_id}: no intact copy could be read")
             return False
@@ -262,6 +316,27 @@ class Maintenance:
             frags = [fresh[i] if i in redo else old[i] for i in range(ERASURE_TOTAL)]
             new = Placement(ERASURE, p.checksum, p.size_bytes, fragments=frags)
         if await self._switch(record, new, "repair"):
+            self.counters.repaired += 1
+            return True
+        return False
+
+    async def _repair_as_replicas(self, record: ChunkRecord, bad: set[str], readable: set[str]) -> bool:
+        """An erasure-coded chunk without 5 distinct healthy nodes: store it 3x replicated (the
+        migration pass brings it back to 3+2 when 5 healthy members exist again)."""
+        p = record.placement
+        targets = self.registry.placement_candidates(exclude=bad)[:REPLICATION_FACTOR]
+        if len(targets) < REPLICATION_FACTOR:
+            self._fail(f"repair {record.chunk_id}: {len(targets)} healthy nodes; even replication needs 3")
+            return False
+        data = await self.mover.read_chunk(record.chunk_id, p, avoid=bad - readable)
+        if data is None:
+            self._fail(f"repair {record.chunk_id}: no intact copy could be read")
+            return False
+        if not await self.mover.write_replicas(record.chunk_id, data, p.checksum, targets):
+            self._fail(f"repair {record.chunk_id}: could not write the replicas")
+            return False
+        new = Placement(REPLICATION, p.checksum, p.size_bytes, replicas=targets)
+        if await self._switch(record, new, "repair (replicated: fewer than 5 healthy nodes)"):
             self.counters.repaired += 1
             return True
         return False
@@ -306,6 +381,9 @@ class Maintenance:
         need = REPLICATION_FACTOR if mode == REPLICATION else ERASURE_TOTAL
         targets = self.registry.placement_candidates()[:need]
         if len(targets) < need:
+            if mode == ERASURE:  # expected while nodes are down: wait for them, not an error
+                self.counters.waiting_for_nodes += 1
+                return False
             self._fail(f"migrate {record.chunk_id} to {mode}: {len(targets)} healthy nodes, {need} needed")
             return False
         data = await self.mover.read_chunk(record.chunk_id, p)

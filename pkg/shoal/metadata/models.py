@@ -64,6 +64,8 @@ class Register(msgspec.Struct):
     node_url: Annotated[str, msgspec.Meta(min_length=1, max_length=512)]
     node_id: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_.:-]{1,128}$")]
     version: Annotated[str, msgspec.Meta(max_length=64)] = "1.0.0"
+    # beyond the spec: a node id removed by DELETE /nodes/{id} registers again only with rejoin=true
+    rejoin: bool = False
 
 
 class Heartbeat(msgspec.Struct):

@@ -9,6 +9,9 @@ restart of this service) against two thresholds:
 
 A node that keeps heartbeating is therefore never down, and one missed heartbeat (load, a
 GC pause) does not make a healthy node flap: it takes two before it is even degraded.
+
+Which nodes belong to the cluster is not this registry's call but the membership record's
+(shoal.metadata.membership): new pieces go only to healthy *active* members.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import logging
 import time
 from dataclasses import dataclass
 
+from .membership import ACTIVE, Membership
 from .records import NodeRecord
 from .store import MetadataStore, iso
 
@@ -42,12 +46,22 @@ class NodeRegistry:
         self.nodes: dict[str, NodeRecord] = {}
         self.versions: dict[str, int] = {}  # kv version of each cached record
         self._lock = asyncio.Lock()
+        self.membership = Membership(store.kv)
 
     async def load(self) -> None:
         async with self._lock:
             pairs = await self.store.node_versions()
             self.nodes = {n.node_id: n for n, _ in pairs}
             self.versions = {n.node_id: v for n, v in pairs}
+        # nodes registered before membership existed become the first configuration
+        await self.membership.load({n.node_id: n.node_url for n in self.nodes.values()})
+
+    async def forget(self, node_id: str) -> None:
+        """Drop a removed node's record (after membership removed it)."""
+        async with self._lock:
+            await self.store.kv.delete(f"/node/{node_id}")
+            self.nodes.pop(node_id, None)
+            self.versions.pop(node_id, None)
 
     def _put(self, node: NodeRecord, version: int) -> None:
         """Cache a record unless a newer one is cached already (another process wrote later)."""
@@ -65,6 +79,9 @@ class NodeRegistry:
                     async for event in events:
                         if event.value is not None:
                             self._put(self.store.decode_node(event.value), event.version)
+                        else:  # removed by another process
+                            self.nodes.pop(event.key.rsplit("/", 1)[-1], None)
+                        await self.membership.fresh()
             except asyncio.CancelledError:
                 raise
             except Exception:  # a compacted or broken watch: reload and watch again
@@ -142,9 +159,18 @@ class NodeRegistry:
                 return n
         return None
 
+    def member_state(self, node: NodeRecord) -> str | None:
+        """'active', 'leaving', or None (not a member of the configuration this process knows)."""
+        m = self.membership.config.members.get(node.node_id)
+        return m.state if m is not None and m.node_url == node.node_url else None
+
+    def eligible(self, *statuses: str) -> list[NodeRecord]:
+        """Nodes with one of `statuses` that are active members: where new pieces may go."""
+        return [n for n in self.with_status(*statuses) if self.member_state(n) == ACTIVE]
+
     def placement_candidates(self, exclude: set[str] = frozenset()) -> list[str]:  # type: ignore[assignment]
-        """Healthy node URLs for new pieces, least loaded first."""
-        nodes = [n for n in self.with_status(HEALTHY) if n.node_url not in exclude]
+        """Healthy active-member node URLs for new pieces, least loaded first."""
+        nodes = [n for n in self.eligible(HEALTHY) if n.node_url not in exclude]
         nodes.sort(key=lambda n: (n.chunk_count, n.disk_usage_percent, n.node_id))
         return [n.node_url for n in nodes]
 
@@ -159,4 +185,5 @@ class NodeRegistry:
             "version": node.version,
             "seconds_since_heartbeat": round((now or time.time()) - node.last_heartbeat, 3),
             "corrupt_chunks": len(node.corrupt_chunks),
+            "membership": self.member_state(node),
         }

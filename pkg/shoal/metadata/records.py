@@ -6,7 +6,6 @@ import msgspec
 
 from shoal.paxos import Ballot, Placement
 
-
 UPLOADING, ACTIVE, FAILED, DELETED = "uploading", "active", "failed", "deleted"
 VIDEO_STATUSES = (UPLOADING, ACTIVE, FAILED)  # DELETED is a tombstone, never listed
 
@@ -42,6 +41,8 @@ class ChunkRecord(msgspec.Struct):
     rounds: int = 1
     start_sec: float | None = None  # the chunk's time range, as the first commit gave it
     duration_sec: float | None = None
+    # the membership configuration epoch the placement's nodes were checked (and pinned) under
+    config_epoch: int | None = None
 
 
 class NodeRecord(msgspec.Struct):

@@ -55,6 +55,19 @@ class Policy:
         }
 
 
+def degraded_mode(preferred: str, healthy_nodes: int) -> tuple[str, str | None]:
+    """The mode to store new chunks in now: erasure coding needs 5 distinct healthy nodes (its
+    fragments never share a node), so with fewer it is replication (which needs 3), and the
+    maintenance pass migrates the chunks to the full code when 5 are healthy again."""
+    if preferred == ERASURE and healthy_nodes < ERASURE_TOTAL:
+        return REPLICATION, (
+            f"erasure coding {ERASURE_DATA}+{ERASURE_PARITY} needs {ERASURE_TOTAL} healthy nodes and "
+            f"{healthy_nodes} are healthy: replicated now, migrated to erasure coding when "
+            f"{ERASURE_TOTAL} are healthy again"
+        )
+    return preferred, None
+
+
 def mode_config(mode: str) -> dict:
     if mode == REPLICATION:
         return {

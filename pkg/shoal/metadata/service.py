@@ -33,7 +33,7 @@ from shoal.paxos.placement import CHUNK_ID, MODES, NODE_URL, fragment_id
 from shoal.paxos.proposer import Proposer
 from shoal.paxos.transport import HttpTransport, Unreachable
 from shoal.storage.nodeauth import NodeCredentials
-from shoal.web import DETAIL_ENVELOPE, Api, ApiError
+from shoal.web import DETAIL_ENVELOPE, Api, ApiError, JSONResponse
 from shoal.web import create_app as build_app
 from shoal.web.api import Endpoint
 from shoal.web.auth import NODE, AuthLayer, Requirement, add_auth_arguments, check_startup
@@ -41,6 +41,7 @@ from shoal.web.tls import add_client_tls_argument, options_verify
 
 from .chunks import ChunkService, CommitFailed, Times
 from .maintenance import Maintenance, NotLeader
+from .membership import Removed
 from .models import (
     CommitBody,
     CommitResult,
@@ -55,7 +56,7 @@ from .models import (
 from .mover import Mover
 from .nodes import DEGRADED, DOWN, HEALTHY, NodeRegistry, Thresholds
 from .records import ChunkRecord
-from .redundancy import Policy, efficiency, mode_config, overhead
+from .redundancy import Policy, degraded_mode, efficiency, mode_config, overhead
 from .store import ANY, MetadataStore, SlotTaken, VideoIdTaken
 from .videos import chunk_summary, make_video_api, video_json
 
@@ -539,7 +540,9 @@ def make_api(m: Metadata) -> Api:
         down = m.registry.down_urls()
         promised = None
         accepted = None
-        for url in m.registry.urls():
+        pin = await m.registry.membership.pinned(chunk_id, epoch)
+        members = pin.members if pin else (record.placement.nodes if record else [])
+        for url in members:
             item: dict = {"node_url": url, "reachable": False}
             if url not in down:
                 try:
@@ -580,10 +583,10 @@ def make_api(m: Metadata) -> Api:
         }
 
     # -- nodes ----------------------------------------------------------------------------------
-    @api.get("/nodes/healthy", summary="Healthy storage nodes")
+    @api.get("/nodes/healthy", summary="Healthy storage nodes that take new pieces (active members)")
     async def nodes_healthy(request: Any) -> list:
         now = time.time()
-        return [m.registry.describe(n, now) for n in m.registry.with_status(HEALTHY)]
+        return [m.registry.describe(n, now) for n in m.registry.eligible(HEALTHY)]
 
     @api.get("/nodes/all", summary="Every registered storage node with its status")
     async def nodes_all(request: Any) -> dict:
@@ -614,8 +617,56 @@ def make_api(m: Metadata) -> Api:
             raise ApiError(409, f"{url} is registered as node {other.node_id}")
         if registration_check(m.options):
             await check_node_answers(m.http, url, query.node_id)
+        try:  # a committed configuration change (epoch + 1) when the node is new or moved
+            config = await m.registry.membership.join(query.node_id, url, rejoin=query.rejoin)
+        except Removed as exc:
+            raise ApiError(409, f"{exc}; register with rejoin=true to join again") from None
         await m.registry.register(query.node_id, url, query.version)
-        return {"status": "registered", "node_id": query.node_id, "node_url": url}
+        return {
+            "status": "registered",
+            "node_id": query.node_id,
+            "node_url": url,
+            "membership_epoch": config.epoch,
+        }
+
+    @api.delete(
+        "/nodes/{node_id}",
+        summary="Decommission a node: no new pieces, its pieces moved off, then removed from membership",
+        extra_responses={404: "no such node", 202: "leaving: pieces are being moved off"},
+    )
+    async def remove_node(request: Any, node_id: str) -> Any:
+        """Removal is two committed configuration changes: `leaving` now, removal once no
+        committed placement names the node (at once for a node holding nothing, e.g. a
+        registration of a URL that never answered); the maintenance pass moves the pieces."""
+        config = await m.registry.membership.fresh()
+        if node_id not in config.members and node_id not in m.registry.nodes:
+            if node_id in config.removed:
+                return {"status": "removed", "node_id": node_id, "membership_epoch": config.epoch}
+            raise ApiError(404, f"node {node_id} is not registered")
+        if node_id not in config.members:  # a record without membership (should not happen)
+            await m.registry.forget(node_id)
+            return {"status": "removed", "node_id": node_id, "membership_epoch": config.epoch}
+        await m.registry.membership.leave(node_id)
+        removed, left = await m.maintenance.finish_leaving(node_id)
+        epoch = m.registry.membership.config.epoch
+        if removed:
+            return {"status": "removed", "node_id": node_id, "membership_epoch": epoch}
+        return JSONResponse(
+            {
+                "status": "leaving",
+                "node_id": node_id,
+                "chunks_left": left,
+                "membership_epoch": epoch,
+                "message": f"moving {left} chunk(s) off {node_id}; it is removed when none is left "
+                "(each maintenance pass; POST /maintenance/run to go now)",
+            },
+            status_code=202,
+        )
+
+    @api.get("/membership", summary="The committed cluster configuration: epoch, members and their state")
+    async def membership(request: Any) -> dict:
+        await m.registry.membership.fresh()
+        return m.registry.membership.describe()
 
     @api.post(
         "/nodes/{node_id}/heartbeat",
@@ -637,7 +688,9 @@ def make_api(m: Metadata) -> Api:
         await video_or_404(video_id)
         views = await m.store.views(video_id)
         override = await m.store.override(video_id)
-        mode = m.policy.recommend(views, override)
+        preferred = m.policy.recommend(views, override)
+        healthy = len(m.registry.eligible(HEALTHY))
+        mode, reason = degraded_mode(preferred, healthy)
         state = await m.store.mode_state(video_id)
         return {
             "video_id": video_id,
@@ -646,6 +699,10 @@ def make_api(m: Metadata) -> Api:
             "override": override,
             "migration_target": state.mode if state else None,
             "config": mode_config(mode),
+            # beyond the spec: the popularity rule's choice, and why it is not recommended now
+            "preferred_mode": preferred,
+            "healthy_nodes": healthy,
+            "reason": reason,
         }
 
     @api.post("/redundancy/override/{video_id}", query=OverrideQuery, summary="Force a redundancy mode")
@@ -697,6 +754,9 @@ def make_api(m: Metadata) -> Api:
             "video_chunks_collected": mt.collector.videos.chunks_removed,
             "video_pieces_deleted": mt.collector.videos.pieces_deleted,
             "skipped": c.skipped,
+            "drained": c.drained,  # chunks moved off leaving nodes
+            "removed_nodes": c.removed_nodes,
+            "waiting_for_nodes": c.waiting_for_nodes,  # migrations to 3+2 waiting for 5 healthy nodes
             "leader": mt.lease.valid(),
             "lease": mt.lease.describe(),
             "last_error": c.last_error,

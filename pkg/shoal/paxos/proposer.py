@@ -9,6 +9,12 @@ Quorums (Flexible Paxos, Howard et al. 2016: only phase-1 and phase-2 quorums mu
   placement any proposer could name, even one over different nodes.
 When the placement spans the whole cluster (3 nodes and replication, 5 nodes and 3+2), both
 quorums are plain majorities and the message count is classic Paxos's 4n.
+
+`fixed=True` (what the metadata service uses): the instance's acceptor set was pinned before
+any proposal (shoal.metadata.membership), every value of the instance names exactly those
+nodes, so both phases need only a majority of them: classic Paxos over the placement. A
+proposer whose own placement differs from the pin passes `value=None` and can only adopt
+(and finish) what the instance accepted already.
 """
 
 from __future__ import annotations
@@ -67,24 +73,32 @@ class Proposer:
         self,
         chunk_id: str,
         epoch: int,
-        value: Placement,
+        value: Placement | None,
         cluster: Sequence[str],
         *,
         skip: set[str] | frozenset[str] = frozenset(),
         on_phase: Callable[[str, Ballot], None] | None = None,
+        fixed: bool = False,
     ) -> Outcome:
         """Run instance (chunk_id, epoch) until a value is chosen or it cannot be.
 
         `cluster` is every registered storage node (down ones included: they count against the
-        quorum); `skip` are nodes known to be down, not contacted. Raises PlacementError for a
-        placement that breaks the mode's rules or names a node outside the cluster.
+        quorum), or with `fixed` the instance's pinned acceptor set; `skip` are nodes known to be
+        down, not contacted. Raises PlacementError for a placement that breaks the mode's rules
+        or names a node outside the cluster (with `fixed`: not exactly the pinned set).
+        `value=None` (only with `fixed`) adopts what was accepted, else ends with kind "empty".
         """
-        validate(value, chunk_id)
         cluster = list(dict.fromkeys(cluster))
-        outside = [u for u in value.nodes if u not in cluster]
-        if outside:
-            raise PlacementError(f"placement names nodes that are not registered: {', '.join(outside)}")
-        q1 = prepare_quorum(len(cluster))
+        if value is None and not fixed:
+            raise PlacementError("a proposal without a value needs a fixed acceptor set")
+        if value is not None:
+            validate(value, chunk_id)
+            outside = [u for u in value.nodes if u not in cluster]
+            if outside:
+                raise PlacementError(f"placement names nodes that are not registered: {', '.join(outside)}")
+            if fixed and len(cluster) != len(value.nodes):
+                raise PlacementError("with a fixed acceptor set the placement names exactly those nodes")
+        q1 = len(cluster) // 2 + 1 if fixed else prepare_quorum(len(cluster))
         messages = 0
         ballot = Ballot(1, self.proposer_id)
         highest_seen: Ballot | None = None
@@ -95,7 +109,7 @@ class Proposer:
                 on_phase("preparing", ballot)
             reachable = [u for u in cluster if u not in skip]
             messages += len(reachable)
-            members_own = set(value.nodes)
+            members_own = set(value.nodes) if value is not None else set()
             replies = await asyncio.gather(
                 *(
                     self._prepare(u, chunk_id, epoch, ballot, value if u in members_own else None)
@@ -135,8 +149,12 @@ class Proposer:
                 )  # fmt: skip
             prior = [p for p in promises if p.accepted is not None and p.value is not None]
             chosen_value = max(prior, key=lambda p: p.accepted).value if prior else value  # type: ignore[arg-type,return-value]
-            assert chosen_value is not None
-            if not prior and holders < value.quorum:
+            if chosen_value is None:  # adopt-only, and nothing was accepted by this majority
+                return Outcome(
+                    False, None, ballot, False, messages, attempt,
+                    "nothing accepted in this instance yet", highest_seen, votes, "empty",
+                )  # fmt: skip
+            if not prior and value is not None and holders < value.quorum:
                 # nothing was accepted yet and our placement is not backed by data: stop here,
                 # before any acceptor accepts it
                 reason = (
@@ -190,6 +208,32 @@ class Proposer:
         return Outcome(
             False, None, ballot, False, messages, self.max_rounds, reason, highest_seen, votes, "contention"
         )
+
+    async def learn(
+        self, chunk_id: str, epoch: int, members: Sequence[str]
+    ) -> tuple[Ballot, Placement] | None:
+        """The value chosen in the instance, if a majority of `members` report accepting the same
+        (ballot, value): read-only (no ballot), so it never disturbs a proposer in flight."""
+
+        async def one(url: str):
+            try:
+                st = await self.transport.state(url, chunk_id)
+            except Unreachable:
+                return None
+            return next((i for i in st.instances if i.epoch == epoch), None)
+
+        seen: dict[tuple, int] = {}
+        values: dict[tuple, Placement] = {}
+        for inst in await asyncio.gather(*(one(u) for u in members)):
+            if inst is None or inst.accepted is None or inst.value is None:
+                continue
+            key = (inst.accepted.round, inst.accepted.proposer)
+            seen[key] = seen.get(key, 0) + 1
+            values[key] = inst.value
+        for key, count in seen.items():
+            if count >= len(members) // 2 + 1:
+                return Ballot(*key), values[key]
+        return None
 
     async def _pause(self, attempt: int) -> None:
         """Randomized backoff so two duelling proposers stop outbidding each other."""

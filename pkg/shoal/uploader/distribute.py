@@ -5,6 +5,11 @@ Replication puts the chunk on 3 nodes; erasure coding puts its 5 framed fragment
 pieces evenly. A piece that cannot be stored after retries marks its node bad for the rest of
 the upload and goes to the next best node; a chunk is committed (ChunkPaxos) only once every
 piece is stored. Everything stored is remembered, so a failed upload can be cleaned up.
+
+Erasure coding needs 5 distinct healthy nodes (two fragments of one stripe never share a node):
+with fewer at the start, or once a node fails mid-upload and no spare is left, chunks are
+stored 3x replicated instead (the metadata service migrates them to the full code when nodes
+return), so an upload replication could serve never fails for want of a fifth node.
 """
 
 from __future__ import annotations
@@ -29,6 +34,10 @@ FRAGMENTS = 5
 
 class DistributionError(RuntimeError):
     """A chunk could not be stored or committed; the message says which and why."""
+
+
+class NoSpareNode(DistributionError):
+    """A piece's node failed and every other usable node already holds a piece of the chunk."""
 
 
 def chunk_id_for(video_id: str, seq: int) -> str:
@@ -111,18 +120,35 @@ class Distributor:
         self.metadata = metadata
         self.http = http
         self.mode = mode
+        self.requested = mode
+        self.fallback: str | None = None  # why erasure coding fell back to replication
         self.picker = NodePicker(nodes)
-        self.width = REPLICAS if mode == REPLICATION else FRAGMENTS
         self.retries = retries
         self.backoff = backoff
         self.limit = asyncio.Semaphore(concurrency)
         self.stored: dict[str, Stored] = {}
         self.bytes_sent = 0
+        self._degrade_if_needed()
         if len(self.picker.usable) < self.width:
             raise DistributionError(
                 f"{mode} needs {self.width} healthy storage nodes; the metadata service lists "
                 f"{len(self.picker.usable)}"
             )
+
+    @property
+    def width(self) -> int:
+        return REPLICAS if self.mode == REPLICATION else FRAGMENTS
+
+    def _degrade_if_needed(self) -> None:
+        """Erasure coding with fewer than 5 usable nodes: replicate from now on."""
+        usable = len(self.picker.usable)
+        if self.mode == ERASURE and usable < FRAGMENTS and usable >= REPLICAS:
+            self.mode = REPLICATION
+            self.fallback = (
+                f"erasure coding needs {FRAGMENTS} healthy storage nodes and {usable} are usable: "
+                "chunks stored 3x replicated (migrated to erasure coding when nodes return)"
+            )
+            log.warning(self.fallback)
 
     async def put(self, node: str, stored_id: str, data: bytes, checksum: str) -> None:
         """PUT one piece, retrying network errors and 5xx; DistributionError when it cannot be stored."""
@@ -162,7 +188,7 @@ class Distributor:
                 log.warning("storage node %s failed; marked bad for this upload: %s", node, exc)
                 spare = self.picker.pick(1, exclude=taken)
                 if not spare:
-                    raise DistributionError(
+                    raise NoSpareNode(
                         f"cannot store {stored_id}: no healthy node left ({'; '.join(errors)})"
                     ) from None
                 taken.add(spare[0])
@@ -184,46 +210,20 @@ class Distributor:
         stored = self.stored.setdefault(chunk_id, Stored(chunk_id))
         checksum = checksum or sha256_tag(data)
         async with self.limit:
-            nodes = self.picker.pick(self.width)
-            if len(nodes) < self.width:
-                raise DistributionError(
-                    f"chunk {seq}: {self.mode} needs {self.width} nodes, only {len(self.picker.usable)} usable"
-                )
-            taken = set(nodes)
-            body: dict = {
-                "checksum": checksum,
-                "size_bytes": len(data),
-                "video_id": video_id,
-                "sequence_num": seq,
-                "redundancy_mode": self.mode,
-                "fragments_metadata": None,
-            }
+            while True:
+                self._degrade_if_needed()
+                mode = self.mode
+                try:
+                    body = await self._store_pieces(stored, chunk_id, seq, data, checksum, mode)
+                    break
+                except NoSpareNode:
+                    self._degrade_if_needed()
+                    if mode != ERASURE or self.mode != REPLICATION:
+                        raise
+                    stored.placed = []  # the fragments become orphans, deleted after the upload
+            body.update(video_id=video_id, sequence_num=seq)
             if times is not None:
                 body["start_sec"], body["duration_sec"] = times
-            if self.mode == REPLICATION:
-                placed = await asyncio.gather(
-                    *(self._place(stored, n, chunk_id, data, checksum, taken) for n in nodes)
-                )
-                body["node_urls"] = list(placed)
-            else:
-                from shoal.erasure import encode
-
-                frags, sums = await asyncio.to_thread(lambda: _encode(encode, data))
-                ids = [fragment_id_for(chunk_id, i) for i in range(len(frags))]
-                placed = await asyncio.gather(
-                    *(self._place(stored, n, ids[i], frags[i], sums[i], taken) for i, n in enumerate(nodes))
-                )
-                body["node_urls"] = list(placed)
-                body["fragments_metadata"] = [
-                    {
-                        "fragment_index": i,
-                        "node_url": placed[i],
-                        "size_bytes": len(frags[i]),
-                        "checksum": sums[i],
-                        "fragment_id": ids[i],
-                    }
-                    for i in range(len(frags))
-                ]
         # the commit runs outside the PUT slot: the next chunk's bytes go out meanwhile
         try:
             answer = await self.metadata.commit(chunk_id, body)
@@ -237,6 +237,47 @@ class Distributor:
         stored.committed = True
         return answer
 
+    async def _store_pieces(
+        self, stored: Stored, chunk_id: str, seq: int, data: bytes, checksum: str, mode: str
+    ) -> dict:
+        """Store the chunk's pieces for `mode` on distinct nodes; the commit body's placement part."""
+        width = REPLICAS if mode == REPLICATION else FRAGMENTS
+        nodes = self.picker.pick(width)
+        if len(nodes) < width:
+            raise DistributionError(
+                f"chunk {seq}: {mode} needs {width} nodes, only {len(self.picker.usable)} usable"
+            )
+        taken = set(nodes)
+        body: dict = {
+            "checksum": checksum,
+            "size_bytes": len(data),
+            "redundancy_mode": mode,
+            "fragments_metadata": None,
+        }
+        if mode == REPLICATION:
+            placed = await _all(self._place(stored, n, chunk_id, data, checksum, taken) for n in nodes)
+            body["node_urls"] = list(placed)
+        else:
+            from shoal.erasure import encode
+
+            frags, sums = await asyncio.to_thread(lambda: _encode(encode, data))
+            ids = [fragment_id_for(chunk_id, i) for i in range(len(frags))]
+            placed = await _all(
+                self._place(stored, n, ids[i], frags[i], sums[i], taken) for i, n in enumerate(nodes)
+            )
+            body["node_urls"] = list(placed)
+            body["fragments_metadata"] = [
+                {
+                    "fragment_index": i,
+                    "node_url": placed[i],
+                    "size_bytes": len(frags[i]),
+                    "checksum": sums[i],
+                    "fragment_id": ids[i],
+                }
+                for i in range(len(frags))
+            ]
+        return body
+
     async def cleanup(self, keep_committed: bool) -> int:
         """Delete what this upload stored; with `keep_committed`, all but committed placements.
 
@@ -247,6 +288,15 @@ class Distributor:
             for piece in (s.orphans() if keep_committed and s.committed else s.pieces)
         ]
         return await delete_pieces(self.http, targets)
+
+
+async def _all(jobs) -> list:
+    """Every job's result, after every job ended (none left running to race a retry)."""
+    results = await asyncio.gather(*jobs, return_exceptions=True)
+    for r in results:
+        if isinstance(r, BaseException):
+            raise r
+    return results
 
 
 def _encode(encode: Callable[[bytes], list[bytes]], data: bytes) -> tuple[list[bytes], list[str]]:
