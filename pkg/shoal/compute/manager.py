@@ -64,6 +64,7 @@ from shoal.compute.models import (
     UsedTotal,
     whole,
 )
+from shoal.compute.operations import Operations
 from shoal.compute.registry import IdTaken, InstanceRegistry, NameTaken, new_identity
 
 UNAVAILABLE = Observed("unknown", "backend unavailable")
@@ -138,6 +139,7 @@ class ComputeManager:
         self.claim = claim
         self.access = access or HostAccess()
         self.events = EventBus()
+        self.operations = Operations(self.events)
         self._locks: dict[str, asyncio.Lock] = {}
         self.health = {n: BackendHealth(n, b.ping, backend_timeout) for n, b in backends.items()}
 
@@ -145,6 +147,7 @@ class ComputeManager:
         self.events.lifecycle(action, record, **extra)
 
     async def close(self) -> None:
+        await self.operations.close()
         for name, backend in self.backends.items():
             await self.health[name].close()
             with contextlib.suppress(Exception):  # a hung daemon must not hold the shutdown

@@ -122,6 +122,15 @@ class ListQuery(Camel):
 
 class DeleteQuery(Camel):
     force: bool = False
+    async_: bool = msgspec.field(default=False, name="async")
+
+
+class WaitQuery(Camel):
+    timeout: Annotated[float, Meta(ge=0, le=600)] = 0
+
+
+class EventsQuery(Camel):
+    type: Annotated[str, Meta(max_length=64)] | None = None  # lifecycle, operation (comma-separated)
 
 
 # ---- responses -------------------------------------------------------------------------------

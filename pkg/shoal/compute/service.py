@@ -38,7 +38,7 @@ from typing import Any
 
 import msgspec
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import Response, StreamingResponse
 
 from shoal import __version__
 from shoal.compute.access import HostAccess
@@ -53,12 +53,14 @@ from shoal.compute.models import (
     ClusterStatus,
     CreateInstance,
     DeleteQuery,
+    EventsQuery,
     Instance,
     InstanceList,
     ListQuery,
     StopRequest,
     UpdateInstance,
     Usage,
+    WaitQuery,
 )
 from shoal.compute.nodes import NodeClaim, NodeIdInUse
 from shoal.compute.registry import InstanceRegistry
@@ -230,8 +232,31 @@ def _api_error(exc: ComputeError) -> ApiError:
     return ApiError(exc.status, exc.message, code=exc.code, details=exc.details)
 
 
+ASYNC_DOC = " Add `?async=1` or `Prefer: respond-async` for a 202 with an operation (GET /operations/{id})."
+SSE_KEEPALIVE = 15.0
+
+
+def wants_async(request: Request) -> bool:
+    """`?async=1` or `Prefer: respond-async` (RFC 7240): answer 202 with an operation."""
+    if request.query_params.get("async", "").lower() in ("1", "true", "yes"):
+        return True
+    return "respond-async" in request.headers.get("prefer", "").lower()
+
+
 def make_api(get_manager: Callable[[], ComputeManager]) -> Api:
     api = Api(tags=["compute"])
+
+    async def maybe_async(
+        request: Request, action: str, instance_id: str | None, run: Callable[[], Any]
+    ) -> Any:
+        """Run `run()` now (the spec's synchronous form) or as an operation answered with 202."""
+        if not wants_async(request):
+            return await call(run())
+        manager = get_manager()
+        if instance_id is not None:
+            await call(manager.local_record(instance_id, action))  # 404/409 now, not in the operation
+        op = manager.operations.start(action, instance_id, run)
+        return JSONResponse(op.view(), status_code=202, headers={"Location": f"{PREFIX}/operations/{op.id}"})
 
     async def call(coro: Any) -> Any:
         try:
@@ -252,9 +277,11 @@ def make_api(get_manager: Callable[[], ComputeManager]) -> Api:
         response=Instance,
         status=201,
         summary="Create a compute instance",
+        description="Either completes or leaves nothing." + ASYNC_DOC,
+        extra_responses={202: "accepted: an operation (Location header)"},
     )
-    async def create_instance(request: Request, body: CreateInstance) -> Instance:
-        return await call(get_manager().create(body))
+    async def create_instance(request: Request, body: CreateInstance) -> Any:
+        return await maybe_async(request, "create", None, lambda: get_manager().create(body))
 
     @api.get(f"{PREFIX}/instances/name/{{name}}", response=Instance, summary="Get an instance by name")
     async def get_by_name(request: Request, name: str) -> Instance:
@@ -281,8 +308,11 @@ def make_api(get_manager: Callable[[], ComputeManager]) -> Api:
         timeout=None,
     )
     async def delete_instance(request: Request, instance_id: str, query: DeleteQuery) -> Response:
-        await call(get_manager().delete(instance_id, query.force))
-        return Response(status_code=204)
+        async def run() -> None:
+            await get_manager().delete(instance_id, query.force)
+
+        result = await maybe_async(request, "delete", instance_id, run)
+        return result if isinstance(result, Response) else Response(status_code=204)
 
     stop_doc = {
         "requestBody": {"required": False, "content": {"application/json": {"schema": STOP_BODY_SCHEMA}}}
@@ -305,8 +335,8 @@ def make_api(get_manager: Callable[[], ComputeManager]) -> Api:
         summary="Start an instance",
         timeout=None,
     )
-    async def start(request: Request, instance_id: str) -> Instance:
-        return await call(get_manager().start(instance_id))
+    async def start(request: Request, instance_id: str) -> Any:
+        return await maybe_async(request, "start", instance_id, lambda: get_manager().start(instance_id))
 
     @api.put(
         f"{PREFIX}/instances/{{instance_id}}/stop",
@@ -315,9 +345,11 @@ def make_api(get_manager: Callable[[], ComputeManager]) -> Api:
         timeout=None,
         openapi_extra=stop_doc,
     )
-    async def stop(request: Request, instance_id: str) -> Instance:
+    async def stop(request: Request, instance_id: str) -> Any:
         body = await stop_body(request)
-        return await call(get_manager().stop(instance_id, body.force, body.timeout))
+        return await maybe_async(
+            request, "stop", instance_id, lambda: get_manager().stop(instance_id, body.force, body.timeout)
+        )
 
     @api.put(
         f"{PREFIX}/instances/{{instance_id}}/restart",
@@ -326,9 +358,14 @@ def make_api(get_manager: Callable[[], ComputeManager]) -> Api:
         timeout=None,
         openapi_extra=stop_doc,
     )
-    async def restart(request: Request, instance_id: str) -> Instance:
+    async def restart(request: Request, instance_id: str) -> Any:
         body = await stop_body(request)
-        return await call(get_manager().restart(instance_id, body.force, body.timeout))
+        return await maybe_async(
+            request,
+            "restart",
+            instance_id,
+            lambda: get_manager().restart(instance_id, body.force, body.timeout),
+        )
 
     @api.put(
         f"{PREFIX}/instances/{{instance_id}}/pause", response=Instance, summary="Pause (freeze) an instance"
@@ -365,6 +402,72 @@ def make_api(get_manager: Callable[[], ComputeManager]) -> Api:
         except ComputeError as exc:
             raise _api_error(exc) from None
         return await call(get_manager().backend_info(backend))
+
+    def operation(op_id: str) -> Any:
+        op = get_manager().operations.get(op_id) if len(op_id) <= 64 else None
+        if op is None:
+            raise ApiError(
+                404,
+                f"operation {op_id[:64]!r} not found",
+                code="OPERATION_NOT_FOUND",
+                details={"id": op_id[:64]},
+            )
+        return op
+
+    @api.get(
+        f"{PREFIX}/operations", summary="Operations of this node (running, and finished in the last 5 min)"
+    )
+    async def list_operations(request: Request) -> dict:
+        return {"operations": [op.view() for op in get_manager().operations.all()]}
+
+    @api.get(
+        f"{PREFIX}/operations/{{op_id}}",
+        query=WaitQuery,
+        summary="One operation; `?timeout=S` waits up to S seconds for it to finish",
+        timeout=None,
+    )
+    async def get_operation(request: Request, op_id: str, query: WaitQuery) -> dict:
+        op = operation(op_id)
+        return (await get_manager().operations.wait(op, query.timeout)).view()
+
+    @api.delete(f"{PREFIX}/operations/{{op_id}}", summary="Cancel a running operation", timeout=None)
+    async def cancel_operation(request: Request, op_id: str) -> dict:
+        op = operation(op_id)
+        if op.status != "running":
+            raise ApiError(
+                409,
+                f"operation {op.id} is already {op.status}",
+                code="OPERATION_NOT_SUPPORTED",
+                details={"id": op.id, "status": op.status},
+            )
+        return (await get_manager().operations.cancel(op)).view()
+
+    @api.get(
+        f"{PREFIX}/events",
+        query=EventsQuery,
+        summary="Server-sent events: instance lifecycle and operations (text/event-stream)",
+        media_type="text/event-stream",
+    )
+    async def events(request: Request, query: EventsQuery) -> Response:
+        wanted = {t.strip() for t in (query.type or "lifecycle,operation").split(",") if t.strip()}
+        bus = get_manager().events
+
+        async def stream() -> Any:
+            async with bus.subscribe() as queue:
+                yield b": connected\n\n"
+                while True:
+                    try:
+                        event = await asyncio.wait_for(queue.get(), SSE_KEEPALIVE)
+                    except TimeoutError:
+                        yield b": keepalive\n\n"
+                        continue
+                    if event["type"] in wanted or event["type"] == "overflow":
+                        data = msgspec.json.encode(event)
+                        yield b"event: " + event["type"].encode() + b"\ndata: " + data + b"\n\n"
+
+        return StreamingResponse(
+            stream(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"}
+        )
 
     return api
 
