@@ -96,6 +96,7 @@ class Write:
     idempotency_key: str | None = None  # sha256 hex naming the Idempotency-Key record (IDEM + it)
     idempotency_record: Callable[[Operation], bytes] | None = None
     generated: bool = False  # `id` was generated here (not named by the caller)
+    reserve: bool = True  # claim new unique values on a majority first (when replicated)
 
 
 class IdempotentReplay(Exception):
@@ -222,7 +223,7 @@ class StateStore:
     async def apply(self, write: Write) -> Operation:
         """Validate, authorize (write.guard), index and commit one write; the committed Operation."""
         spec = SPECS[write.kind]
-        if self.reserver is not None and spec.unique and write.action != "delete":
+        if self.reserver is not None and spec.unique and write.action != "delete" and write.reserve:
             await self._reserve(spec, write)
         for _ in range(MAX_ATTEMPTS):
             try:
