@@ -647,6 +647,30 @@ class ComputeManager:
         usage.cpu.cores = whole(usage.cpu.cores)
         return usage
 
+    # ---- logs and exec -------------------------------------------------------------------------
+
+    async def logs(self, instance_id: str, tail: int | None, follow: bool) -> Any:
+        record = await self.local_record(instance_id, "usage")  # read-only
+        seen = await self._observe_live(record)
+        self._require_present(seen, "read logs of")
+        name = record["backend"]
+        return await self.call(name, self.backends[name].logs(record["backendId"], record, tail, follow))
+
+    async def exec(self, instance_id: str, command: list[str], timeout: float) -> dict[str, Any]:
+        record = await self.local_record(instance_id, "exec")
+        name = record["backend"]
+        if name != "docker":
+            raise OperationNotSupported(
+                "exec is for containers; a VM's console is its serial log (GET .../logs)",
+                {"backend": name, "operation": "exec"},
+            )
+        check_strings(command, "command")
+        seen = await self._observe_live(record)
+        self._require_present(seen, "exec in")
+        if seen.state != "running":
+            raise self._conflict(seen, "exec in")
+        return await self.call(name, self.backends[name].exec(record["backendId"], command, timeout))
+
     # ---- cluster -----------------------------------------------------------------------------
 
     async def backend_info(self, name: str) -> BackendInfo:

@@ -125,6 +125,16 @@ class DeleteQuery(Camel):
     async_: bool = msgspec.field(default=False, name="async")
 
 
+class LogsQuery(Camel):
+    follow: bool = False
+    tail: Annotated[int, Meta(ge=0, le=1_000_000)] | None = None
+
+
+class ExecRequest(Camel):
+    command: Annotated[list[Text], Meta(min_length=1, max_length=256)]
+    timeout: Annotated[float, Meta(gt=0, le=3600)] = 60
+
+
 class WaitQuery(Camel):
     timeout: Annotated[float, Meta(ge=0, le=600)] = 0
 
@@ -148,6 +158,12 @@ def whole(value: float | int | None) -> Number | None:
     if isinstance(value, float) and value.is_integer() and abs(value) < 2**63:
         return int(value)
     return value
+
+
+class ExecResult(Out):
+    exit_code: int | None
+    stdout: str
+    stderr: str
 
 
 class CpuOut(Out):

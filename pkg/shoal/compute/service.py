@@ -54,9 +54,12 @@ from shoal.compute.models import (
     CreateInstance,
     DeleteQuery,
     EventsQuery,
+    ExecRequest,
+    ExecResult,
     Instance,
     InstanceList,
     ListQuery,
+    LogsQuery,
     StopRequest,
     UpdateInstance,
     Usage,
@@ -382,6 +385,35 @@ def make_api(get_manager: Callable[[], ComputeManager]) -> Api:
     )
     async def usage(request: Request, instance_id: str) -> Usage:
         return await call(get_manager().usage(instance_id))
+
+    @api.get(
+        f"{PREFIX}/instances/{{instance_id}}/logs",
+        query=LogsQuery,
+        summary="Logs: docker logs of a container, the serial console of a VM (text/plain; follow streams)",
+        media_type="text/plain",
+    )
+    async def logs(request: Request, instance_id: str, query: LogsQuery) -> Response:
+        chunks = await call(get_manager().logs(instance_id, query.tail, query.follow))
+
+        async def body() -> Any:
+            try:
+                async for chunk in chunks:
+                    yield chunk
+            except ComputeError:  # the daemon went away mid-stream: end it
+                return
+
+        return StreamingResponse(body(), media_type="text/plain; charset=utf-8")
+
+    @api.post(
+        f"{PREFIX}/instances/{{instance_id}}/exec",
+        body=ExecRequest,
+        response=ExecResult,
+        summary="Run a command in a running container; answers its exit code and output",
+        timeout=None,
+    )
+    async def exec_command(request: Request, instance_id: str, body: ExecRequest) -> ExecResult:
+        out = await call(get_manager().exec(instance_id, list(body.command), body.timeout))
+        return ExecResult(exit_code=out["exitCode"], stdout=out["stdout"], stderr=out["stderr"])
 
     @api.get(
         f"{PREFIX}/cluster/status",

@@ -44,6 +44,7 @@ KVM_ONLY = ("disk_format", "network_type", "network_source", "cloud_init")
 MIN_MEMORY = 6 * 1024 * 1024  # dockerd refuses less
 MIN_CORES = 0.01  # dockerd's smallest NanoCpus (10 ms of CPU per second); below it means no limit
 CALL_TIMEOUT = 30.0
+EXEC_CAP = 1 << 20
 
 _STATES = {
     "created": "stopped",
@@ -454,6 +455,56 @@ class DockerBackend:
         except BackendError as exc:
             if exc.status != 404:
                 raise
+
+    # ---- logs and exec -----------------------------------------------------------------------
+
+    async def logs(self, backend_id: str, record: dict[str, Any], tail: int | None, follow: bool) -> Any:
+        """docker logs (stdout and stderr, as the container wrote them); an async iterator of bytes."""
+        container = self.container(backend_id)
+        kwargs: dict[str, Any] = {
+            "stdout": True,
+            "stderr": True,
+            "tail": str(tail) if tail is not None else "all",
+        }
+        if not follow:
+            lines = await self._call(container.log, **kwargs)
+
+            async def once() -> Any:
+                yield "".join(lines).encode()
+
+            return once()
+
+        async def stream() -> Any:
+            async for line in container.log(follow=True, **kwargs):
+                yield line.encode()
+
+        return stream()
+
+    async def exec(self, backend_id: str, command: list[str], timeout: float) -> dict[str, Any]:
+        """Run `command` in the running container; its exit code and output (each capped at 1 MiB)."""
+        container = self.container(backend_id)
+        ex = await self._call(container.exec, command, stdout=True, stderr=True)
+        out, err = bytearray(), bytearray()
+
+        async def collect() -> None:
+            async with ex.start(detach=False) as stream:
+                while (msg := await stream.read_out()) is not None:
+                    buf = out if msg.stream == 1 else err
+                    if len(buf) < EXEC_CAP:
+                        buf += msg.data[: EXEC_CAP - len(buf)]
+
+        try:
+            await self._call(collect, timeout=timeout)
+        except BackendUnavailable:
+            raise BackendError(
+                f"the command did not finish within {timeout:g} s", {"timeout": timeout}, status=504
+            ) from None
+        info = await self._call(ex.inspect)
+        return {
+            "exitCode": info.get("ExitCode"),
+            "stdout": out.decode(errors="replace"),
+            "stderr": err.decode(errors="replace"),
+        }
 
     # ---- usage -------------------------------------------------------------------------------
 

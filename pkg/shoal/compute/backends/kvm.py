@@ -607,6 +607,31 @@ class KvmBackend:
         await self._run(remove)
         await asyncio.to_thread(shutil.rmtree, self.instance_dir(record["id"]), True)
 
+    # ---- logs --------------------------------------------------------------------------------
+
+    async def logs(self, backend_id: str, record: dict[str, Any], tail: int | None, follow: bool) -> Any:
+        """The VM's serial console log (DATA_DIR/kvm/vms/<id>/console.log); follow polls it."""
+        path = self.console_log(record["id"])
+
+        async def stream() -> Any:
+            data = await asyncio.to_thread(_read, path)
+            if tail is not None:
+                data = b"".join(data.splitlines(keepends=True)[-tail:]) if tail else b""
+            if data:
+                yield data
+            offset = await asyncio.to_thread(_size, path)
+            while follow:
+                await asyncio.sleep(POLL)
+                size = await asyncio.to_thread(_size, path)
+                if size < offset:  # truncated (a fresh boot with append off): start over
+                    offset = 0
+                if size > offset:
+                    chunk = await asyncio.to_thread(_read, path, offset)
+                    offset += len(chunk)
+                    yield chunk
+
+        return stream()
+
     # ---- usage -------------------------------------------------------------------------------
 
     async def _sample(self, backend_id: str) -> dict[str, Any]:
@@ -645,6 +670,22 @@ class KvmBackend:
             await asyncio.sleep(interval)
             second = await self._sample(backend_id)
         return usage_from_samples(first, second)
+
+
+def _read(path: Path, offset: int = 0) -> bytes:
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(offset)
+            return fh.read(8 << 20)
+    except FileNotFoundError:
+        return b""
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return 0
 
 
 def usage_from_samples(first: dict[str, Any], second: dict[str, Any]) -> Usage:
