@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any
 
 import msgspec
 import orjson
@@ -25,11 +25,9 @@ from shoal.state.auth.principal import Principal
 from shoal.state.entities import SPECS, EntitySpec
 from shoal.state.errors import StateError, bad_request, forbidden, not_found
 from shoal.state.models import set_fields
+from shoal.state.service import StateContext
 from shoal.state.store import IdempotentReplay, Write
 from shoal.web import Api, JSONResponse, respond
-
-if TYPE_CHECKING:
-    from shoal.state.service import StateContext
 
 JSON = [(b"content-type", b"application/json")]
 IDEMPOTENCY_TTL = 86_400

@@ -29,7 +29,6 @@ from typing import Any
 
 from shoal.crdt.node import ReplicationNode, add_replication_arguments, load_signer
 from shoal.kv import add_store_arguments
-from shoal.state.api import build_api
 from shoal.state.auth.eth import is_address
 from shoal.state.auth.middleware import AuthMiddleware
 from shoal.state.auth.node_identity import NodeIdentity
@@ -218,6 +217,10 @@ def warn_insecure() -> None:
 
 
 def create_app(options: dict[str, Any]) -> AuthMiddleware:
+    """The ASGI app (the `shoal serve` entry point). The routes (shoal.state.api) sit above this
+    module and import it, so they are imported here, when the app is built, not at import."""
+    from shoal.state.api import build_api
+
     ctx = StateContext(options)
     if ctx.insecure:
         warn_insecure()
