@@ -102,6 +102,8 @@ class Authenticator:
         self.cluster_id: str = getattr(cluster, "cluster_id", "shoal")
         self.admin_address = canonical_address(admin_address) if admin_address else None
         self._challenges = 0  # pending challenges stored, as last counted
+        # address -> (store revision, account id, peer id, role): valid while nothing was written
+        self._resolved: dict[str, tuple[int, str | None, str | None, str]] = {}
         self.challenge_ttl = challenge_ttl
         self.token_ttl = token_ttl
         self.clock = clock
@@ -421,17 +423,26 @@ class Authenticator:
         if principal.kind == "user" and principal.address:
             addr = principal.address = canonical_address(principal.address)
             principal.identities.add(addr)
-            principal.account_id = await self.store.lookup("account", "ethereum_address", addr)
-            principal.peer_id = await self.store.lookup("peer", "public_key", addr)
+            revision = await self.kv.revision()
+            hit = self._resolved.get(addr)
+            if hit is not None and hit[0] == revision:  # nothing was written since: same answer
+                _, principal.account_id, principal.peer_id, principal.role = hit
+            else:
+                principal.account_id = await self.store.lookup("account", "ethereum_address", addr)
+                principal.peer_id = await self.store.lookup("peer", "public_key", addr)
+                if principal.account_id:
+                    account = await self.store.get("account", principal.account_id)
+                    if account and account.get("role") == "admin":
+                        principal.role = "admin"
+                if addr == self.admin_address:
+                    principal.role = "admin"
+                if len(self._resolved) > 10_000:
+                    self._resolved.clear()
+                self._resolved[addr] = (revision, principal.account_id, principal.peer_id, principal.role)
             if principal.account_id:
                 principal.identities.add(principal.account_id)
-                account = await self.store.get("account", principal.account_id)
-                if account and account.get("role") == "admin":
-                    principal.role = "admin"
             if principal.peer_id:
                 principal.identities.add(principal.peer_id)
-            if addr == self.admin_address:
-                principal.role = "admin"
         elif principal.kind == "node" and principal.node_id:
             principal.identities.add(principal.node_id)
             record = await self.store.get("node", principal.node_id)
