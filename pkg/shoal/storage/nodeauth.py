@@ -18,7 +18,6 @@ The memory is dropped whenever the auth file is reloaded (rotation, revocation).
 
 from __future__ import annotations
 
-import hmac
 import time
 from collections.abc import Callable, Generator
 from typing import Any
@@ -29,27 +28,11 @@ import jwt
 from shoal.web.auth import signing, tokens
 from shoal.web.auth.middleware import AuthLayer
 from shoal.web.auth.roles import AuthError, Principal
-from shoal.web.auth.signing import H_BODY, H_SIGNATURE
 from shoal.web.auth.store import KeyTable
 
 CHUNK_CHECKSUM = "x-chunk-checksum"
 CLAIMED = "shoal.claimed_sha256"  # scope key: the body hash a verified chunk PUT claims
 _CACHE_MAX = 10_000
-
-
-def _sign_hashed(secret: bytes, method: str, target: str, body_sha256: str, node_id: str) -> dict[str, str]:
-    """sign_request with the body's SHA-256 (hex) given instead of the body."""
-    timestamp = str(int(time.time()))
-    nonce = signing._secrets.token_urlsafe(18)
-    path, query = signing.split_target(target)
-    message = signing._canonical(method, path, query, timestamp, nonce, body_sha256, node_id)
-    return {
-        signing.H_NODE: node_id,
-        signing.H_TIMESTAMP: timestamp,
-        signing.H_NONCE: nonce,
-        H_BODY: body_sha256,
-        H_SIGNATURE: signing._mac(secret, message),
-    }
 
 
 def _claimed_hash(checksum: str | None) -> str | None:
@@ -78,9 +61,9 @@ class NodeCredentials:
         self, method: str, target: str, body: bytes = b"", body_sha256: str | None = None
     ) -> dict[str, str]:
         """Signature headers for one request; `target` is the path and query as sent."""
-        if body_sha256 is not None:
-            return _sign_hashed(self.secret(), method, target, body_sha256, self.node_id)
-        return signing.sign_request(self.secret(), method, target, body, node_id=self.node_id)
+        return signing.sign_request(
+            self.secret(), method, target, body, node_id=self.node_id, body_sha256=body_sha256
+        )
 
     def httpx_auth(self) -> httpx.Auth:
         return NodeAuth(self)
@@ -111,37 +94,6 @@ def auth_for(options: dict[str, Any], node_id: str) -> httpx.Auth | None:
     return creds.httpx_auth() if creds else None
 
 
-def verify_claimed(
-    verifier: signing.RequestVerifier, method: str, path: str, query: str, headers: dict[str, str]
-) -> Principal:
-    """RequestVerifier.verify without reading the body: the window, the node id, the MAC over the
-    claimed body hash, and the nonce. The caller MUST compare the body's SHA-256 with the claim."""
-    try:
-        node, timestamp, nonce, body_hash, signature = (headers[h] for h in signing.SIGNED_HEADERS)
-    except KeyError as exc:
-        raise AuthError(f"signed request without the {exc.args[0]} header") from None
-    if not signing._NODE_ID.match(node) or not signing._NONCE.match(nonce):
-        raise AuthError("malformed node id or nonce in a signed request")
-    body_hash = body_hash.lower()
-    if len(body_hash) != 64 or any(c not in "0123456789abcdef" for c in body_hash):
-        raise AuthError("malformed body hash in a signed request")
-    now = time.time()
-    try:
-        ts = int(timestamp)
-    except ValueError:
-        raise AuthError("signature timestamp is not an integer") from None
-    if abs(now - ts) > verifier.window:
-        raise AuthError(
-            f"signature timestamp is outside the {verifier.window:g} s window (clock skew or a replay)"
-        )
-    message = signing._canonical(method, path, query, timestamp, nonce, body_hash, node)
-    if not any(hmac.compare_digest(signing._mac(s, message), signature.lower()) for s in verifier.secrets()):
-        raise AuthError("request signature does not verify")
-    if not verifier.nonces.add(nonce, now):
-        raise AuthError("replayed request: this nonce was already used")
-    return Principal("node", node, signing.NODE_ROLE, node, via="hmac")
-
-
 class StorageAuthLayer(AuthLayer):
     """The storage node's AuthLayer: signed chunk PUTs checked before the body is read (the
     handler compares the hash), bearer credentials remembered after their first check."""
@@ -163,8 +115,7 @@ class StorageAuthLayer(AuthLayer):
         if signed is not None and scope["method"] == "PUT" and scope["path"].startswith("/chunk/"):
             headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in hdrs if k.startswith(b"x-shoal-")}
             query = scope.get("query_string", b"").decode("latin-1")
-            p = verify_claimed(self.verifier, "PUT", scope["path"], query, headers)
-            scope[CLAIMED] = headers[H_BODY].lower()
+            p, scope[CLAIMED] = self.verifier.verify_claim("PUT", scope["path"], query, headers)
             return p, receive
         if signed is None and auth is not None:
             return await self._bearer(auth.decode("latin-1"), scope, receive)

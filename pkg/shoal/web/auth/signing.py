@@ -72,14 +72,16 @@ def sign_request(
     node_id: str = "node",
     now: float | None = None,
     nonce: str | None = None,
+    body_sha256: str | None = None,
 ) -> dict[str, str]:
     """Headers that make this exact request verifiable; `path` is the request target as sent
-    on the wire (query included)."""
+    on the wire (query included). `body_sha256` (hex): a hash of the body the caller already
+    has (a chunk's checksum), so a large body is not hashed again."""
     if not _NODE_ID.match(node_id):
         raise ValueError(f"node id {node_id!r} is not [A-Za-z0-9._:@-]{{1,128}}")
     timestamp = str(int(time.time() if now is None else now))
     nonce = nonce or _secrets.token_urlsafe(18)
-    body_hash = hashlib.sha256(body).hexdigest()
+    body_hash = body_sha256.lower() if body_sha256 is not None else hashlib.sha256(body).hexdigest()
     p, q = split_target(path)
     signature = _mac(secret, _canonical(method, p, q, timestamp, nonce, body_hash, node_id))
     return {
@@ -148,12 +150,30 @@ class RequestVerifier:
         """The node principal of a valid signed request; AuthError(401) otherwise.
 
         `path` is the decoded path (ASGI scope["path"]), `query` the raw query string."""
+        return self.verify_claim(method, path, query, headers, now, body=body)[0]
+
+    def verify_claim(
+        self,
+        method: str,
+        path: str,
+        query: str | bytes,
+        headers: Mapping[str, str],
+        now: float | None = None,
+        *,
+        body: bytes | None = None,
+    ) -> tuple[Principal, str]:
+        """(principal, the body's signed SHA-256). Without `body` the body is not read: the caller
+        MUST compare the hash with the body it receives (a chunk PUT checks it against the
+        SHA-256 it computes for its record anyway), before it acts on the request."""
         try:
             node, timestamp, nonce, body_hash, signature = (headers[h] for h in SIGNED_HEADERS)
         except KeyError as exc:
             raise AuthError(f"signed request without the {exc.args[0]} header") from None
         if not _NODE_ID.match(node) or not _NONCE.match(nonce):
             raise AuthError("malformed node id or nonce in a signed request")
+        body_hash = body_hash.lower()
+        if len(body_hash) != 64 or body_hash.strip("0123456789abcdef"):
+            raise AuthError("malformed body hash in a signed request")
         now = time.time() if now is None else now
         try:
             ts = int(timestamp)
@@ -163,16 +183,16 @@ class RequestVerifier:
             raise AuthError(
                 f"signature timestamp is outside the {self.window:g} s window (clock skew or a replay)"
             )
-        if not hmac.compare_digest(hashlib.sha256(body).hexdigest(), body_hash.lower()):
+        if body is not None and not hmac.compare_digest(hashlib.sha256(body).hexdigest(), body_hash):
             raise AuthError("the body does not match its signed hash")
         if isinstance(query, bytes):
             query = query.decode("latin-1")
-        message = _canonical(method, path, query, timestamp, nonce, body_hash.lower(), node)
+        message = _canonical(method, path, query, timestamp, nonce, body_hash, node)
         if not any(hmac.compare_digest(_mac(s, message), signature.lower()) for s in self.secrets()):
             raise AuthError("request signature does not verify")
         if not self.nonces.add(nonce, now):
             raise AuthError("replayed request: this nonce was already used")
-        return Principal("node", node, NODE_ROLE, node, via="hmac")
+        return Principal("node", node, NODE_ROLE, node, via="hmac"), body_hash
 
 
 class SignedAuth(httpx.Auth):
