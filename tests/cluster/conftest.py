@@ -14,7 +14,7 @@ import pytest
 from shoal.testing.cluster.net import cleanup_stale
 from shoal.testing.cluster.scenario import STACKS, Stack
 
-SECONDS = float(os.environ.get("SHOAL_CLUSTER_SECONDS", "18"))
+SECONDS = float(os.environ.get("SHOAL_CLUSTER_SECONDS", "15"))
 FAULTS = ("partition", "delay", "pause", "kill")
 
 
