@@ -29,6 +29,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dashboard-port", type=int, default=8888, help="dashboard port (default 8888)")
     p.add_argument("--quiet", action="store_true", help="no status lines")
     p.add_argument(
+        "--metadata-timeout",
+        type=float,
+        default=5.0,
+        help="seconds each call to the metadata service may take, retries included (default 5)",
+    )
+    p.add_argument(
+        "--give-up",
+        type=float,
+        default=30.0,
+        help="seconds a chunk no node can serve is retried before playback fails (default 30)",
+    )
+    p.add_argument(
         "--api-key",
         default=None,
         help="viewer API key (or token) for services started with --auth-dir (default $SHOAL_API_KEY)",
@@ -59,6 +71,8 @@ async def _play(args: argparse.Namespace) -> dict:
         output=args.output,
         api_key=args.api_key,
         ssl=client_verify(args.tls_ca),
+        metadata_timeout=args.metadata_timeout,
+        give_up_sec=args.give_up,
     )
     task = player.start()
     while not task.done():
@@ -69,8 +83,11 @@ async def _play(args: argparse.Namespace) -> dict:
 
 
 def run_play(args: argparse.Namespace) -> int:
-    if args.speed <= 0 or args.parallel < 1:
-        print("shoal play: --speed must be > 0 and --parallel >= 1", file=sys.stderr)
+    if args.speed <= 0 or args.parallel < 1 or not args.metadata_timeout > 0 or not args.give_up > 0:
+        print(
+            "shoal play: --speed, --metadata-timeout and --give-up must be > 0 and --parallel >= 1",
+            file=sys.stderr,
+        )
         return 2
     if args.dashboard:
         from shoal.web.serve import serve

@@ -4,6 +4,11 @@ The metadata service's `GET /manifest/{id}` gives each chunk's replicas (or, era
 5 fragments) and SHA-256, and the `start_sec`/`duration_sec` the uploader committed it with,
 which are used as they are. Chunks committed without them (null) get their share of the
 video's bytes times the video's duration (exact for constant-bitrate content).
+
+A manifest that cannot be played whole is refused (ManifestError, the reason says what): a
+status other than `active`, a sequence number missing from 0..n-1 (n = `total_chunks`), or
+chunks whose times cover clearly less than the video's duration. Playing such a video to a
+silent early end is what it must never do.
 """
 
 from __future__ import annotations
@@ -124,8 +129,35 @@ def parse_manifest(raw: dict[str, Any]) -> Manifest:
         raise ManifestError(f"malformed manifest: {exc!r}") from None
     if not m.chunks:
         raise ManifestError(f"video {m.video_id} has no chunks")
+    _check_whole(m, raw)
     _fill_times(m)
     return m
+
+
+def _check_whole(m: Manifest, raw: dict[str, Any]) -> None:
+    """ManifestError unless every chunk 0..n-1 is listed (and the video is active, when the
+    manifest says), and the chunks' times cover the video's duration."""
+    status = raw.get("status")
+    if status is not None and status != "active":
+        raise ManifestError(f"video {m.video_id} is {status}, not active: it cannot be played")
+    seqs = [c.sequence_num for c in m.chunks]
+    total = raw.get("total_chunks")
+    n = max(int(total), len(seqs)) if isinstance(total, int) and total >= 0 else len(seqs)
+    n = max(n, seqs[-1] + 1)
+    missing = sorted(set(range(n)) - set(seqs))
+    if missing or len(set(seqs)) != len(seqs):
+        more = f" (and {len(missing) - 10} more)" if len(missing) > 10 else ""
+        raise ManifestError(
+            f"video {m.video_id}: chunk(s) {missing[:10]}{more} missing from the manifest "
+            f"({len(set(seqs))} of {n} listed)"
+        )
+    if m.duration_sec > 0 and all(c.duration_sec > 0 for c in m.chunks):
+        covered = sum(c.duration_sec for c in m.chunks)
+        if covered < m.duration_sec - max(1.0, 0.05 * m.duration_sec):
+            raise ManifestError(
+                f"video {m.video_id}: its {len(seqs)} chunks cover {covered:.1f} s of its "
+                f"{m.duration_sec:.1f} s (chunks missing from the end)"
+            )
 
 
 def _fill_times(m: Manifest) -> None:

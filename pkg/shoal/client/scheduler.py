@@ -1,7 +1,11 @@
 """Where each chunk is downloaded from, and what happens when that goes wrong.
 
 `smart`: every attempt goes to the best-scored node (native scoring: latency, throughput and
-success rate as EWMAs, divided by a penalty for downloads already in flight there); an attempt
+success rate as EWMAs, divided by a penalty for downloads already in flight there). A node no
+download has measured yet is scored optimistically, with the best throughput measured on any
+node, so its share follows its ping latency and success rate: a healthy unmeasured node is
+tried (and measured) as soon as the measured ones are busy, a slow-pinging one is not (before,
+the 10 Mbit/s prior kept unmeasured nodes below every measured one for good). An attempt
 that runs well past its expected time gets a hedged second request on the next best node
 (first verified answer wins, the other is cancelled); a failure fails over at once to the next
 best; erasure-coded chunks ask all 5 fragment holders and decode from the first 3 verified.
@@ -31,9 +35,20 @@ from shoal.client.manifest import ERASURE, ChunkRef
 
 log = logging.getLogger("shoal.client")
 
+
+def _scoring():
+    from shoal import _native
+
+    return _native.load("scoring")
+
+
 SMART = "smart"
 ROUND_ROBIN = "round-robin"
 STRATEGIES = (SMART, ROUND_ROBIN)
+
+
+class ChunkUnavailable(Exception):
+    """No node served a chunk for `give_up_sec`: the message names it and the last errors."""
 
 
 @dataclass
@@ -107,6 +122,7 @@ class Scheduler:
         hedging: Hedging | None = None,
         refresh: Callable[[ChunkRef], Awaitable[ChunkRef | None]] | None = None,
         is_down: Callable[[str], bool] | None = None,
+        give_up_sec: float | None = None,
     ) -> None:
         if strategy not in STRATEGIES:
             raise ValueError(f"strategy must be one of {', '.join(STRATEGIES)}")
@@ -117,6 +133,8 @@ class Scheduler:
         self.hedging = hedging or Hedging()
         self.refresh = refresh
         self.is_down = is_down or (lambda node: False)
+        self.give_up_sec = give_up_sec  # None: retry until the chunk lands
+        self.last_errors: dict[int, list[str]] = {}  # sequence number -> last failures
         self.inflight: dict[str, int] = {}
         self.nodes: dict[str, NodeCounters] = {}
         self.failovers: list[Failover] = []
@@ -132,6 +150,27 @@ class Scheduler:
     @property
     def smart(self) -> bool:
         return self.strategy == SMART
+
+    def rank(self, nodes: list[str]) -> list[str]:
+        """`nodes` best first: the native scores, with an unmeasured node's throughput taken
+        as the best one measured anywhere (exploration: optimism until a download measures it)."""
+        if len(nodes) < 2:
+            return list(nodes)
+        measured = [st["bandwidth_mbps"] for st in map(self.scores.stats, self.scores.nodes) if st["samples"]]
+        best = max(measured, default=0.0)
+        stats = [self.scores.stats(n) for n in nodes]
+        bandwidth = [
+            st["bandwidth_mbps"] if st["samples"] else max(best, st["bandwidth_mbps"]) for st in stats
+        ]
+        order, _ = _scoring().rank_arrays(
+            [st["latency_ms"] for st in stats],
+            bandwidth,
+            [st["success_rate"] for st in stats],
+            [st["inflight"] for st in stats],
+            self.scores.penalty,
+            self.scores.latency_scale_ms,
+        )
+        return [nodes[i] for i in order]
 
     # -- one attempt --------------------------------------------------------------------------
     def _counters(self, node: str) -> NodeCounters:
@@ -186,6 +225,13 @@ class Scheduler:
                 return served
             rounds += 1
             self.retry_rounds += 1
+            waited = time.monotonic() - t0
+            if self.give_up_sec is not None and waited >= self.give_up_sec:
+                errors = "; ".join(self.last_errors.get(chunk.sequence_num, [])[-5:]) or "no source"
+                raise ChunkUnavailable(
+                    f"chunk {chunk.sequence_num} ({chunk.chunk_id}) could not be read from any of its "
+                    f"{len(chunk.nodes)} nodes for {waited:.0f} s (rounds: {rounds}); last errors: {errors}"
+                )
             delay = min(2.0, 0.1 * 2**rounds)
             log.warning(
                 "chunk %s: every source failed (round %d); retrying in %.1f s", chunk.chunk_id, rounds, delay
@@ -225,7 +271,7 @@ class Scheduler:
     def _candidates(self, chunk: ChunkRef, pieces: list[Piece]) -> list[Piece]:
         """Initial order: best score first (smart), or the fixed naive order."""
         if self.smart:
-            ranked = self.scores.rank(list(dict.fromkeys(p.node for p in pieces)))
+            ranked = self.rank(list(dict.fromkeys(p.node for p in pieces)))
             return sorted(pieces, key=lambda p: ranked.index(p.node))
         if chunk.mode == ERASURE:
             return sorted(pieces, key=lambda p: p.index)  # data fragments first
@@ -247,7 +293,7 @@ class Scheduler:
         def launch() -> None:
             nonlocal candidates
             if self.smart and len(candidates) > 1:  # re-rank: scores and in-flight counts moved
-                ranked = self.scores.rank(list(dict.fromkeys(p.node for p in candidates)))
+                ranked = self.rank(list(dict.fromkeys(p.node for p in candidates)))
                 candidates = sorted(candidates, key=lambda p: ranked.index(p.node))
             piece = candidates.pop(0)
             task = asyncio.ensure_future(self._attempt(piece.node, piece.stored_id, piece.checksum))
@@ -286,6 +332,9 @@ class Scheduler:
                         got[piece] = task.result().data
                     except FetchError as exc:
                         failed.append((piece.node, exc.reason, started, time.monotonic()))
+                        errs = self.last_errors.setdefault(chunk.sequence_num, [])
+                        errs.append(str(exc)[:200])
+                        del errs[:-10]
                         log.info("chunk %s: %s", chunk.sequence_num, exc)
                 refill()
             if len(got) < need:

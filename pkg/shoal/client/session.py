@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import time
@@ -26,7 +27,7 @@ from shoal.client.fetch import Timeouts
 from shoal.client.manifest import ChunkRef, Manifest, ManifestError, parse_manifest
 from shoal.client.monitor import NetworkMonitor, new_scores
 from shoal.client.mse import mse_type
-from shoal.client.scheduler import SMART, Hedging, Scheduler
+from shoal.client.scheduler import SMART, ChunkUnavailable, Hedging, Scheduler
 from shoal.client.sink import OrderedWriter
 
 log = logging.getLogger("shoal.client")
@@ -34,8 +35,19 @@ log = logging.getLogger("shoal.client")
 HISTORY = 1200  # points kept per chart series
 
 
+async def _detail(r: aiohttp.ClientResponse) -> str:
+    """The {"detail"} of an error answer (or the start of its body)."""
+    text = (await r.text())[:500]
+    try:
+        body = json.loads(text)
+    except ValueError:
+        return text or r.reason or str(r.status)
+    return str(body.get("detail", body)) if isinstance(body, dict) else str(body)
+
+
 class PlayerError(Exception):
-    """The video cannot be played at all (no such video, metadata service unreachable)."""
+    """The video cannot be played (no such video, not active, chunks missing, metadata service
+    unreachable or silent past its deadline, a chunk no node could serve)."""
 
 
 class Player:
@@ -60,6 +72,8 @@ class Player:
         api_key: str | None = None,
         ssl: Any = True,
         record_view: bool = True,
+        metadata_timeout: float = 5.0,
+        give_up_sec: float | None = 30.0,
     ) -> None:
         if parallel < 1:
             raise ValueError("parallel must be at least 1")
@@ -76,6 +90,9 @@ class Player:
         self.sample_every = sample_every
         self.keep_segments = keep_segments
         self.record_view = record_view
+        # every call to the metadata service ends within this (retries included), with a reason
+        self.metadata_timeout = metadata_timeout
+        self.give_up_sec = give_up_sec  # a chunk no node serves for this long ends the playback
         # a viewer credential for the metadata service and the storage nodes (issue #19)
         key = api_key if api_key is not None else os.environ.get("SHOAL_API_KEY")
         self.headers = {"Authorization": f"Bearer {key}"} if key else {}
@@ -151,24 +168,42 @@ class Player:
         return self.performance()
 
     async def _fetch_manifest(self, http: aiohttp.ClientSession) -> Manifest:
+        """GET /manifest/{id}, retried on network errors and 5xx, all within `metadata_timeout`
+        seconds; PlayerError with the reason otherwise (a hung service included)."""
         if self.metadata_url is None or self.video_id is None:
             raise PlayerError("nothing to play: need a video id and a metadata URL (or a manifest)")
         url = f"{self.metadata_url}/manifest/{self.video_id}"
-        for attempt in range(4):
+        limit = self.metadata_timeout
+        loop = asyncio.get_running_loop()
+        end = loop.time() + limit
+        last = "no attempt made"
+        attempt = 0
+        while (remaining := end - loop.time()) > 0:
             try:
-                async with http.get(url, timeout=aiohttp.ClientTimeout(total=10, connect=2)) as r:
-                    if r.status == 404:
-                        raise PlayerError(f"video {self.video_id} not found at {self.metadata_url}")
-                    if r.status != 200:
-                        raise PlayerError(f"metadata service answered {r.status}: {(await r.text())[:200]}")
-                    return parse_manifest(await r.json())
+                async with asyncio.timeout(remaining):
+                    timeout = aiohttp.ClientTimeout(total=remaining, connect=min(2.0, remaining))
+                    async with http.get(url, timeout=timeout) as r:
+                        if r.status == 200:
+                            return parse_manifest(await r.json())
+                        detail = await _detail(r)
+                        if r.status == 404:
+                            raise PlayerError(f"video {self.video_id} not found at {self.metadata_url}")
+                        if r.status < 500:  # 409: not active (uploading, failed), with the reason
+                            raise PlayerError(f"video {self.video_id} cannot be played: {detail}")
+                        last = f"answered {r.status}: {detail}"
             except ManifestError as exc:
-                raise PlayerError(f"video {self.video_id}: {exc}") from None
-            except (aiohttp.ClientError, TimeoutError) as exc:
-                if attempt == 3:
-                    raise PlayerError(f"metadata service {self.metadata_url} unreachable: {exc}") from None
-                await asyncio.sleep(0.2 * 2**attempt)
-        raise AssertionError("unreachable")
+                raise PlayerError(f"video {self.video_id} cannot be played: {exc}") from None
+            except TimeoutError:
+                last = f"no answer to GET /manifest/{self.video_id} within {limit:g} s"
+                break
+            except aiohttp.ClientError as exc:
+                last = f"unreachable ({type(exc).__name__}: {exc})"
+            attempt += 1
+            pause = min(0.2 * 2**attempt, end - loop.time())
+            if pause <= 0:
+                break
+            await asyncio.sleep(pause)
+        raise PlayerError(f"metadata service {self.metadata_url}: {last}")
 
     async def _refresh(self, http: aiohttp.ClientSession, chunk: ChunkRef) -> ChunkRef | None:
         """The chunk's current placement (repair or migration may have moved it)."""
@@ -192,7 +227,8 @@ class Player:
             return
         try:
             async with http.post(
-                f"{self.metadata_url}/video/{self.video_id}/view", timeout=aiohttp.ClientTimeout(total=5)
+                f"{self.metadata_url}/video/{self.video_id}/view",
+                timeout=aiohttp.ClientTimeout(total=self.metadata_timeout),
             ) as r:
                 self.view_recorded = r.status == 200
         except (aiohttp.ClientError, TimeoutError) as exc:
@@ -210,6 +246,7 @@ class Player:
             self.hedging,
             refresh=lambda c: self._refresh(http, c),
             is_down=self.monitor.down,
+            give_up_sec=self.give_up_sec,
         )
         self.buffer = Buffer(
             [(c.start_sec, c.end_sec) for c in m.chunks], speed=self.speed, **self.buffer_args
@@ -236,7 +273,11 @@ class Player:
                     done = set()
                 for task in done:
                     seq = tasks.pop(task)
-                    await self._landed(m.chunks[seq], task.result())
+                    try:
+                        served = task.result()
+                    except ChunkUnavailable as exc:
+                        raise PlayerError(str(exc)) from None
+                    await self._landed(m.chunks[seq], served)
                 now = time.monotonic()
                 if now >= next_sample:
                     interval = self.sample_every + (now - next_sample)
