@@ -97,8 +97,10 @@ async def test_views_and_recommendation(client):
     vid = await new_video(client)
     assert (await client.get(f"/video/{vid}/popularity")).json() == {"video_id": vid, "view_count": 0}
     rec = (await client.get(f"/redundancy/recommend/{vid}")).json()
-    assert rec["recommended_mode"] == "erasure_coding" and rec["view_count"] == 0
-    assert rec["config"] == rec["config"] | {"data_shards": 3, "parity_shards": 2, "total_shards": 5}
+    assert rec["preferred_mode"] == "erasure_coding" and rec["view_count"] == 0
+    # no healthy node registered here: 3+2 needs 5, so replication is what new chunks get now
+    assert rec["recommended_mode"] == "replication" and rec["healthy_nodes"] == 0
+    assert "needs 5 healthy nodes" in rec["reason"] and rec["config"]["total_shards"] == 3
     await asyncio.gather(*(client.post(f"/video/{vid}/view") for _ in range(50)))
     r = await client.post(f"/video/{vid}/view")
     assert r.json() == r.json() | {"status": "ok", "message": f"View count incremented for {vid}"}
@@ -112,9 +114,7 @@ async def test_popularity_threshold_and_override(tmp_path):
         vid = await new_video(client)
         for _ in range(3):
             await client.post(f"/video/{vid}/view")
-        assert (await client.get(f"/redundancy/recommend/{vid}")).json()[
-            "recommended_mode"
-        ] == "erasure_coding"
+        assert (await client.get(f"/redundancy/recommend/{vid}")).json()["preferred_mode"] == "erasure_coding"
         await client.post(f"/video/{vid}/view")  # 4 > 3
         rec = (await client.get(f"/redundancy/recommend/{vid}")).json()
         assert rec["recommended_mode"] == "replication" and rec["config"]["total_shards"] == 3
@@ -126,8 +126,8 @@ async def test_popularity_threshold_and_override(tmp_path):
             "message": "Manual override set to erasure_coding",
         }
         assert (await client.get(f"/redundancy/recommend/{vid}")).json()[
-            "recommended_mode"
-        ] == "erasure_coding"
+            "preferred_mode"
+        ] == "erasure_coding"  # (recommended: replication, no 5 healthy nodes here)
         r = await client.delete(f"/redundancy/override/{vid}")
         assert r.json() == {"status": "ok", "video_id": vid, "message": "Manual override cleared"}
         assert (await client.get(f"/redundancy/recommend/{vid}")).json()["recommended_mode"] == "replication"
@@ -172,7 +172,12 @@ async def test_efficiency_and_overhead_with_nothing_stored(client):
 
 async def test_node_registration_heartbeat_and_health(client):
     r = await client.post("/nodes/register", params={"node_url": "http://127.0.0.1:9101", "node_id": "n1"})
-    assert r.json() == {"status": "registered", "node_id": "n1", "node_url": "http://127.0.0.1:9101"}
+    assert r.json() == {
+        "status": "registered",
+        "node_id": "n1",
+        "node_url": "http://127.0.0.1:9101",
+        "membership_epoch": 1,  # a committed configuration change
+    }
     await client.post(
         "/nodes/register", params={"node_url": "http://127.0.0.1:9102/", "node_id": "n2", "version": "2"}
     )

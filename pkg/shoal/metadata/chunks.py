@@ -182,7 +182,7 @@ class ChunkService:
             strangers = [u for u in placement.nodes if u not in active]
             if strangers:
                 raise PlacementError(
-                    "placement names nodes that are not active members of the cluster "
+                    "placement names nodes that are not registered as active members of the cluster "
                     f"(configuration epoch {config.epoch}): {', '.join(strangers)}"
                 )
             pin = await membership.pin(
