@@ -181,14 +181,15 @@ def test_emptied_node_bootstraps_from_a_snapshot(tmp_path):
         after = wait_converged(urls, timeout=20, min_items=45)
         assert after == before
         status = httpx.get(urls[1] + "/replication/status").json()
-        assert status["base"] is not None and status["base"]["winners"] == 45, status
-        assert status["ops"] == 46 and status["rejected"] == 0
+        # 45 documents + the update's two field registers (name, updated_at)
+        assert status["base"] is not None and status["base"]["winners"] == 47, status
+        assert status["ops"] == 47 and status["rejected"] == 0
         create_cidrs(urls[1], 9, 2)  # it writes on top of the snapshot, and the others take it
         assert len(wait_converged(urls, timeout=15, min_items=47)["cidrs"]) == 47
         c.nodes[1].stop()  # and restarts from its base plus its log
         c.nodes[1].start()
         assert len(wait_converged(urls, timeout=15, min_items=47)["cidrs"]) == 47
-        assert httpx.get(urls[1] + "/replication/status").json()["ops"] == 48
+        assert httpx.get(urls[1] + "/replication/status").json()["ops"] == 49
     finally:
         c.stop()
 
@@ -219,7 +220,8 @@ def test_compacting_cluster_converges_restarts_and_bootstraps(tmp_path):
         shutil.rmtree(c.nodes[2].data_dir)
         c.nodes[2].start()
         assert wait_converged(urls, timeout=20, min_items=24) == before
-        assert httpx.get(urls[2] + "/replication/status").json()["base"]["winners"] == 24
+        winners = httpx.get(urls[2] + "/replication/status").json()["base"]["winners"]
+        assert winners == 24 * 3  # each document, and its name and updated_at field registers
         create_cidrs(urls[2], 7, 1)
         assert len(wait_converged(urls, timeout=15, min_items=25)["cidrs"]) == 25
     finally:
