@@ -2,8 +2,9 @@
 
 Everything is real: 12 `shoal serve` processes on a random port offset, nginx with the config
 `shoal up --nginx-config` writes, FFmpeg, the uploader, erasure-coded chunks on five storage
-nodes, the smart client inside the dashboard. dockerd and libvirtd are not started: the Compute
-API must still come up and say BACKEND_UNAVAILABLE.
+nodes, the smart client inside the dashboard. Authentication is on (`shoal up` made DATA_ROOT/auth)
+and every client here uses the admin key it left. dockerd and libvirtd are not started
+(--no-private-daemons): the Compute API must still come up and say BACKEND_UNAVAILABLE.
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ def remuxed(source: Path, work: Path) -> bytes:
 
 
 def test_up_demo_through_nginx(tmp_path):
-    up = Up(tmp_path / "data", free_offset(), "--forwarded-allow-ips", "127.0.0.1")
+    up = Up(tmp_path / "data", free_offset(), "--forwarded-allow-ips", "127.0.0.1", "--no-private-daemons")
     with up, Nginx(tmp_path / "nginx", up.layout_args) as nginx, httpx.Client(timeout=30) as http:
         children = up.children()
         assert len(children) == 12 and sum(c.service == "storage" for c in children) == 5
@@ -73,19 +74,22 @@ def test_up_demo_through_nginx(tmp_path):
             assert doc["paths"] and "servers" not in http.get(c.url + "/openapi.json").json()
         assert http.get(nginx.url + "/state").status_code == 301
 
-        # the State Service's sign-in message names the host the client used (nginx's), which
-        # it only learns because nginx is a trusted proxy
+        # the State Service's sign-in message names the service's configured address, never the
+        # Host a client sent (not even through a trusted proxy: issue #25)
+        state = next(c for c in children if c.service == "state")
         challenge = http.post(
             nginx.url + "/state/auth/challenge",
             json={"address": "0x2c7536E3605D9C16a7a3D7b1898e529396a65c23"},
         )
         assert challenge.status_code == 200, challenge.text
-        assert f"127.0.0.1:{nginx.port}" in challenge.json()["message"]
+        message = challenge.json()["message"]
+        assert message.startswith(state.url.removeprefix("http://") + " wants you to sign in"), message
+        assert f"127.0.0.1:{nginx.port}" not in message
 
         # -- compute without dockerd/libvirtd: up, and honest about it
-        compute = next(c for c in children if c.service == "compute")
-        token = (Path(compute.data_dir) / "token").read_text().strip()
-        auth = {"Authorization": f"Bearer {token}"}
+        key = (tmp_path / "data" / "auth" / "admin.key").read_text().strip()
+        auth = {"Authorization": f"Bearer {key}"}
+        assert "Credentials: admin API key in" in summary
         cluster = http.get(nginx.url + "/compute/api/v1/compute/cluster/status", headers=auth)
         assert cluster.status_code == 200
         for name, backend in cluster.json()["backends"].items():
@@ -118,9 +122,11 @@ def test_up_demo_through_nginx(tmp_path):
         # -- the played stream, checked here on our own: byte-exact and clean to decode
         reference = remuxed(Path(r["source"]), tmp_path)
         assert Path(r["played"]).read_bytes() == reference
-        stream = http.get(nginx.url + "/dashboard/api/stream").json()
+        stream = http.get(nginx.url + "/dashboard/api/stream", headers=auth).json()
         assert stream["finished"] and stream["total_chunks"] == chunks and stream["video_id"] == r["video_id"]
-        segments = [http.get(f"{nginx.url}/dashboard/api/segment/{n}").content for n in range(chunks)]
+        segments = [
+            http.get(f"{nginx.url}/dashboard/api/segment/{n}", headers=auth).content for n in range(chunks)
+        ]
         assert b"".join(segments) == reference
         from shoal.uploader.media import decode_errors
 

@@ -138,7 +138,7 @@ class Supervisor:
             Proc(c, None if self.log_dir is None else self.log_dir / f"{c.name}.log") for c in children
         ]
         self.out = out
-        self.http = httpx.Client(timeout=2.0)
+        self.http = httpx.Client(timeout=2.0, headers=admin_headers(settings))
         # a thread per probe in flight (and room for probes of killed processes still timing out):
         # a hung service's timeout never delays the others' probes
         self.probes = ThreadPoolExecutor(max_workers=2 * len(children) + 1, thread_name_prefix="liveness")
@@ -462,6 +462,16 @@ class PrivateDaemons:
                 self.libvirt.stop(keep_domains=True)
 
 
+def admin_headers(settings: Settings) -> dict[str, str]:
+    """What `shoal up` and `shoal status` send to the services: the platform's admin key."""
+    if settings.auth_dir is None:
+        return {}
+    try:
+        return {"Authorization": f"Bearer {(settings.auth_dir / 'admin.key').read_text().split()[0]}"}
+    except (OSError, IndexError):
+        return {}
+
+
 def ensure_auth_dir(auth_dir: Path) -> bool:
     """`shoal auth init` on first use (True when it created it); later runs keep its keys."""
     if (auth_dir / "auth.json").exists():
@@ -675,7 +685,7 @@ def run_status(args: argparse.Namespace, out: IO[str] = sys.stdout) -> int:
         print(f"shoal status: {exc}", file=sys.stderr)
         return 2
     children, _ = layout(settings, check_built=False)
-    with httpx.Client(timeout=3.0) as http:
+    with httpx.Client(timeout=3.0, headers=admin_headers(settings)) as http:
         rows = [service_health(c, http) for c in children]
     supervised = _up_state(Path(settings.data_root))
     for row in rows:
