@@ -163,6 +163,11 @@ def test_s3_outage_longer_than_the_ttl_fences_in_time_and_recovers(manager_facto
                 health = m.get("/health").json()
                 assert health["status"] == "degraded" and "fenced" in health["problems"]["lease"]
                 assert not any(mount.iterdir())  # nothing written into the bare mount point
+                metrics = m.get("/metrics").text
+                assert (
+                    "shoal_manager_fenced 1.0" in metrics
+                    and "shoal_manager_filesystem_mounted 0.0" in metrics
+                )
                 time.sleep(ttl)  # longer than the TTL in all
                 assert not m.status()["process"]["running"]
             finally:
@@ -170,6 +175,14 @@ def test_s3_outage_longer_than_the_ttl_fences_in_time_and_recovers(manager_facto
             st = m.wait(all_up, timeout=90, what="the writer back after S3 returned")
             assert (mount / "kept.txt").read_text() == "before the outage"
             assert st["configuration"]["fenced"] is None and st["configuration"]["fences"] >= 1
+            metrics = m.get("/metrics").text
+            for line in (
+                "shoal_manager_fenced 0.0",
+                "shoal_manager_lease_held 1.0",
+                "shoal_manager_filesystem_mounted 1.0",
+            ):
+                assert line in metrics, metrics
+            assert 'shoal_manager_child_running{child="litestream"} 1.0' in metrics
             assert wait_until(lambda: m.get("/health").json()["status"] == "healthy", 15), m.get(
                 "/health"
             ).json()

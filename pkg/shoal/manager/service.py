@@ -247,4 +247,7 @@ def create_app(options: dict[str, Any]) -> Any:
     (_, components) = msgspec.json.schema_components([Config], ref_template="#/components/schemas/{name}")
     app.openapi["components"]["schemas"].update(components)
     app.state.manager = manager
+    from shoal.manager.metrics import ManagerCollector
+
+    app.metrics.registry.register(ManagerCollector(manager))
     return layer.wrap(app)
