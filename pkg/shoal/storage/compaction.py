@@ -71,8 +71,8 @@ def compact(store: ChunkStore, sb_id: int) -> CompactionResult:
     if f is None or sb_id == store.active.id:
         raise ValueError(f"superblock {sb_id} is not a sealed superblock")
     size_before = f.end
-    live = [(k, e) for k, e in list(store.live.items()) if e[0] == sb_id]
-    tombs = [(k, t) for k, t in list(store.tombs.items()) if t[0] == sb_id]
+    live = list(store.records(sb.FLAG_LIVE, sb_id))
+    tombs = list(store.records(sb.FLAG_TOMBSTONE, sb_id))
     keep_tombs, dropped = [], 0
     if tombs:
         lowest, damaged = _older_live(store, sb_id)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import struct
 import time
 from pathlib import Path
 
@@ -65,6 +66,17 @@ class SuperblockFile:
         return cls(sb_id, path, fd, os.fstat(fd).st_size)
 
 
+def _snapshot_layout(head: bytes) -> tuple[int, int, int, int, int] | None:
+    """(capacity, count, max_seq, watermarks, body crc) of a v2 index file's header, or None."""
+    if len(head) < sb.INDEX_HEADER_SIZE + sb.SNAPSHOT_HEADER_SIZE or head[:8] != sb.INDEX_MAGIC_V2:
+        return None
+    h = head[sb.INDEX_HEADER_SIZE :]
+    crc, slot, cap, count, max_seq, n_water, body_crc = struct.unpack_from("<IIQQQII", h, 0)
+    if crc != sb.crc32c(h[4:]) or slot != sb.SLOT_SIZE:
+        return None
+    return cap, count, max_seq, n_water, body_crc
+
+
 def list_superblocks(directory: Path) -> list[tuple[int, Path]]:
     """(id, path) of every superblock file in `directory`, oldest first."""
     found = []
@@ -93,7 +105,7 @@ class IndexLog:
     def open(self, valid_len: int) -> None:
         """Open for appending, cutting off anything after `valid_len` (a torn or damaged tail)."""
         self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        if valid_len < sb.INDEX_HEADER_SIZE:
+        if valid_len <= sb.INDEX_HEADER_SIZE:  # nothing usable (a v2 magic alone is cut too)
             os.ftruncate(self.fd, 0)
             os.pwrite(self.fd, sb.INDEX_MAGIC, 0)
             valid_len = sb.INDEX_HEADER_SIZE
@@ -131,6 +143,71 @@ class IndexLog:
         if old >= 0:
             os.close(old)
         self.size = len(data)
+
+    def rewrite_parts(self, parts: list[bytes]) -> None:
+        """Replace the log with a v2 file (sb.pack_snapshot parts), atomically, without joining them."""
+        tmp = self.path.with_suffix(".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        size = 0
+        try:
+            for part in parts:
+                view = memoryview(part)
+                size += len(view)
+                while view:
+                    view = view[os.write(fd, view) :]
+            if self.durable:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, self.path)
+        if self.durable:
+            fsync_dir(self.path.parent)
+        old, self.fd = self.fd, os.open(self.path, os.O_RDWR)
+        if old >= 0:
+            os.close(old)
+        self.size = size
+
+    def load_table(self, resolve=None) -> tuple[object, int, int]:
+        """(table state, valid length, snapshot length) of the index file, into the compact table.
+
+        A v2 file's slots are read straight into the table (one read, no re-insert); only the
+        entries after the snapshot are replayed. A v1 log (or a damaged v2 one) goes through
+        sb.load_table_index, which replays it or reports it unusable (valid length 0).
+        """
+        try:
+            fd = os.open(self.path, os.O_RDONLY)
+        except FileNotFoundError:
+            return sb.TableState(resolve=resolve), 0, 0
+        try:
+            head = os.pread(fd, sb.INDEX_HEADER_SIZE + sb.SNAPSHOT_HEADER_SIZE, 0)
+            fixed = _snapshot_layout(head)
+            if fixed is not None:
+                cap, count, max_seq, n_water, body_crc = fixed
+                off = sb.INDEX_HEADER_SIZE + sb.SNAPSHOT_HEADER_SIZE
+                marks = os.pread(fd, n_water * 16, off)
+                try:
+                    table = sb.ChunkIndex.read_fd(fd, off + len(marks), cap)
+                except ValueError:
+                    table = None
+                if (
+                    table is not None
+                    and len(marks) == n_water * 16
+                    and len(table) == count
+                    and table.crc32c(sb.crc32c(marks)) == body_crc
+                ):
+                    state = sb.TableState(table, resolve)
+                    for i in range(n_water):
+                        k, w = struct.unpack_from("<QQ", marks, i * 16)
+                        state.water[k] = w
+                    state.max_seq = max_seq
+                    end = off + len(marks) + cap * sb.SLOT_SIZE
+                    tail = os.pread(fd, max(0, os.fstat(fd).st_size - end), end)
+                    return state, end + sb.replay_entries(state, tail, 0), end
+            data = self.read()
+        finally:
+            os.close(fd)
+        state, valid = sb.load_table_index(data, resolve)
+        return state, valid, 0
 
     def close(self) -> None:
         if self.fd >= 0:

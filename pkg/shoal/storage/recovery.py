@@ -14,11 +14,12 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from shoal.storage import checksum
-from shoal.storage.files import SuperblockFile, fsync_dir, list_superblocks, sb
+from shoal.storage.files import IndexLog, SuperblockFile, fsync_dir, list_superblocks, sb
 
 log = logging.getLogger("shoal.storage")
 
@@ -34,6 +35,9 @@ class RecoveryReport:
     damaged: list[tuple[int, int, int]] = field(default_factory=list)  # (sb, start, end) skipped
     corrupt: list[str] = field(default_factory=list)  # chunk ids whose data failed its checksum
     removed: list[str] = field(default_factory=list)  # retired or unusable superblock files
+    snapshot_bytes: int = 0  # how much of the index file was a table snapshot (0: none, a v1 log)
+    load_seconds: float = 0.0  # reading the index file into the table (snapshot + its tail)
+    scan_seconds: float = 0.0  # scanning superblocks past what the index covers
 
     @property
     def changed(self) -> bool:
@@ -46,27 +50,65 @@ class RecoveryReport:
         )
 
 
+class _Resolver:
+    """The chunk id a record header names, read on demand: how a replay tells two ids with the
+    same 64-bit key apart (rare: it is only asked when a key is already in the table)."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.fds: dict[int, int] = {}
+
+    def __call__(self, sb_id: int, rec_off: int, id_len: int) -> str | None:
+        fd = self.fds.get(sb_id)
+        if fd is None:
+            try:
+                fd = os.open(self.directory / SuperblockFile.name(sb_id), os.O_RDONLY)
+            except OSError:
+                return None
+            self.fds[sb_id] = fd
+        try:
+            return sb.parse_header(os.pread(fd, sb.HEADER_SIZE + id_len, rec_off))[6]
+        except (OSError, ValueError):
+            return None
+
+    def close(self) -> None:
+        for fd in self.fds.values():
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self.fds = {}
+
+
 def recover(
-    directory: Path, log_bytes: bytes, durable: bool = True
+    directory: Path, index: IndexLog, durable: bool = True
 ) -> tuple[object, dict[int, SuperblockFile], RecoveryReport, int]:
-    """(index state, open superblocks by id, report, valid length of the index log)."""
+    """(table state, open superblocks by id, report, valid length of the index log)."""
     report = RecoveryReport()
-    state, valid_len = sb.load_index(log_bytes)
-    if valid_len < sb.INDEX_HEADER_SIZE:
-        report.index_rebuilt = True
-    elif valid_len < len(log_bytes):
-        report.index_truncated_at = valid_len
-    files = _open_files(directory, state, report)
-    for f in files.values():
-        start = state.water.get(f.id, sb.FILE_HEADER_SIZE)
-        if start > f.end:
-            _drop_beyond(state, f, report)
-        elif start < f.end:
-            _scan_tail(f, start, state, report, durable)
-    for table in (state.live, state.tombs):
-        for key in [k for k, v in table.items() if v[0] not in files]:
-            log.error("chunk %s points at missing superblock %d; dropped", key, table[key][0])
-            del table[key]
+    resolve = _Resolver(directory)
+    try:
+        t0 = time.perf_counter()
+        state, valid_len, report.snapshot_bytes = index.load_table(resolve)
+        report.load_seconds = time.perf_counter() - t0
+        size = index.path.stat().st_size if index.path.exists() else 0
+        if valid_len < sb.INDEX_HEADER_SIZE:
+            report.index_rebuilt = True
+            state = sb.TableState(resolve=resolve)
+        elif valid_len < size:
+            report.index_truncated_at = valid_len
+        t0 = time.perf_counter()
+        files = _open_files(directory, state, report)
+        for f in files.values():
+            start = state.water.get(f.id, sb.FILE_HEADER_SIZE)
+            if start > f.end:
+                _drop_beyond(state, f, report)
+            elif start < f.end:
+                _scan_tail(f, start, state, report, durable)
+        for sb_id in [i for i in state.table.usage() if i not in files]:
+            n = state.table.drop_superblock(sb_id)
+            log.error("%d chunks point at missing superblock %d; dropped", n, sb_id)
+        report.scan_seconds = time.perf_counter() - t0
+    finally:
+        resolve.close()
+        state.resolve = None
     if report.removed and durable:
         fsync_dir(directory)
     return state, files, report, valid_len
@@ -100,10 +142,10 @@ def _open_files(directory: Path, state, report: RecoveryReport) -> dict[int, Sup
 
 def _drop_beyond(state, f: SuperblockFile, report: RecoveryReport) -> None:
     """The file is shorter than its index says (cut outside shoal): forget what is gone."""
-    for table in (state.live, state.tombs):
-        for key, v in list(table.items()):
-            if v[0] == f.id and v[1] + sb.record_size(len(key), v[3] if table is state.live else 0) > f.end:
-                del table[key]
+    for e in state.table.select(f.id):
+        key, sb_id, rec_off, id_len, data_len = e[:5]
+        if rec_off + sb.record_size(id_len, data_len) > f.end:
+            state.table.remove(key, sb_id, rec_off)
     state.water[f.id] = f.end
     report.truncated.append((f.id, f.end, f.end))
     log.error("superblock %d is shorter than its index; chunks past %d dropped", f.id, f.end)
@@ -127,9 +169,9 @@ def _scan_tail(f: SuperblockFile, start: int, state, report: RecoveryReport, dur
             report.damaged.append((f.id, a, b))
             log.error("superblock %d: damaged bytes %d..%d skipped", f.id, a, b)
             continue
-        off, flags, algo, seq, data_len, sha, cks, chunk_id = rec
+        off, flags, _algo, seq, data_len, _sha, _cks, chunk_id = rec
         kind = sb.KIND_PUT if flags == sb.FLAG_LIVE else sb.KIND_DEL
-        sb.apply_entry(state, kind, chunk_id, f.id, off, data_len, seq, sha, cks, algo)
+        sb.apply_table_entry(state, kind, chunk_id, f.id, off, data_len, seq, 0)
         report.scanned_records += 1
         if not ok:
             report.corrupt.append(chunk_id)
@@ -141,4 +183,4 @@ def _scan_tail(f: SuperblockFile, start: int, state, report: RecoveryReport, dur
             with contextlib.suppress(OSError):
                 os.fdatasync(f.fd)
         f.end = cut
-    sb.apply_entry(state, sb.KIND_MARK, "", f.id, cut, 0, 0, b"", b"", 0)
+    sb.apply_table_entry(state, sb.KIND_MARK, "", f.id, cut, 0, 0, 0)

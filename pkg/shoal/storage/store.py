@@ -1,5 +1,10 @@
 """ChunkStore: chunks appended to superblock files, indexed in memory, durable before acknowledged.
 
+The in-memory index is sb.ChunkIndex: 32 bytes a slot in one buffer, keyed by a 64-bit hash
+of the chunk id, holding only the location, lengths, seq, live/tombstone and stored time. The
+chunk id, SHA-256 and checksum stay on disk in the record header, which a read takes first
+(and so confirms the id: two ids with one hash are told apart there).
+
 One writer thread owns every write. It takes all waiting operations as one batch, appends
 their records, fsyncs the touched superblocks, appends the batch's index entries to the
 index log and fsyncs it, and only then makes the batch visible and acknowledges it (group
@@ -18,6 +23,7 @@ import re
 import shutil
 import threading
 import time
+from collections.abc import Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,8 +40,56 @@ MAX_CHUNK = 2 * 1024 * 1024
 DEFAULT_SUPERBLOCK_SIZE = 1 << 30
 _ZERO32 = bytes(32)
 
-# Fields of an index entry (a plain tuple: cheap to build in the native index load).
+# Fields of an index entry (a plain tuple, built from the table and the record header).
 E_SB, E_REC_OFF, E_DATA_OFF, E_LEN, E_SEQ, E_SHA256, E_CHECKSUM, E_ALGO = range(8)
+# Fields of a table entry (sb.ChunkIndex.get)
+L_SB, L_OFF, L_IDLEN, L_LEN, L_SEQ, L_FLAGS, L_TIME = range(7)
+MAX_SUPERBLOCK_SIZE = 32 << 30  # record offsets are kept as offset / 8 in 32 bits
+
+
+def time_units(t: float) -> int:
+    """A unix time as the table keeps it: 1/1024 s since sb.TIME_EPOCH, rounded up (never earlier)."""
+    return max(1, -int(-(t - sb.TIME_EPOCH) * sb.TIME_UNITS // 1))
+
+
+def unix_time(units: int) -> float:
+    return sb.TIME_EPOCH + units / sb.TIME_UNITS
+
+
+class _TableView(Mapping):
+    """store.live / store.tombs as they were (id -> entry), over the compact table.
+
+    A lookup reads the record header (ids and hashes are not in memory); iteration reads
+    every header of the kind, superblock by superblock in offset order: fine for tests and
+    listings, one pread a chunk.
+    """
+
+    def __init__(self, store: ChunkStore, flags: int) -> None:
+        self._store = store
+        self._flags = flags
+
+    def __len__(self) -> int:
+        t = self._store.table
+        return t.live_count if self._flags == sb.FLAG_LIVE else len(t) - t.live_count
+
+    def __getitem__(self, chunk_id: str) -> tuple:
+        got = self._store._lookup(chunk_id, self._flags)
+        if got is None:
+            raise KeyError(chunk_id)
+        return got[1]
+
+    def __contains__(self, chunk_id: object) -> bool:
+        return isinstance(chunk_id, str) and self._store._lookup(chunk_id, self._flags) is not None
+
+    def __iter__(self) -> Iterator[str]:
+        for cid, _ in self._store.records(self._flags):
+            yield cid
+
+    def items(self):  # type: ignore[override]
+        return list(self._store.records(self._flags))
+
+    def values(self):  # type: ignore[override]
+        return [e for _, e in self._store.records(self._flags)]
 
 
 class StoreError(Exception):
@@ -108,6 +162,8 @@ class ChunkStore:
         capacity_bytes: int | None = None,
         hash_threads: int = 2,
     ) -> None:
+        if superblock_size > MAX_SUPERBLOCK_SIZE:
+            raise ValueError(f"superblock_size is at most {MAX_SUPERBLOCK_SIZE} bytes")
         self.root = Path(root)
         self.sb_dir = self.root / "superblocks"
         self.sb_dir.mkdir(parents=True, exist_ok=True)
@@ -122,9 +178,10 @@ class ChunkStore:
         self._hasher = ThreadPoolExecutor(hash_threads, thread_name_prefix="shoal-hash")
         self._usage_cache = (0.0, 0.0)
         self.commits = 0  # group commits that wrote something (one fsync round each)
-        self.live: dict[str, tuple] = {}
-        self.tombs: dict[str, tuple] = {}
-        self.put_times: dict[str, float] = {}  # stored time of chunks written since open (PUT, move)
+        self.table = sb.ChunkIndex()
+        self.live = _TableView(self, sb.FLAG_LIVE)  # id -> entry, read through the table
+        self.tombs = _TableView(self, sb.FLAG_TOMBSTONE)  # id -> (sb, rec_off, seq)
+        self._snapshot_size = 0  # bytes of the index file that are the table snapshot
         self._sb_mtimes: dict[int, float] = {}  # superblock mtimes at open: recovered records' times
         self.files: dict[int, SuperblockFile] = {}
         self.recovery: RecoveryReport = self._open()
@@ -135,8 +192,9 @@ class ChunkStore:
     # ------------------------------------------------------------------ open / close
 
     def _open(self) -> RecoveryReport:
-        state, files, report, valid_len = recover(self.sb_dir, self.index.read(), self.durable)
-        self.live, self.tombs, self.files = state.live, state.tombs, files
+        state, files, report, valid_len = recover(self.sb_dir, self.index, self.durable)
+        self.table, self.files = state.table, files
+        self._snapshot_size = report.snapshot_bytes
         self.seq = state.max_seq
         self.corrupt.update(report.corrupt)
         self.index.open(valid_len)
@@ -149,8 +207,8 @@ class ChunkStore:
             f = SuperblockFile.create(self.sb_dir, 1, self.durable)
             self.files[f.id] = f
         self.active = self.files[max(self.files)]
-        if report.changed:
-            self._snapshot_index()
+        if report.changed or (not report.snapshot_bytes and len(self.table)):
+            self._snapshot_index()  # a v1 log is migrated to a snapshot at once
         if report.changed:
             log.info("storage recovery: %s", report)
         return report
@@ -177,9 +235,75 @@ class ChunkStore:
 
     # ------------------------------------------------------------------ reads
 
+    # ------------------------------------------------------------------ the table
+
+    @staticmethod
+    def key(chunk_id: str) -> int:
+        return sb.chunk_key(chunk_id.encode("latin-1"))
+
+    def _header(self, sb_id: int, rec_off: int, id_len: int) -> tuple | None:
+        """The parsed record header at a table location, or None when it cannot be read."""
+        f = self.files.get(sb_id)
+        if f is None:
+            return None
+        try:
+            return sb.parse_header(os.pread(f.fd, sb.HEADER_SIZE + id_len, rec_off))
+        except (OSError, ValueError):
+            return None
+
+    def _lookup(self, chunk_id: str, flags: int = 3) -> tuple[tuple, tuple] | None:
+        """(table entry, index entry) of `chunk_id`, its id confirmed by the record header.
+
+        An index entry of a live chunk is (sb, rec_off, data_off, len, seq, sha256, checksum,
+        algo); of a tombstone (sb, rec_off, seq). A header that cannot be read (damage) is
+        taken as this chunk's when no other entry under the key names it: the read then fails
+        its checksum and the chunk is reported corrupt, never served.
+        """
+        n = len(chunk_id)
+        unreadable = None
+        for loc in self.table.get(self.key(chunk_id)):
+            if loc[L_IDLEN] != n or not loc[L_FLAGS] & flags:
+                continue
+            hdr = self._header(loc[L_SB], loc[L_OFF], n)
+            if hdr is None:
+                unreadable = unreadable or loc
+                continue
+            if hdr[6] == chunk_id:
+                return loc, self._entry(loc, hdr)
+        if unreadable is not None:
+            return unreadable, self._entry(unreadable, None)
+        return None
+
+    @staticmethod
+    def _entry(loc: tuple, hdr: tuple | None) -> tuple:
+        sb_id, off, id_len, length, seq, flags, _ = loc
+        if flags == sb.FLAG_TOMBSTONE:
+            return (sb_id, off, seq)
+        if hdr is None:
+            return (sb_id, off, off + sb.HEADER_SIZE + id_len, length, seq, _ZERO32, _ZERO32, 0)
+        return (sb_id, off, off + sb.HEADER_SIZE + id_len, length, seq, hdr[4], hdr[5], hdr[1])
+
+    def records(self, flags: int = sb.FLAG_LIVE, sb_id: int = -1) -> Iterator[tuple[str, tuple]]:
+        """(chunk id, index entry) of every entry of a kind, superblock by superblock, in offset
+        order; one header read each (ids are not kept in memory)."""
+        sbs = [sb_id] if sb_id >= 0 else sorted(self.table.usage())
+        for i in sbs:
+            for loc in sorted(self.table.select(i, flags), key=lambda e: e[2]):
+                loc = loc[1:]
+                hdr = self._header(loc[L_SB], loc[L_OFF], loc[L_IDLEN])
+                if hdr is None:
+                    log.error("superblock %d: record header at %d unreadable", loc[L_SB], loc[L_OFF])
+                    continue
+                yield hdr[6], self._entry(loc, hdr)
+
     def stat(self, chunk_id: str) -> tuple | None:
-        """The index entry of a live chunk (no disk access), or None."""
-        return self.live.get(chunk_id)
+        """The index entry of a live chunk (one small read: its record header), or None."""
+        got = self._lookup(chunk_id, sb.FLAG_LIVE)
+        if got is None:
+            return None
+        if got[1][E_ALGO] == 0:  # header unreadable
+            self._corrupt(chunk_id, "record header unreadable")
+        return got[1]
 
     def read(self, chunk_id: str) -> tuple[bytes, tuple]:
         """(data, entry) after verifying the record's checksum; one os.pread.
@@ -187,27 +311,36 @@ class ChunkStore:
         Raises ChunkNotFound, or ChunkCorrupt when the bytes on disk fail their checksum.
         """
         for _ in range(4):
-            entry = self.live.get(chunk_id)
-            if entry is None:
+            got = self._lookup(chunk_id, sb.FLAG_LIVE)
+            if got is None:
                 raise ChunkNotFound(chunk_id)
+            loc, entry = got
             f = self.files.get(entry[E_SB])
             if f is None:  # compaction moved it between the two lookups
+                continue
+            if entry[E_ALGO] == 0:
+                if not self._moved(chunk_id, loc):
+                    raise self._corrupt(chunk_id, "record header unreadable")
                 continue
             try:
                 data = os.pread(f.fd, entry[E_LEN], entry[E_DATA_OFF])
             except OSError as exc:
-                if self.live.get(chunk_id) is not entry:
+                if self._moved(chunk_id, loc):
                     continue
                 raise self._corrupt(chunk_id, f"read error: {exc}") from exc
             if len(data) == entry[E_LEN] and checksum.verify(entry[E_ALGO], data, entry[E_CHECKSUM]):
                 return data, entry
-            if self.live.get(chunk_id) is not entry:
+            if self._moved(chunk_id, loc):
                 continue
             raise self._corrupt(
                 chunk_id,
                 "short read" if len(data) != entry[E_LEN] else "checksum mismatch",
             )
         raise StoreError(f"chunk {chunk_id} kept moving while being read")
+
+    def _moved(self, chunk_id: str, loc: tuple) -> bool:
+        """Whether the chunk's table entry is no longer `loc` (compaction or a write moved it)."""
+        return loc not in self.table.get(self.key(chunk_id))
 
     def _corrupt(self, chunk_id: str, reason: str) -> ChunkCorrupt:
         if chunk_id not in self.corrupt:
@@ -335,18 +468,10 @@ class ChunkStore:
             return
         if touched:
             self.commits += 1
-        now = time.time()
+        now = time_units(time.time())
         for s in staged:
             if s.apply is not None:
-                self._apply(s.apply)
-            op = s.op
-            if op.kind == "put":  # a repeated PUT of the same bytes too: the copy is wanted again
-                self.put_times[op.chunk_id] = now
-            elif op.kind == "del":
-                self.put_times.pop(op.chunk_id, None)
-            elif op.kind == "move" and s.result and not op.tomb and op.chunk_id not in self.put_times:
-                assert op.expect is not None  # compaction keeps a recovered record's time
-                self.put_times[op.chunk_id] = self._sb_mtimes.get(op.expect[E_SB], now)
+                self._apply(s.apply, now)
         for s in staged:
             s.op.future.set_result(s.result)
         self._closer.run()
@@ -382,11 +507,10 @@ class ChunkStore:
     def _current(self, chunk_id: str, pending: dict) -> tuple[str, tuple] | None:
         if chunk_id in pending:
             return pending[chunk_id]
-        entry = self.live.get(chunk_id)
-        if entry is not None:
-            return ("live", entry)
-        tomb = self.tombs.get(chunk_id)
-        return ("tomb", tomb) if tomb is not None else None
+        got = self._lookup(chunk_id)
+        if got is None:
+            return None
+        return ("live" if got[0][L_FLAGS] == sb.FLAG_LIVE else "tomb", got[1])
 
     def _next_seq(self) -> int:
         self.seq += 1
@@ -423,7 +547,20 @@ class ChunkStore:
             if entry[E_SHA256] != op.sha256 or entry[E_LEN] != len(op.data):
                 raise ChunkConflict(f"chunk {op.chunk_id} already holds different bytes")
             if op.chunk_id not in self.corrupt or self.intact(entry):
-                return _Staged(op, PutResult(False, entry))
+                # the copy is wanted again: its stored time is refreshed, and logged (equal seq,
+                # same place) so a replay after a crash does not bring back the older time
+                index = sb.pack_index_entry(
+                    sb.KIND_PUT,
+                    op.chunk_id.encode(),
+                    entry[E_SB],
+                    entry[E_REC_OFF],
+                    entry[E_LEN],
+                    entry[E_SEQ],
+                    entry[E_SHA256],
+                    entry[E_CHECKSUM],
+                    entry[E_ALGO],
+                )
+                return _Staged(op, PutResult(False, entry), index, ("touch", op.chunk_id, entry))
             log.warning("rewriting corrupt chunk %s from a fresh PUT", op.chunk_id)
         cid = op.chunk_id.encode()
         seq = self._next_seq()
@@ -435,7 +572,7 @@ class ChunkStore:
         index = sb.pack_index_entry(
             sb.KIND_PUT, cid, f.id, off, len(op.data), seq, op.sha256, op.checksum, op.algo
         )
-        return _Staged(op, PutResult(True, entry), index, ("live", op.chunk_id, entry))
+        return _Staged(op, PutResult(True, entry), index, ("live", op.chunk_id, entry, None))
 
     def _stage_delete(self, op: _Op, pending: dict, touched: dict) -> _Staged:
         cur = self._current(op.chunk_id, pending)
@@ -480,60 +617,71 @@ class ChunkStore:
         index = sb.pack_index_entry(
             sb.KIND_PUT, cid, f.id, off, e[E_LEN], e[E_SEQ], e[E_SHA256], e[E_CHECKSUM], e[E_ALGO]
         )
-        return _Staged(op, True, index, ("live", op.chunk_id, entry))
+        return _Staged(op, True, index, ("live", op.chunk_id, entry, e[E_SB]))
 
     def _stage_retire(self, op: _Op) -> _Staged:
         sb_id = op.sb_id
         if sb_id == self.active.id or sb_id not in self.files:
             raise StoreError(f"superblock {sb_id} cannot be retired")
-        if any(v[0] == sb_id for v in list(self.live.values())):
+        if self.table.usage().get(sb_id, [0])[0]:
             raise StoreError(f"superblock {sb_id} still holds live chunks")
         index = sb.pack_index_entry(sb.KIND_RETIRE, b"", sb_id, 0)
         return _Staged(op, True, index, ("retire", sb_id))
 
-    def _apply(self, change: tuple) -> None:
+    def _set(
+        self, chunk_id: str, sb_id: int, rec_off: int, length: int, seq: int, flags: int, t: int
+    ) -> None:
+        """Make the table say `chunk_id` is at (sb_id, rec_off): replace its entry or add one."""
+        key = self.key(chunk_id)
+        got = self._lookup(chunk_id)
+        n = len(chunk_id)
+        if got is not None:
+            old = got[0]
+            self.table.replace(key, old[L_SB], old[L_OFF], sb_id, rec_off, n, length, seq, flags, t)
+        else:
+            self.table.insert(key, sb_id, rec_off, n, length, seq, flags, t)
+
+    def _apply(self, change: tuple, now: int) -> None:
         kind = change[0]
-        if kind == "live":
-            _, chunk_id, entry = change
-            self.live[chunk_id] = entry
-            self.tombs.pop(chunk_id, None)
+        if kind == "touch":
+            _, chunk_id, e = change
+            self._set(chunk_id, e[E_SB], e[E_REC_OFF], e[E_LEN], e[E_SEQ], sb.FLAG_LIVE, now)
+        elif kind == "live":
+            _, chunk_id, e, moved_from = change
+            t = now
+            if moved_from is not None:  # compaction keeps the stored time (a recovered one's: its file's)
+                got = self._lookup(chunk_id, sb.FLAG_LIVE)
+                t = got[0][L_TIME] if got is not None else 0
+                if not t:
+                    t = time_units(self._sb_mtimes.get(moved_from, time.time()))
+            self._set(chunk_id, e[E_SB], e[E_REC_OFF], e[E_LEN], e[E_SEQ], sb.FLAG_LIVE, t)
         elif kind == "tomb":
             _, chunk_id, tomb = change
-            self.tombs[chunk_id] = tomb
-            self.live.pop(chunk_id, None)
+            self._set(chunk_id, tomb[0], tomb[1], 0, tomb[2], sb.FLAG_TOMBSTONE, now)
             self.corrupt.discard(chunk_id)
         elif kind == "retire":
-            for key in [k for k, t in self.tombs.items() if t[0] == change[1]]:
-                del self.tombs[key]  # tombstones compaction found no longer needed
+            self.table.drop_superblock(change[1])  # tombstones compaction found no longer needed
             f = self.files.pop(change[1])
             os.unlink(f.path)
             if self.durable:
                 fsync_dir(self.sb_dir)
             self._closer.add(f.fd)
-        if kind == "live" and change[1] in self.corrupt and self.intact(change[2]):
+        if kind in ("live", "touch") and change[1] in self.corrupt and self.intact(change[2]):
             self.corrupt.discard(change[1])
 
     # ------------------------------------------------------------------ index snapshots
 
-    def _index_entries(self) -> list[bytes]:
-        empty = checksum.compute(sb.ALGO_CRC32C, b"")
-        out = [
-            sb.pack_index_entry(sb.KIND_PUT, k.encode(), e[0], e[1], e[3], e[4], e[5], e[6], e[7])
-            for k, e in self.live.items()
-        ]
-        out += [
-            sb.pack_index_entry(sb.KIND_DEL, k.encode(), t[0], t[1], 0, t[2], _ZERO32, empty, sb.ALGO_CRC32C)
-            for k, t in self.tombs.items()
-        ]
-        out += [sb.pack_index_entry(sb.KIND_MARK, b"", f.id, f.end) for f in self.files.values()]
-        return out
-
     def _snapshot_index(self) -> None:
-        self.index.rewrite(self._index_entries())
+        """Replace the index file with the table itself (slots as in memory) and the watermarks."""
+        water = {f.id: f.end for f in self.files.values()}
+        parts = sb.pack_snapshot(self.table, water, self.seq)
+        self.index.rewrite_parts(parts)
+        self._snapshot_size = self.index.size
 
     def _maybe_snapshot(self) -> None:
-        estimate = (len(self.live) + len(self.tombs)) * 168 + 4096
-        if self.index.size > 4 * estimate + (16 << 20):
+        """Snapshot once the log past the snapshot is a quarter of it (or 16 MiB): that bounds
+        the replay at open, at the price of one table write per so many operations."""
+        if self.index.size - self._snapshot_size > max(16 << 20, self._snapshot_size // 4):
             self._snapshot_index()
 
     def stored_times(self, chunk_ids: list[str]) -> dict[str, float]:
@@ -546,20 +694,18 @@ class ChunkStore:
         out: dict[str, float] = {}
         now = time.time()
         for cid in chunk_ids:
-            t = self.put_times.get(cid)
-            if t is None:
-                entry = self.live.get(cid)
-                if entry is None:
-                    continue
-                t = self._sb_mtimes.get(entry[E_SB], now)
-            out[cid] = t
+            got = self._lookup(cid, sb.FLAG_LIVE)
+            if got is None:
+                continue
+            loc = got[0]
+            out[cid] = unix_time(loc[L_TIME]) if loc[L_TIME] else self._sb_mtimes.get(loc[L_SB], now)
         return out
 
     # ------------------------------------------------------------------ figures
 
     @property
     def chunk_count(self) -> int:
-        return len(self.live)
+        return self.table.live_count
 
     def stored_bytes(self) -> int:
         return sum(f.end for f in list(self.files.values())) + self.index.size
@@ -581,11 +727,6 @@ class ChunkStore:
 
     def garbage(self) -> dict[int, tuple[int, int]]:
         """{sealed superblock id: (bytes in use by current records, file size)}."""
-        used = {f.id: 0 for f in self.files.values() if f.id != self.active.id}
-        for k, e in list(self.live.items()):
-            if e[0] in used:
-                used[e[0]] += sb.record_size(len(k), e[E_LEN])
-        for k, t in list(self.tombs.items()):
-            if t[0] in used:
-                used[t[0]] += sb.record_size(len(k), 0)
+        usage = self.table.usage()
+        used = {f.id: usage.get(f.id, [0, 0, 0])[2] for f in self.files.values() if f.id != self.active.id}
         return {i: (u, self.files[i].end) for i, u in used.items() if i in self.files}
