@@ -14,11 +14,12 @@ import httpx
 import pytest
 
 from shoal.storage.nodeauth import NodeCredentials
-from shoal.testing import ServiceProcess, free_port
+from shoal.testing import free_port
+from shoal.testing.authstack import auth_dir_with_keys, signed_video_cluster
 from shoal.testing.fuzz import run_schemathesis
-from shoal.testing.metadata import metadata_service, sha
+from shoal.testing.metadata import sha
 from shoal.testing.storage import storage_node
-from shoal.web.auth import AuthDir, KeyTable, issue_node_token, sign_request
+from shoal.web.auth import KeyTable, issue_node_token, sign_request
 
 from .conftest import blob
 
@@ -26,41 +27,9 @@ from .conftest import blob
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
     root = tmp_path_factory.mktemp("authcluster")
-    d = AuthDir(root / "auth")
-    keys = {"admin": d.init()}
-    for role in ("viewer", "uploader", "operator"):
-        keys[role] = d.create_key(role, role)[1]
-    auth_dir = str(root / "auth")
-    meta = metadata_service(root / "meta", "--maintenance-interval", "0", "--auth-dir", auth_dir)
-    nodes: list[ServiceProcess] = []
-    meta.start()
-    try:
-        for i in range(3):
-            n = storage_node(
-                root / f"node{i}",
-                "--metadata-url",
-                meta.url,
-                "--heartbeat-interval",
-                "1",
-                "--auth-dir",
-                auth_dir,
-            )
-            nodes.append(n)
-            n.start()
-        viewer = {"Authorization": f"Bearer {keys['viewer']}"}
-        deadline = time.monotonic() + 20
-        healthy: list = []
-        while time.monotonic() < deadline:
-            healthy = httpx.get(meta.url + "/nodes/healthy", headers=viewer, timeout=5).json()
-            if len(healthy) == 3:
-                break
-            time.sleep(0.1)
-        assert len(healthy) == 3, "signed registrations did not land"
+    auth_dir, keys = auth_dir_with_keys(root)
+    with signed_video_cluster(root, auth_dir, keys["viewer"]) as (meta, nodes):
         yield {"meta": meta, "nodes": nodes, "keys": keys, "dir": auth_dir, "root": root}
-    finally:
-        for n in nodes:
-            n.stop()
-        meta.stop()
 
 
 def h(c, role: str) -> dict:

@@ -11,49 +11,19 @@ import time
 import httpx
 import pytest
 
-from shoal.testing import ServiceProcess
+from shoal.testing.authstack import auth_dir_with_keys, signed_video_cluster
 from shoal.testing.fuzz import run_schemathesis
-from shoal.testing.metadata import metadata_service
-from shoal.testing.storage import storage_node
 from shoal.testing.uploader import make_video, uploader_service
-from shoal.web.auth import AuthDir
 
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
     root = tmp_path_factory.mktemp("authstack")
-    d = AuthDir(root / "auth")
-    keys = {"admin": d.init()}
-    for role in ("viewer", "uploader"):
-        keys[role] = d.create_key(role, role)[1]
-    auth_dir = str(root / "auth")
-    procs: list[ServiceProcess] = []
-    try:
-        meta = metadata_service(root / "meta", "--maintenance-interval", "0", "--auth-dir", auth_dir)
-        procs.append(meta.start())
-        for i in range(3):
-            n = storage_node(
-                root / f"node{i}",
-                "--metadata-url",
-                meta.url,
-                "--heartbeat-interval",
-                "1",
-                "--auth-dir",
-                auth_dir,
-            )
-            procs.append(n.start())
-        viewer = {"Authorization": f"Bearer {keys['viewer']}"}
-        deadline = time.monotonic() + 20
-        while len(httpx.get(meta.url + "/nodes/healthy", headers=viewer).json()) < 3:
-            assert time.monotonic() < deadline, "storage nodes did not register"
-            time.sleep(0.1)
-        up = uploader_service(root / "up", meta.url, "--auth-dir", auth_dir)
-        procs.append(up.start())
-        video = make_video(root / "v.mp4", size="320x240", seconds=3, bitrate="1M")
-        yield {"meta": meta, "up": up, "keys": keys, "video": video}
-    finally:
-        for p in reversed(procs):
-            p.stop()
+    auth_dir, keys = auth_dir_with_keys(root, ("viewer", "uploader"))
+    with signed_video_cluster(root, auth_dir, keys["viewer"]) as (meta, _nodes):
+        with uploader_service(root / "up", meta.url, "--auth-dir", auth_dir) as up:
+            video = make_video(root / "v.mp4", size="320x240", seconds=3, bitrate="1M")
+            yield {"meta": meta, "up": up, "keys": keys, "video": video}
 
 
 def h(stack, role: str) -> dict:
