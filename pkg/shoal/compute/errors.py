@@ -95,3 +95,15 @@ class RegistryUnavailable(ComputeError):
 
     status = 503
     code = "REGISTRY_UNAVAILABLE"
+
+
+class SnapshotNotFound(ComputeError):
+    status = 404
+    code = "SNAPSHOT_NOT_FOUND"
+
+
+class SnapshotExists(ComputeError):
+    """A snapshot's name is unique per instance: taking it again would overwrite a restore point."""
+
+    status = 409
+    code = "SNAPSHOT_EXISTS"

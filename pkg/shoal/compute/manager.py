@@ -37,6 +37,8 @@ from shoal.compute.errors import (
     NameConflict,
     NodeIdTakenOver,
     OperationNotSupported,
+    SnapshotExists,
+    SnapshotNotFound,
     ValidationFailed,
 )
 from shoal.compute.events import EventBus
@@ -58,6 +60,8 @@ from shoal.compute.models import (
     NodeOut,
     Resources,
     ResourcesOut,
+    Snapshot,
+    SnapshotList,
     StorageOut,
     UpdateInstance,
     Usage,
@@ -670,6 +674,105 @@ class ComputeManager:
         if seen.state != "running":
             raise self._conflict(seen, "exec in")
         return await self.call(name, self.backends[name].exec(record["backendId"], command, timeout))
+
+    # ---- snapshots -----------------------------------------------------------------------------
+    # The record lists its snapshots (name, kind, when); the backend holds them: a docker image
+    # (shoal-snapshots/<id>:<name>), a libvirt snapshot in the qcow2, or a qemu-img copy.
+
+    @staticmethod
+    def _snapshot_view(snap: dict[str, Any]) -> Snapshot:
+        return Snapshot(
+            name=snap["name"],
+            created_at=snap["createdAt"],
+            kind=snap["kind"],
+            stateful=bool(snap.get("stateful")),
+            instance_state=snap.get("instanceState", "unknown"),
+            size=snap.get("size"),
+        )
+
+    @staticmethod
+    def _find_snapshot(record: dict[str, Any], name: str) -> dict[str, Any]:
+        check_ref(name, "snapshot")
+        for snap in record.get("snapshots") or []:
+            if snap["name"] == name:
+                return snap
+        raise SnapshotNotFound(
+            f"instance {record['id']!r} has no snapshot {name!r}", {"id": record["id"], "snapshot": name}
+        )
+
+    async def snapshots(self, instance_id: str) -> SnapshotList:
+        record = await self.record(instance_id)
+        return SnapshotList(snapshots=[self._snapshot_view(s) for s in record.get("snapshots") or []])
+
+    def _ready(self, record: dict[str, Any], operation: str) -> None:
+        if record.get("phase") == "creating":
+            raise OperationNotSupported(
+                f"cannot {operation}: the instance is still being created",
+                {"operation": operation, "state": "created"},
+                status=409,
+            )
+
+    async def snapshot(self, instance_id: str, name: str) -> Snapshot:
+        """Take a snapshot (docker commit; a libvirt snapshot or a disk copy); 409 if the name is used."""
+        async with self.locked(instance_id, "snapshot") as record:
+            self._ready(record, "snapshot")
+            if any(s["name"] == name for s in record.get("snapshots") or []):
+                raise SnapshotExists(
+                    f"instance {instance_id!r} already has a snapshot {name!r}",
+                    {"id": instance_id, "snapshot": name},
+                )
+            seen = await self._observe_live(record)
+            self._require_present(seen, "snapshot")
+            backend = record["backend"]
+            made = await self.call(
+                backend, self.backends[backend].snapshot(record["backendId"], record, name)
+            )
+            snap = {"name": name, "createdAt": now_iso(), "instanceState": seen.state, **made}
+            record = {**record, "snapshots": [*(record.get("snapshots") or []), snap]}
+            await self._touch(record)
+            self.emit("instance-snapshot-created", record, snapshot=name)
+        return self._snapshot_view(snap)
+
+    def _spec_of(self, record: dict[str, Any], image: str | None = None) -> CreateInstance:
+        """The create request an instance was made from (with its later updates), for a restore."""
+        config = dict(record.get("config") or {})
+        if image is not None:
+            config["image"] = image
+        body = {
+            "name": record["name"],
+            "backend": record["backend"],
+            "config": config,
+            "resources": record.get("resources") or {},
+            "metadata": record.get("metadata") or {},
+            "start": False,
+        }
+        return msgspec.convert(body, CreateInstance)
+
+    async def restore(self, instance_id: str, name: str) -> Instance:
+        """Back to the snapshot: same id, name, config; see docs/compute.md for what comes back."""
+        async with self.locked(instance_id, "restore") as record:
+            self._ready(record, "restore")
+            snap = self._find_snapshot(record, name)
+            seen = await self._observe_live(record)
+            self._require_present(seen, "restore")
+            backend = record["backend"]
+            spec = self._spec_of(record, snap.get("ref")) if backend == "docker" else None
+            new_id = await self.call(
+                backend, self.backends[backend].restore(record["backendId"], record, snap, spec)
+            )
+            record = {**record, "backendId": new_id, "restoredFrom": name}
+            await self._touch(record)
+            self.emit("instance-restored", record, snapshot=name)
+        return await self.get(instance_id)
+
+    async def delete_snapshot(self, instance_id: str, name: str) -> None:
+        async with self.locked(instance_id, "delete snapshot") as record:
+            snap = self._find_snapshot(record, name)
+            backend = record["backend"]
+            await self.call(backend, self.backends[backend].delete_snapshot(record, snap))
+            left = [s for s in record.get("snapshots") or [] if s["name"] != name]
+            await self._touch({**record, "snapshots": left})
+            self.emit("instance-snapshot-deleted", record, snapshot=name)
 
     # ---- cluster -----------------------------------------------------------------------------
 

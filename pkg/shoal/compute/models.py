@@ -135,6 +135,23 @@ class ExecRequest(Camel):
     timeout: Annotated[float, Meta(gt=0, le=3600)] = 60
 
 
+SnapshotName = Annotated[
+    str,
+    Meta(
+        pattern=r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$",
+        description="1-63 characters: letters, digits, '_', '.', '-'; unique per instance",
+    ),
+]
+
+
+class CreateSnapshot(Camel):
+    name: SnapshotName
+
+
+class AsyncQuery(Camel):
+    async_: bool = msgspec.field(default=False, name="async")
+
+
 class WaitQuery(Camel):
     timeout: Annotated[float, Meta(ge=0, le=600)] = 0
 
@@ -223,6 +240,21 @@ class InstanceList(Out):
     # backend -> why it did not answer; its instances are listed with state `unknown`
     # (left out of the body when every backend answered, so the documented shape is unchanged)
     unavailable_backends: dict[str, str] = {}
+
+
+class Snapshot(Out):
+    """A point an instance can be restored to (see docs/compute.md, Snapshots, for what it holds)."""
+
+    name: str
+    created_at: str
+    kind: str  # image (docker commit), internal (libvirt, in the qcow2), external (a qemu-img copy)
+    stateful: bool  # memory and processes too (a running VM's libvirt snapshot); else the disk only
+    instance_state: str  # the instance's state when it was taken
+    size: int | None = None  # bytes, when the backend says
+
+
+class SnapshotList(Out):
+    snapshots: list[Snapshot]
 
 
 class CpuUsage(Out):

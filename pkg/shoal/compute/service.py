@@ -52,6 +52,7 @@ from shoal.compute.models import (
     BackendInfo,
     ClusterStatus,
     CreateInstance,
+    CreateSnapshot,
     DeleteQuery,
     EventsQuery,
     ExecRequest,
@@ -60,6 +61,8 @@ from shoal.compute.models import (
     InstanceList,
     ListQuery,
     LogsQuery,
+    Snapshot,
+    SnapshotList,
     StopRequest,
     UpdateInstance,
     Usage,
@@ -414,6 +417,49 @@ def make_api(get_manager: Callable[[], ComputeManager]) -> Api:
     async def exec_command(request: Request, instance_id: str, body: ExecRequest) -> ExecResult:
         out = await call(get_manager().exec(instance_id, list(body.command), body.timeout))
         return ExecResult(exit_code=out["exitCode"], stdout=out["stdout"], stderr=out["stderr"])
+
+    snap_path = f"{PREFIX}/instances/{{instance_id}}/snapshots"
+
+    @api.get(snap_path, response=SnapshotList, summary="An instance's snapshots, oldest first")
+    async def list_snapshots(request: Request, instance_id: str) -> SnapshotList:
+        return await call(get_manager().snapshots(instance_id))
+
+    @api.post(
+        snap_path,
+        body=CreateSnapshot,
+        response=Snapshot,
+        status=201,
+        summary="Snapshot an instance: a container's filesystem (docker commit), a VM's disk "
+        "(and memory when it runs)",
+        description="See docs/compute.md (Snapshots) for what a restore brings back." + ASYNC_DOC,
+        extra_responses={202: "accepted: an operation (Location header)"},
+        timeout=None,
+    )
+    async def create_snapshot(request: Request, instance_id: str, body: CreateSnapshot) -> Any:
+        return await maybe_async(
+            request, "snapshot", instance_id, lambda: get_manager().snapshot(instance_id, body.name)
+        )
+
+    @api.post(
+        snap_path + "/{name}/restore",
+        response=Instance,
+        summary="Restore an instance to a snapshot (same id, name and config)",
+        description=ASYNC_DOC.strip(),
+        extra_responses={202: "accepted: an operation (Location header)"},
+        timeout=None,
+    )
+    async def restore_snapshot(request: Request, instance_id: str, name: str) -> Any:
+        return await maybe_async(
+            request, "restore", instance_id, lambda: get_manager().restore(instance_id, name)
+        )
+
+    @api.delete(snap_path + "/{name}", status=204, summary="Delete a snapshot", timeout=None)
+    async def delete_snapshot(request: Request, instance_id: str, name: str) -> Response:
+        async def run() -> None:
+            await get_manager().delete_snapshot(instance_id, name)
+
+        result = await maybe_async(request, "delete snapshot", instance_id, run)
+        return result if isinstance(result, Response) else Response(status_code=204)
 
     @api.get(
         f"{PREFIX}/cluster/status",

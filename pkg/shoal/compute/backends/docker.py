@@ -40,6 +40,10 @@ from shoal.compute.models import (
 
 LABEL_ID = "shoal.compute.id"
 LABEL_NAME = "shoal.compute.name"
+LABEL_SNAPSHOT_OF = "shoal.compute.snapshot-of"  # on snapshot images: the instance they belong to
+LABEL_SNAPSHOT = "shoal.compute.snapshot"  # on snapshot images: the snapshot's name
+SNAPSHOT_REPO = "shoal-snapshots"
+RESTORED_TAG = "_restored"  # the image a restored container runs on (never a snapshot's name)
 KVM_ONLY = ("disk_format", "network_type", "network_source", "cloud_init")
 MIN_MEMORY = 6 * 1024 * 1024  # dockerd refuses less
 MIN_CORES = 0.01  # dockerd's smallest NanoCpus (10 ms of CPU per second); below it means no limit
@@ -450,8 +454,92 @@ class DockerBackend:
             )
 
     async def delete(self, backend_id: str, record: dict[str, Any]) -> None:
+        """The container, then its snapshot images (tagged or not: a restored container's base)."""
         try:
             await self._call(self.container(backend_id).delete, force=True, v=True)
+        except BackendError as exc:
+            if exc.status != 404:
+                raise
+        if record.get("id"):
+            await self._remove_snapshot_images(record["id"])
+
+    async def _remove_snapshot_images(self, instance_id: str) -> None:
+        rows = await self._call(
+            self.client().images.list, all=True, filters={"label": [f"{LABEL_SNAPSHOT_OF}={instance_id}"]}
+        )
+        for row in rows:
+            try:
+                await self._call(self.client().images.delete, row["Id"], force=True)
+            except BackendError as exc:
+                if exc.status not in (404, 409):  # gone already; a layer another image still uses
+                    raise
+
+    # ---- snapshots ---------------------------------------------------------------------------
+
+    @staticmethod
+    def snapshot_ref(instance_id: str, name: str) -> str:
+        """The image a snapshot is committed to: shoal-snapshots/<instance id>:<snapshot name>."""
+        repo = re.sub(r"[^a-z0-9_.-]", "-", instance_id.lower()).strip(".-_") or "instance"
+        return f"{SNAPSHOT_REPO}/{repo}:{name}"
+
+    async def snapshot(self, backend_id: str, record: dict[str, Any], name: str) -> dict[str, Any]:
+        """docker commit (the container paused meanwhile): its filesystem, not its processes."""
+        await self._must_inspect(backend_id)
+        ref = self.snapshot_ref(record["id"], name)
+        repo, tag = ref.rsplit(":", 1)
+        changes = [f"LABEL {LABEL_SNAPSHOT_OF}={record['id']} {LABEL_SNAPSHOT}={name}"]
+        out = await self._call(
+            self.container(backend_id).commit,
+            repository=repo,
+            tag=tag,
+            message=f"shoal snapshot {name} of {record['id']}",
+            changes=changes,
+            pause=True,
+            timeout=None,
+        )
+        image = await self._call(self.client().images.inspect, out["Id"])
+        return {
+            "ref": ref,
+            "imageId": out["Id"],
+            "kind": "image",
+            "stateful": False,
+            "size": image.get("Size"),
+        }
+
+    async def restore(self, backend_id: str, record: dict[str, Any], snap: dict[str, Any], spec: Any) -> str:
+        """A new container from the snapshot's image, with the instance's name, labels and config;
+        the old one is kept (renamed) until the new one exists, and put back if it cannot be made.
+        Returns the new container's id."""
+        old = await self._must_inspect(backend_id)
+        was_running = bool((old.get("State") or {}).get("Running"))
+        await self._call(self.client().images.inspect, snap["imageId"])  # 404 before anything changes
+        if was_running:
+            await self.stop(backend_id, False, 10)
+        aside = f"{record['name']}.shoal-restore-{backend_id[:12]}"
+        await self._call(self.container(backend_id).rename, aside)
+        new_id = None
+        try:
+            new_id = await self.create(record, spec)
+            # the container's base keeps a tag of its own, so deleting the snapshot only untags
+            repo = snap["ref"].rsplit(":", 1)[0]
+            await self._call(self.client().images.tag, snap["imageId"], repo, tag=RESTORED_TAG)
+            if was_running:
+                await self.start(new_id)
+        except BaseException:
+            if new_id is not None:
+                await asyncio.shield(self.delete(new_id, {}))
+            await asyncio.shield(self._call(self.container(backend_id).rename, record["name"]))
+            if was_running:
+                await asyncio.shield(self.start(backend_id))
+            raise
+        await self.delete(backend_id, {})  # not the images: the new container stands on one
+        return new_id
+
+    async def delete_snapshot(self, record: dict[str, Any], snap: dict[str, Any]) -> None:
+        """Remove the snapshot's tag: the image goes unless a restored container stands on it
+        (then it keeps its `_restored` tag, and goes with the instance)."""
+        try:
+            await self._call(self.client().images.delete, snap["ref"])
         except BackendError as exc:
             if exc.status != 404:
                 raise

@@ -607,6 +607,119 @@ class KvmBackend:
         await self._run(remove)
         await asyncio.to_thread(shutil.rmtree, self.instance_dir(record["id"]), True)
 
+    # ---- snapshots ---------------------------------------------------------------------------
+
+    def snapshot_dir(self, instance_id: str) -> Path:
+        return self.instance_dir(instance_id) / "snapshots"
+
+    async def snapshot(self, backend_id: str, record: dict[str, Any], name: str) -> dict[str, Any]:
+        """A libvirt snapshot: internal to the qcow2 disk, with memory when the VM runs (so a
+        restore resumes it where it was). A raw disk cannot hold one: then, with the VM stopped,
+        a full qemu-img copy of the disk ("external"); a running raw-disk VM is refused (409)."""
+
+        def make(c: Any) -> dict[str, Any]:
+            dom = self._dom(c, backend_id)
+            active = bool(dom.isActive())
+            xml = f"<domainsnapshot><name>{name}</name><description>shoal</description></domainsnapshot>"
+            try:
+                dom.snapshotCreateXML(xml, 0)
+            except libvirt.libvirtError as exc:
+                if exc.get_error_code() == libvirt.VIR_ERR_OPERATION_INVALID and "exists" in str(exc):
+                    raise
+                return {"fallback": True, "active": active, "reason": exc.get_error_message() or str(exc)}
+            return {"kind": "internal", "stateful": active}
+
+        out = await self._run(make, timeout=QEMU_IMG_TIMEOUT)
+        if not out.get("fallback"):
+            return out
+        if out["active"]:
+            raise OperationNotSupported(
+                f"libvirt cannot snapshot this running VM ({out['reason']}); stop it and snapshot "
+                "its disk instead",
+                {"backend": "kvm", "reason": out["reason"]},
+                status=409,
+            )
+        disk = self._disk_path(record)
+        if disk is None or not disk.exists():
+            raise OperationNotSupported(
+                f"libvirt cannot snapshot this VM: {out['reason']}",
+                {"backend": "kvm", "reason": out["reason"]},
+            )
+        folder = self.snapshot_dir(record["id"])
+        folder.mkdir(parents=True, exist_ok=True)
+        target = folder / f"{name}.qcow2"
+        fmt = (await _qemu_img_info(disk)).get("format", "raw")
+        try:
+            await _qemu_img("convert", "-f", fmt, "-O", "qcow2", str(disk), str(target))
+        except BaseException:
+            target.unlink(missing_ok=True)
+            raise
+        return {"kind": "external", "stateful": False, "size": target.stat().st_size, "format": fmt}
+
+    def _disk_path(self, record: dict[str, Any]) -> Path | None:
+        folder = self.instance_dir(record["id"])
+        return next((p for p in (folder / "disk.qcow2", folder / "disk.raw") if p.exists()), None)
+
+    async def restore(self, backend_id: str, record: dict[str, Any], snap: dict[str, Any], spec: Any) -> str:
+        """Revert to the snapshot. A stateful one resumes the VM as it was then; a disk-only one
+        keeps the VM's power state (a running VM is powered off, reverted and started again)."""
+        if snap.get("kind") == "external":
+            source = self.snapshot_dir(record["id"]) / f"{snap['name']}.qcow2"
+            disk = self._disk_path(record)
+            if not source.exists() or disk is None:
+                raise InstanceNotFound(
+                    f"the disk copy of snapshot {snap['name']!r} is gone", {"snapshot": snap["name"]}
+                )
+            running = await self._state(backend_id) not in (libvirt.VIR_DOMAIN_SHUTOFF,)
+            if running:
+                await self.stop(backend_id, True, 0)
+            fmt = snap.get("format") or ("qcow2" if disk.suffix == ".qcow2" else "raw")
+            partial_disk = disk.with_name(disk.name + ".restoring")
+            try:
+                await _qemu_img("convert", "-f", "qcow2", "-O", fmt, str(source), str(partial_disk))
+                os.replace(partial_disk, disk)
+            finally:
+                partial_disk.unlink(missing_ok=True)
+            if running:
+                await self.start(backend_id)
+            return backend_id
+
+        def revert(c: Any) -> None:
+            dom = self._dom(c, backend_id)
+            snapshot = dom.snapshotLookupByName(snap["name"], 0)
+            flags = 0
+            keep_running = bool(dom.isActive()) and not snap.get("stateful")
+            if keep_running:
+                flags |= libvirt.VIR_DOMAIN_SNAPSHOT_REVERT_RUNNING
+            try:
+                dom.revertToSnapshot(snapshot, flags)
+            except libvirt.libvirtError as exc:
+                if exc.get_error_code() != libvirt.VIR_ERR_SNAPSHOT_REVERT_RISKY:
+                    raise
+                dom.revertToSnapshot(snapshot, flags | libvirt.VIR_DOMAIN_SNAPSHOT_REVERT_FORCE)
+            if keep_running and not dom.isActive():  # not every driver honours REVERT_RUNNING
+                dom.create()
+
+        await self._run(revert, timeout=QEMU_IMG_TIMEOUT)
+        return backend_id
+
+    async def delete_snapshot(self, record: dict[str, Any], snap: dict[str, Any]) -> None:
+        if snap.get("kind") == "external":
+            (self.snapshot_dir(record["id"]) / f"{snap['name']}.qcow2").unlink(missing_ok=True)
+            return
+
+        def remove(c: Any) -> None:
+            dom = self._dom(c, record["backendId"])
+            try:
+                snapshot = dom.snapshotLookupByName(snap["name"], 0)
+            except libvirt.libvirtError as exc:
+                if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN_SNAPSHOT:
+                    return
+                raise
+            snapshot.delete(0)
+
+        await self._run(remove, timeout=QEMU_IMG_TIMEOUT)
+
     # ---- logs --------------------------------------------------------------------------------
 
     async def logs(self, backend_id: str, record: dict[str, Any], tail: int | None, follow: bool) -> Any:
