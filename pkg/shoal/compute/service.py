@@ -47,6 +47,7 @@ from shoal.compute.backends.kvm import KvmBackend
 from shoal.compute.errors import ComputeError, RegistryUnavailable, ValidationFailed
 from shoal.compute.health import DEFAULT_TIMEOUT
 from shoal.compute.manager import ComputeManager, check_backend
+from shoal.compute.metrics import DEFAULT_TTL, InstanceMetrics
 from shoal.compute.models import (
     STOP_BODY_SCHEMA,
     BackendInfo,
@@ -159,6 +160,13 @@ def add_arguments(parser: Any) -> None:
         "hung: /health says degraded, lists show the other backend, calls on it answer 503",
     )
     parser.add_argument(
+        "--metrics-ttl",
+        type=float,
+        default=DEFAULT_TTL,
+        help="seconds one per-instance sample (CPU, memory, state) serves /metrics before the daemons "
+        "are asked again",
+    )
+    parser.add_argument(
         "--node-claim-ttl",
         type=float,
         default=30.0,
@@ -179,6 +187,9 @@ def check_options(options: dict[str, Any]) -> None:
     timeout = options.get("backend_timeout") or DEFAULT_TIMEOUT
     if not 0.05 <= timeout <= 60:
         raise SystemExit(f"--backend-timeout {timeout}: between 0.05 and 60 seconds")
+    metrics_ttl = options.get("metrics_ttl")
+    if metrics_ttl is not None and not 0.1 <= metrics_ttl <= 3600:
+        raise SystemExit(f"--metrics-ttl {metrics_ttl}: between 0.1 and 3600 seconds")
     for prefix in options.get("allow_host_path") or []:
         if not prefix.startswith("/") or "\x00" in prefix:
             raise SystemExit(f"--allow-host-path {prefix!r}: an absolute path")
@@ -604,11 +615,18 @@ class ComputeAuth:
     prefix cannot make a route look public).
     """
 
-    def __init__(self, app: Any, layer: AuthLayer, tokens: list[str]) -> None:
+    def __init__(
+        self,
+        app: Any,
+        layer: AuthLayer,
+        tokens: list[str],
+        before_metrics: Callable[[], Any] | None = None,
+    ) -> None:
         self.app = app
         self.layer = layer
         self.guarded = layer.wrap(app)
         self.tokens = [t.encode() for t in tokens]
+        self.before_metrics = before_metrics  # refreshes the per-instance sample (compute/metrics.py)
 
     def __getattr__(self, name: str) -> Any:  # .state, .openapi, ... of the wrapped app
         if name in ("app", "guarded"):
@@ -627,6 +645,12 @@ class ComputeAuth:
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
         if scope["type"] != "http" or not _route_path(scope).startswith("/api/"):
+            if (
+                self.before_metrics is not None
+                and scope["type"] == "http"
+                and _route_path(scope) == "/metrics"
+            ):
+                await self.before_metrics()  # bounded by the backend timeout
             await self.guarded(scope, receive, send)
             return
         if self.tokens and self.legacy(scope):
@@ -683,6 +707,8 @@ def create_app(options: dict[str, Any]) -> Any:
     def get_manager() -> ComputeManager:
         return holder["manager"]
 
+    instance_metrics = InstanceMetrics(get_manager, float(options.get("metrics_ttl") or DEFAULT_TTL))
+
     @asynccontextmanager
     async def lifespan(app: Any) -> Any:
         store = await open_store(
@@ -735,6 +761,7 @@ def create_app(options: dict[str, Any]) -> Any:
         try:
             yield
         finally:
+            await instance_metrics.close()
             await holder.pop("manager").close()
             await claim.release()
             await store.close()
@@ -758,7 +785,8 @@ def create_app(options: dict[str, Any]) -> Any:
     app.openapi.setdefault("components", {})["securitySchemes"] = {
         "bearerAuth": SECURITY_SCHEMES["bearerAuth"]
     }
-    return ComputeAuth(app, layer, tokens)
+    app.metrics.registry.register(instance_metrics)
+    return ComputeAuth(app, layer, tokens, instance_metrics.refresh_if_stale)
 
 
 def _has_tokens(options: dict[str, Any]) -> bool:

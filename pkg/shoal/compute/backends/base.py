@@ -80,6 +80,18 @@ class Backend(Protocol):
 
     async def usage(self, backend_id: str, record: dict[str, Any]) -> Usage: ...
 
+    async def metrics(self) -> dict[str, Any]:
+        """backend id -> metrics.Seen (state, CPU seconds, memory bytes) of every instance, in
+        as few daemon calls as the backend allows (scraped every few seconds)."""
+
+    async def snapshot(self, backend_id: str, record: dict[str, Any], name: str) -> dict[str, Any]:
+        """Take snapshot `name`; what the record keeps of it (kind, stateful, the backend's ref)."""
+
+    async def restore(self, backend_id: str, record: dict[str, Any], snap: dict[str, Any], spec: Any) -> str:
+        """Back to `snap`; returns the backend id afterwards (a container is recreated)."""
+
+    async def delete_snapshot(self, record: dict[str, Any], snap: dict[str, Any]) -> None: ...
+
 
 def now_iso() -> str:
     return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

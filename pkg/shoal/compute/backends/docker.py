@@ -594,6 +594,41 @@ class DockerBackend:
             "stderr": err.decode(errors="replace"),
         }
 
+    # ---- metrics -----------------------------------------------------------------------------
+
+    async def metrics(self) -> dict[str, Any]:
+        """State, CPU seconds and working-set memory of every shoal container: one list, then
+        one-shot stats (a single sample, no 1 s wait) of the running ones, a few at a time."""
+        from shoal.compute.metrics import Seen
+
+        states = await self.observe_all()
+        gate = asyncio.Semaphore(8)
+
+        async def stats(backend_id: str) -> dict[str, Any]:
+            async with gate:
+                try:
+                    return await self._call(
+                        self.client()._query_json,
+                        f"containers/{backend_id}/stats",
+                        params={"stream": "false", "one-shot": "true"},
+                    )
+                except BackendError:  # stopped or removed meanwhile
+                    return {}
+
+        running = [b for b, seen in states.items() if seen.state in ("running", "paused")]
+        rows = dict(zip(running, await asyncio.gather(*(stats(b) for b in running)), strict=True))
+        out = {}
+        for backend_id, seen in states.items():
+            st = rows.get(backend_id) or {}
+            total = ((st.get("cpu_stats") or {}).get("cpu_usage") or {}).get("total_usage")
+            mem = st.get("memory_stats") or {}
+            out[backend_id] = Seen(
+                seen.state,
+                total / 1e9 if total is not None else None,
+                memory_used(mem) if mem.get("usage") is not None else None,
+            )
+        return out
+
     # ---- usage -------------------------------------------------------------------------------
 
     async def usage(self, backend_id: str, record: dict[str, Any]) -> Usage:

@@ -745,6 +745,33 @@ class KvmBackend:
 
         return stream()
 
+    # ---- metrics -----------------------------------------------------------------------------
+
+    async def metrics(self) -> dict[str, Any]:
+        """State, CPU seconds (cpuTime) and memory (the QEMU process's resident set when libvirt
+        has it, else the memory the guest was given) of every domain, in one scan."""
+        from shoal.compute.metrics import Seen
+
+        def scan(c: Any) -> dict[str, Any]:
+            out = {}
+            for dom in c.listAllDomains(0):
+                with contextlib.suppress(libvirt.libvirtError):  # vanished mid-scan
+                    state, reason = dom.state()
+                    seen = self._observed(state, reason)
+                    if not dom.isActive():
+                        out[dom.UUIDString()] = Seen(seen.state, None, None)
+                        continue
+                    info = dom.info()  # state, maxMem KiB, mem KiB, vcpus, cpuTime ns
+                    memory = int(info[2]) * 1024
+                    with contextlib.suppress(libvirt.libvirtError):
+                        rss = dom.memoryStats().get("rss")
+                        if rss:
+                            memory = int(rss) * 1024
+                    out[dom.UUIDString()] = Seen(seen.state, int(info[4]) / 1e9, memory)
+            return out
+
+        return await self._run(scan)
+
     # ---- usage -------------------------------------------------------------------------------
 
     async def _sample(self, backend_id: str) -> dict[str, Any]:
