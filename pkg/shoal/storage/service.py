@@ -10,6 +10,11 @@ cluster node); chunk PUT/DELETE and the Paxos prepare/accept routes need a clust
 signed request or a node JWT: no human key, not even admin); GET /chunks and GET /paxos/{id}
 need an operator or a node. A signed chunk PUT is checked before its body is read and its body
 hashed once (shoal.storage.nodeauth). Registration and heartbeats to --metadata-url are signed.
+
+`--read-bandwidth BYTES/s` (default off) shares that egress budget between clients on chunk GETs
+(shoal.web.auth.bandwidth): bodies go out in --read-slice pieces, granted round robin per client
+(credential, else address) once the budget is used up, so one client with many readers cannot
+starve one with a few.
 """
 
 from __future__ import annotations
@@ -46,6 +51,7 @@ from shoal.web import DETAIL_ENVELOPE, Api, ApiError, header, read_raw_body, res
 from shoal.web import create_app as build_app
 from shoal.web.api import Endpoint
 from shoal.web.auth import NODE, Requirement, add_auth_arguments, check_startup
+from shoal.web.auth.bandwidth import DEFAULT_SLICE, FairShare, respond_shared
 from shoal.web.jsonio import JSONResponse
 from shoal.web.tls import add_client_tls_argument, options_verify
 
@@ -101,12 +107,30 @@ def add_arguments(parser) -> None:
     parser.add_argument("--compact-threshold", type=float, default=0.5, help="garbage share that triggers it")
     parser.add_argument("--compact-interval", type=float, default=30.0, help="seconds between checks")
     parser.add_argument("--heartbeat-interval", type=float, default=5.0, help="seconds between heartbeats")
+    parser.add_argument(
+        "--read-bandwidth",
+        type=_size,
+        default=0,
+        metavar="BYTES/s",
+        help="egress budget shared fairly between clients on chunk GETs, e.g. 100M (default 0 = off)",
+    )
+    parser.add_argument(
+        "--read-fairness",
+        choices=["client", "request"],
+        default="client",
+        help="turns of the shared budget: per client (fair) or per request (as a plain link; comparison)",
+    )
+    parser.add_argument(
+        "--read-slice", type=_size, default=DEFAULT_SLICE, help="piece a shared GET body is sent in (256K)"
+    )
     add_auth_arguments(parser)
     add_client_tls_argument(parser)
 
 
 def check_options(options: dict[str, Any]) -> None:
     check_startup(options, "storage")
+    if (options.get("read_bandwidth") or 0) < 0 or (options.get("read_slice") or DEFAULT_SLICE) < 4096:
+        raise SystemExit("shoal serve storage: --read-bandwidth must be >= 0 and --read-slice >= 4K")
 
 
 class Health(msgspec.Struct):
@@ -155,6 +179,14 @@ class StorageNode:
         self.compactor: Compactor | None = None
         self.metadata: MetadataClient | None = None
         self._node_id_header = (b"x-node-id", self.node_id.encode())
+        rate = options.get("read_bandwidth") or 0
+        self.share = (
+            FairShare(
+                rate, options.get("read_slice") or DEFAULT_SLICE, per=options.get("read_fairness") or "client"
+            )
+            if rate > 0
+            else None
+        )
 
     async def start(self) -> None:
         o = self.options
@@ -301,8 +333,12 @@ def make_api(node: StorageNode) -> Api:
             raise ApiError(500, str(exc)) from None
         headers = node.chunk_headers(chunk_id, entry)
         rng = header(scope, b"range")
+        share = node.share
         if rng is None:
-            await respond(send, 200, data, headers)
+            if share is None:
+                await respond(send, 200, data, headers)
+            else:
+                await respond_shared(send, share, scope, 200, data, headers)
             return
         size = len(data)
         try:
@@ -312,11 +348,11 @@ def make_api(node: StorageNode) -> Api:
                 416, f"range not satisfiable for {size} bytes", headers={"content-range": f"bytes */{size}"}
             ) from None
         if part is None:
-            await respond(send, 200, data, headers)
+            await respond_shared(send, share, scope, 200, data, headers)
             return
         start, end = part
         headers.append((b"content-range", f"bytes {start}-{end - 1}/{size}".encode()))
-        await respond(send, 206, data[start:end], headers)
+        await respond_shared(send, share, scope, 206, data[start:end], headers)
 
     @api.raw(
         "HEAD",
