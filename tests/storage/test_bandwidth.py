@@ -48,7 +48,10 @@ sys.stdin.read()  # until the test closes stdin (or dies: then this process ends
 def keys(tmp_path):
     d = AuthDir(tmp_path / "auth")
     d.init()
-    return {"dir": tmp_path / "auth", **{name: d.create_key("viewer", name)[1] for name in ("greedy", "polite")}}
+    return {
+        "dir": tmp_path / "auth",
+        **{name: d.create_key("viewer", name)[1] for name in ("greedy", "polite")},
+    }
 
 
 def polite_latencies(url: str, key: str, n: int) -> list[float]:

@@ -8,6 +8,11 @@ One process (MAX_WORKERS = 1): the background uploads and their counters live in
 With `--auth-dir D` (docs/security.md): POST /upload and GET /upload/status/{id} need an
 uploader key (or above); /health stays open. The uploader is a cluster member: its calls to the
 metadata service and its chunk PUTs/DELETEs to storage nodes are signed as node `--node-id`.
+
+`--upload-quota BYTES/day` (default with --auth-dir 100G/day per key, off without unless given):
+body bytes per API key (per client address in dev mode) per UTC day, counted in uploads.sqlite
+as they arrive (shoal.web.auth.limits.UploadQuota); the upload that crosses it is cut off with a
+429 (Retry-After: seconds to midnight UTC) and nothing of it is kept.
 """
 
 from __future__ import annotations
@@ -35,12 +40,15 @@ from shoal.uploader.sessions import INTERRUPTED, SessionStore, progress_in
 from shoal.web import DETAIL_ENVELOPE, Api, ApiError
 from shoal.web import create_app as build_app
 from shoal.web.api import Endpoint
-from shoal.web.auth import UPLOADER, AuthLayer, Requirement, add_auth_arguments, check_startup
+from shoal.web.auth import UPLOADER, AuthLayer, Requirement, add_auth_arguments, check_startup, principal
+from shoal.web.auth.limits import UploadQuota, parse_quota
+from shoal.web.auth.ratelimit import client_bucket
 from shoal.web.tls import add_client_tls_argument, options_verify
 
 TITLE = "Uploader service"
 MAX_WORKERS = 1
 DEFAULT_MAX_UPLOAD = 10 * 1024**3
+DEFAULT_UPLOAD_QUOTA = 100 * 1024**3  # per key per day with --auth-dir: far above `shoal demo`
 MAX_TITLE = 500
 MODES = ("replication", "erasure_coding")
 
@@ -58,6 +66,12 @@ def add_arguments(parser) -> None:
     parser.add_argument("--metadata-url", default="http://127.0.0.1:8080", help="metadata service")
     parser.add_argument(
         "--max-upload-bytes", type=_size, default=DEFAULT_MAX_UPLOAD, help="largest upload (10G)"
+    )
+    parser.add_argument(
+        "--upload-quota",
+        default=None,
+        metavar="BYTES/day",
+        help="upload bytes per API key per UTC day, e.g. 20G/day (default with --auth-dir 100G/day; 0 = off)",
     )
     parser.add_argument("--concurrency", type=int, default=4, help="chunks stored in parallel")
     parser.add_argument("--retries", type=int, default=3, help="retries of a failed chunk PUT")
@@ -83,6 +97,27 @@ def add_arguments(parser) -> None:
 
 def check_options(options: dict[str, Any]) -> None:
     check_startup(options, "uploader")
+    upload_quota(options)
+
+
+def upload_quota(options: dict[str, Any]) -> int:
+    """Bytes per key per day (0 = off); SystemExit on a bad --upload-quota."""
+    spec = options.get("upload_quota")
+    if spec is None:
+        return DEFAULT_UPLOAD_QUOTA if options.get("auth_dir") else 0
+    try:
+        return parse_quota(spec)
+    except ValueError as exc:
+        raise SystemExit(f"shoal serve uploader: --upload-quota: {exc}") from None
+
+
+def quota_subject(request: Any) -> str:
+    """Whose quota an upload draws on: the API key (or node) id, else the client address."""
+    p = principal(request)
+    if p is not None:
+        return f"{p.kind}:{p.id}"
+    client = request.scope.get("client")
+    return "address:" + client_bucket(client[0] if client else None)
 
 
 def policy(ep: Endpoint) -> Requirement | None:
@@ -163,6 +198,7 @@ class Uploader:
         self.incoming = incoming
         self.kv = await SqliteStore.open(self.data_dir / "uploads.sqlite", durable=False)
         self.sessions = SessionStore(self.kv)
+        self.quota = UploadQuota(upload_quota(self.options), self.kv)
         node_id = self.options.get("node_id") or f"uploader-{self.options.get('port') or 8084}"
         self.http = httpx.AsyncClient(
             timeout=httpx.Timeout(30.0, connect=3.0),
@@ -265,6 +301,7 @@ def make_api(u: Uploader) -> Api:
         extra_responses={
             400: "missing field, not a video in a supported format, empty or truncated file",
             413: "upload larger than --max-upload-bytes",
+            429: "the key's --upload-quota for today is used up (Retry-After: seconds to midnight UTC)",
             503: "the metadata service is unreachable",
         },
         openapi_extra=_MULTIPART_DOC,
@@ -273,6 +310,8 @@ def make_api(u: Uploader) -> Api:
         declared = request.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > u.max_upload:
             raise ApiError(413, f"upload is {declared} bytes; the limit is {u.max_upload}")
+        who = quota_subject(request)
+        await u.quota.check(who, int(declared) if declared and declared.isdigit() else None)
         s = await u.sessions.create("", "")
         path = u.incoming / f"{s.upload_session_id}.upload"
         expected = int(declared) if declared and declared.isdigit() else 0
@@ -282,9 +321,10 @@ def make_api(u: Uploader) -> Api:
                 await u.sessions.update(s, progress=progress_in("uploading", received / expected))
 
         try:
-            got = await receive_upload(
-                request.stream(), request.headers.get("content-type"), path, u.max_upload, progress
-            )
+            async with contextlib.aclosing(u.quota.meter(who, request.stream())) as body:
+                got = await receive_upload(
+                    body, request.headers.get("content-type"), path, u.max_upload, progress
+                )
             title = got.fields.get("title", "").strip()
             if not got.has_file:
                 raise ApiError(400, "missing form field 'video' (the video file)")

@@ -11,7 +11,8 @@
 securitySchemes to /openapi.json. Routes the service did not declare (/health, /openapi.json,
 /metrics, 404s) stay open.
 
-Per request, in this order: the client-IP bucket (before any credential is checked, so
+Per request, in this order: the requests in flight from the client's address (--max-conns-per-ip,
+held until the app has answered), the client-IP bucket (before any credential is checked, so
 guessing keys costs tokens too), the credential (HMAC signature, API key or JWT as Bearer),
 the per-credential bucket (cluster nodes exempt), then the route's role. Refusals are 401 (no or
 bad credentials, with WWW-Authenticate), 403 (wrong role) or 429 (Retry-After), always in the
@@ -36,6 +37,7 @@ from starlette.routing import compile_path
 
 from shoal.web.api import Api, Endpoint
 from shoal.web.auth import signing, tokens
+from shoal.web.auth.limits import ConnectionLimiter, too_many_connections
 from shoal.web.auth.ratelimit import Rate, RateLimiter, client_bucket, retry_after
 from shoal.web.auth.roles import NODE_ROLE, OPERATOR, VIEWER, AuthError, Principal, Requirement
 from shoal.web.auth.store import PREFIX, KeyTable
@@ -48,6 +50,7 @@ PRINCIPAL = "shoal.principal"
 DEFAULT_IP_RATE = Rate(1000, 2000)  # per client IP: far above what `shoal demo` sends
 DEFAULT_KEY_RATE = Rate(500, 1000)  # per API key / token subject
 DEFAULT_MAX_SIGNED_BODY = 64 << 20
+DEFAULT_MAX_CONNS_PER_IP = 256  # requests in flight per client address (with --auth-dir)
 OFF = Rate(0, 0)
 WWW_AUTHENTICATE = {"WWW-Authenticate": 'Bearer realm="shoal"'}
 
@@ -90,6 +93,7 @@ class AuthSettings:
     token_ttl: float = tokens.DEFAULT_TTL
     max_signed_body: int = DEFAULT_MAX_SIGNED_BODY
     window: float = signing.WINDOW
+    max_conns_per_ip: int = 0
 
     @classmethod
     def from_options(cls, options: dict[str, Any]) -> AuthSettings:
@@ -101,6 +105,7 @@ class AuthSettings:
             key_rate=Rate.parse(key) if key is not None else (DEFAULT_KEY_RATE if auth_dir else OFF),
             token_ttl=float(options.get("token_ttl") or tokens.DEFAULT_TTL),
             max_signed_body=int(options.get("max_signed_body") or DEFAULT_MAX_SIGNED_BODY),
+            max_conns_per_ip=_max_conns(options.get("max_conns_per_ip"), auth_dir),
         )
 
 
@@ -139,6 +144,7 @@ class AuthLayer:
         )
         self.ip_limiter = RateLimiter(settings.ip_rate)
         self.key_limiter = RateLimiter(settings.key_rate)
+        self.conn_limiter = ConnectionLimiter(settings.max_conns_per_ip)
         self.rules: list[tuple[str, re.Pattern[str], Requirement | None]] = []
 
     @classmethod
@@ -203,7 +209,8 @@ class AuthLayer:
 
     def wrap(self, app: Any) -> Any:
         """`app` behind the middleware (or `app` itself when there is nothing to check)."""
-        if not self.enabled and not self.settings.ip_rate.enabled and not self.settings.key_rate.enabled:
+        s = self.settings
+        if not self.enabled and not s.ip_rate.enabled and not s.key_rate.enabled and not s.max_conns_per_ip:
             return app
         doc = getattr(app, "openapi", None)
         if self.enabled and isinstance(doc, dict):
@@ -301,7 +308,30 @@ class AuthMiddleware:
         matched, req = layer.requirement(scope["method"], scope["path"])
         label = "<auth>" if matched else "<unmatched>"
         client = scope.get("client")
-        wait = layer.ip_limiter.take(client_bucket(client[0] if client else None))
+        address = client_bucket(client[0] if client else None)
+        conns = layer.conn_limiter
+        if not conns.enabled:
+            await self._call(scope, receive, send, layer, req, label, address)
+            return
+        if not conns.acquire(address):
+            await self._refuse(scope, send, too_many_connections(conns.limit), label)
+            return
+        try:
+            await self._call(scope, receive, send, layer, req, label, address)
+        finally:
+            conns.release(address)
+
+    async def _call(
+        self,
+        scope: dict,
+        receive: Callable,
+        send: Callable,
+        layer: AuthLayer,
+        req: Requirement | None,
+        label: str,
+        address: str,
+    ) -> None:
+        wait = layer.ip_limiter.take(address)
         if wait:
             await self._refuse(scope, send, _too_many("this client address", wait), label)
             return
@@ -337,6 +367,12 @@ class AuthMiddleware:
                 return
             scope[PRINCIPAL] = p
         await self.app(scope, receive, send)
+
+
+def _max_conns(value: Any, auth_dir: str | None) -> int:
+    if value is not None:
+        return max(0, int(value))
+    return DEFAULT_MAX_CONNS_PER_IP if auth_dir else 0
 
 
 def _too_many(who: str, wait: float) -> ApiError:

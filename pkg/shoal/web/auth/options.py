@@ -26,7 +26,7 @@ log = logging.getLogger("shoal.auth")
 
 
 def add_auth_arguments(parser: argparse.ArgumentParser) -> None:
-    """--auth-dir, --insecure-dev, --rate-limit-ip, --rate-limit-key, --token-ttl (skips any a
+    """--auth-dir, --insecure-dev, --rate-limit-ip/-key, --max-conns-per-ip, --token-ttl (skips any a
     service already defines, e.g. the State Service's own --insecure-dev)."""
     have = set(parser._option_string_actions)  # argparse has no public "has option"
 
@@ -51,6 +51,13 @@ def add_auth_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         metavar="RATE[/BURST]",
         help="requests per second per API key or token (default with --auth-dir 500/1000; 0 = off)",
+    )
+    add(
+        "--max-conns-per-ip",
+        type=int,
+        default=None,
+        metavar="N",
+        help="requests in flight per client IP, over it 429 (default with --auth-dir 256; 0 = off)",
     )
     add(
         "--token-ttl",
@@ -84,6 +91,9 @@ def check_startup(options: dict[str, Any], service: str) -> None:
                 Rate.parse(options[flag])
             except ValueError as exc:
                 raise SystemExit(f"shoal serve {service}: --{flag.replace('_', '-')}: {exc}") from None
+    conns = options.get("max_conns_per_ip")
+    if conns is not None and int(conns) < 0:
+        raise SystemExit(f"shoal serve {service}: --max-conns-per-ip must be >= 0 (0 = off)")
     auth_dir = options.get("auth_dir")
     host = str(options.get("host") or "127.0.0.1")
     if auth_dir:
