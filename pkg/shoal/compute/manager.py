@@ -766,7 +766,7 @@ class ComputeManager:
         return await self.get(instance_id)
 
     async def delete_snapshot(self, instance_id: str, name: str) -> None:
-        async with self.locked(instance_id, "delete snapshot") as record:
+        async with self.locked(instance_id, "delete-snapshot") as record:
             snap = self._find_snapshot(record, name)
             backend = record["backend"]
             await self.call(backend, self.backends[backend].delete_snapshot(record, snap))

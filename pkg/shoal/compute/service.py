@@ -469,7 +469,7 @@ def make_api(get_manager: Callable[[], ComputeManager]) -> Api:
         async def run() -> None:
             await get_manager().delete_snapshot(instance_id, name)
 
-        result = await maybe_async(request, "delete snapshot", instance_id, run)
+        result = await maybe_async(request, "delete-snapshot", instance_id, run)
         return result if isinstance(result, Response) else Response(status_code=204)
 
     @api.get(

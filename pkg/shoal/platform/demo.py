@@ -1,6 +1,8 @@
 """`shoal demo`: one video through the whole platform a running `shoal up` serves.
 
-1. check the services answer (URLs from the same layout, --port-offset and --config as `shoal up`)
+1. check the services answer (URLs from the same layout, --port-offset and --config as `shoal up`),
+   and start and stop a busybox container through the Compute API (skipped, saying why, when
+   compute or its docker backend is not available)
 2. generate a test video with FFmpeg (testsrc + a tone, H.264 at ~4 Mbit/s)
 3. upload it through the uploader, with a progress bar (chunked to fMP4, spread over the nodes)
 4. register the storage nodes in the State Service as `nodes` (insecure-dev, or --admin-key)
@@ -76,6 +78,7 @@ class Urls:
     uploader: str
     dashboard: str | None
     storage: list[Child] = field(default_factory=list)
+    compute: str | None = None
 
 
 def urls_for(children: list[Child], proxy: str | None) -> Urls:
@@ -92,7 +95,9 @@ def urls_for(children: list[Child], proxy: str | None) -> Urls:
     metadata, uploader = one("metadata"), one("uploader")
     if metadata is None or uploader is None:
         raise DemoError("the layout has no metadata service or no uploader: the demo needs both")
-    return Urls(one("state"), metadata, uploader, one("dashboard"), by_service.get("storage", []))
+    return Urls(
+        one("state"), metadata, uploader, one("dashboard"), by_service.get("storage", []), one("compute")
+    )
 
 
 class Out:
@@ -143,6 +148,68 @@ def check_services(http: httpx.Client, urls: Urls, need_nodes: int, out: Out, wa
         raise DemoError(f"only {len(healthy)} healthy storage node(s); the demo needs {need_nodes}")
     out.say(f"{len(healthy)} storage nodes registered and healthy")
     return len(healthy)
+
+
+COMPUTE_IMAGE = "shoal-busybox:latest"  # what `shoal up` imports into its private dockerd
+COMPUTE_API = "/api/v1/compute"
+
+
+def compute_container(http: httpx.Client, url: str | None, out: Out) -> dict[str, Any]:
+    """Start and stop a busybox container through the Compute API, and remove it.
+
+    Skipped (said so, not a failure) when the layout has no compute, compute does not answer or
+    refuses our key, or its docker backend is unavailable (no dockerd: `shoal up
+    --no-private-daemons`); any other refusal fails the demo, as a broken compute should."""
+
+    def skip(why: str) -> dict[str, Any]:
+        out.say(f"{'compute':<9} {url or '-':<36} container step skipped: {why}")
+        return {"skipped": why}
+
+    if url is None:
+        return skip("no compute service in this layout")
+    base = url + COMPUTE_API
+    try:
+        status = http.get(base + "/cluster/status")
+    except httpx.HTTPError as exc:
+        return skip(f"compute does not answer ({type(exc).__name__})")
+    if status.status_code in (401, 403):
+        return skip(f"compute refused our credentials ({status.status_code}); pass an operator --api-key")
+    if status.status_code != 200:
+        return skip(f"cluster status answered {status.status_code}")
+    docker = (status.json().get("backends") or {}).get("docker") or {}
+    if docker.get("status") != "healthy":
+        return skip(f"the docker backend is unavailable ({docker.get('reason') or docker.get('status')})")
+    body = {
+        "name": f"shoal-demo-{os.getpid()}-{int(time.time())}",
+        "backend": "docker",
+        "config": {"image": COMPUTE_IMAGE, "command": ["sleep", "600"]},
+        "metadata": {"labels": {"app": "shoal-demo"}},
+    }
+    r = http.post(base + "/instances", json=body)
+    code = r.json().get("error", {}).get("code") if r.status_code >= 400 else None
+    if code == "BACKEND_UNAVAILABLE" or (r.status_code == 400 and "no image" in r.text):
+        return skip(f"docker cannot run {COMPUTE_IMAGE}: {r.json()['error']['message']}")
+    if r.status_code != 201:
+        raise DemoError(f"compute did not create a container: {r.status_code} {r.text[:300]}")
+    inst = r.json()
+    states = [inst["state"]]
+    try:
+        out.say(f"{'compute':<9} {url:<36} container {inst['id']} ({COMPUTE_IMAGE}) {inst['state']}")
+        r = http.put(f"{base}/instances/{inst['id']}/stop", json={"force": True})
+        if r.status_code != 200:
+            raise DemoError(f"compute did not stop container {inst['id']}: {r.status_code} {r.text[:300]}")
+        states.append(r.json()["state"])
+        out.say(f"{'':<9} {'':<36} container {inst['id']} {states[-1]}")
+    finally:
+        r = http.delete(f"{base}/instances/{inst['id']}", params={"force": "true"})
+        removed = r.status_code in (204, 404)
+    out.say(
+        f"{'':<9} {'':<36} container {inst['id']} "
+        + ("removed" if removed else f"NOT removed ({r.status_code})")
+    )
+    if states != ["running", "stopped"]:
+        raise DemoError(f"container {inst['id']} went {' -> '.join(states)}, not running -> stopped")
+    return {"id": inst["id"], "name": inst["name"], "states": states, "removed": removed}
 
 
 # -- 2. test video --------------------------------------------------------------------------------
@@ -404,6 +471,7 @@ def demo(args: argparse.Namespace, out: Out) -> dict:
     with httpx.Client(timeout=30.0, auth=auth, verify=client_verify(getattr(args, "tls_ca", None))) as http:
         out.step(1, "services" + (f" (through {args.proxy_url})" if args.proxy_url else ""))
         check_services(http, urls, need, out)
+        compute = compute_container(http, urls.compute, out)
 
         out.step(2, f"test video: {args.seconds:g} s of FFmpeg testsrc, {args.size}, ~{args.bitrate}bit/s")
         source = make_test_video(
@@ -473,4 +541,5 @@ def demo(args: argparse.Namespace, out: Out) -> dict:
         "performance": perf,
         "integrity": integrity,
         "dashboard": urls.dashboard,
+        "compute": compute,
     }

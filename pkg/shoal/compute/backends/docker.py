@@ -25,6 +25,7 @@ from shoal.compute.errors import (
     ResourceLimitExceeded,
     ValidationFailed,
 )
+from shoal.compute.metrics import Seen
 from shoal.compute.models import (
     BackendInfo,
     BlockUsage,
@@ -599,8 +600,6 @@ class DockerBackend:
     async def metrics(self) -> dict[str, Any]:
         """State, CPU seconds and working-set memory of every shoal container: one list, then
         one-shot stats (a single sample, no 1 s wait) of the running ones, a few at a time."""
-        from shoal.compute.metrics import Seen
-
         states = await self.observe_all()
         gate = asyncio.Semaphore(8)
 

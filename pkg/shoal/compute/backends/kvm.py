@@ -38,6 +38,7 @@ from shoal.compute.errors import (
     ResourceLimitExceeded,
     ValidationFailed,
 )
+from shoal.compute.metrics import Seen
 from shoal.compute.models import (
     BackendInfo,
     BlockUsage,
@@ -750,7 +751,6 @@ class KvmBackend:
     async def metrics(self) -> dict[str, Any]:
         """State, CPU seconds (cpuTime) and memory (the QEMU process's resident set when libvirt
         has it, else the memory the guest was given) of every domain, in one scan."""
-        from shoal.compute.metrics import Seen
 
         def scan(c: Any) -> dict[str, Any]:
             out = {}
