@@ -50,15 +50,54 @@ class Committed:
     outcome: Outcome | None  # None when the answer came from the store (already decided here)
 
 
-class ChunkService:
-    def __init__(self, store: MetadataStore, registry: NodeRegistry, proposer: Proposer) -> None:
+class RecordSaver:
+    """Saves decided records; those that arrive while a save is being made durable go together
+    in the next one (MetadataStore.save_chunks: one transaction and one fsync for many), so
+    concurrent commits do not queue one fsync each behind the running sums' lock."""
+
+    def __init__(self, store: MetadataStore) -> None:
         self.store = store
+        self.pending: list[tuple[ChunkRecord, asyncio.Future[ChunkRecord | None]]] = []
+        self._task: asyncio.Task | None = None
+        self.batches = 0
+
+    async def save(self, record: ChunkRecord) -> ChunkRecord | None:
+        fut: asyncio.Future[ChunkRecord | None] = asyncio.get_running_loop().create_future()
+        self.pending.append((record, fut))
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._drain())
+        return await fut
+
+    async def _drain(self) -> None:
+        while self.pending:
+            batch, self.pending = self.pending, []
+            self.batches += 1
+            try:
+                results = await self.store.save_chunks([r for r, _ in batch])
+            except Exception as exc:
+                results = [exc] * len(batch)
+            for (_, fut), res in zip(batch, results, strict=True):
+                if fut.done():
+                    continue
+                if isinstance(res, Exception):
+                    fut.set_exception(res)
+                else:
+                    fut.set_result(res)
+
+
+class ChunkService:
+    def __init__(
+        self, store: MetadataStore, registry: NodeRegistry, proposer: Proposer, *, fast: bool = True
+    ) -> None:
+        self.store = store
+        self.fast = fast  # round 0 without phase 1 for instances this process pins first
         self.registry = registry
         self.proposer = proposer
         self.phases: dict[str, Phase] = {}
         self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
         self.commits = 0
         self.messages = 0
+        self.saver = RecordSaver(store)
 
     def lock(self, chunk_id: str) -> asyncio.Lock:
         lock = self._locks.get(chunk_id)
@@ -149,7 +188,7 @@ class ChunkService:
             config_epoch=config_epoch,
         )
         try:
-            stored = await self.store.save_chunk(record)
+            stored = await self.saver.save(record)
         except VideoNotWritable as exc:  # failed or deleted while the proposal ran
             self.phases.pop(chunk_id, None)
             await self.store.count_messages(outcome.messages)
@@ -185,7 +224,7 @@ class ChunkService:
                     "placement names nodes that are not registered as active members of the cluster "
                     f"(configuration epoch {config.epoch}): {', '.join(strangers)}"
                 )
-            pin = await membership.pin(
+            pin, first = await membership.pin_first(
                 chunk_id, epoch, placement.nodes, config.epoch, self.proposer.proposer_id
             )
 
@@ -194,8 +233,17 @@ class ChunkService:
 
             down = self.registry.down_urls()
             if set(pin.members) == set(placement.nodes):
+                # the pin's creator owns round 0: phase 2 at once (2n messages); it made the pin
+                # just now with this very placement, so round 0 carries one value only
                 outcome = await self.proposer.propose(
-                    chunk_id, epoch, placement, pin.members, skip=down, on_phase=on_phase, fixed=True
+                    chunk_id,
+                    epoch,
+                    placement,
+                    pin.members,
+                    skip=down,
+                    on_phase=on_phase,
+                    fixed=True,
+                    fast=first and self.fast,
                 )
                 return outcome, epoch, pin.config_epoch
             outcome = await self._adopt(chunk_id, epoch, pin.members, down, on_phase, 1 if may_skip else 8)

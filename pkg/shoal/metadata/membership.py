@@ -200,13 +200,20 @@ class Membership:
         self, chunk_id: str, epoch: int, members: list[str], config_epoch: int, proposer: str
     ) -> Pin:
         """The instance's pinned acceptor set: ours if we are first, else the one already there."""
+        return (await self.pin_first(chunk_id, epoch, members, config_epoch, proposer))[0]
+
+    async def pin_first(
+        self, chunk_id: str, epoch: int, members: list[str], config_epoch: int, proposer: str
+    ) -> tuple[Pin, bool]:
+        """pin(), and whether this call created it: the creator alone owns round 0 of the
+        instance (phase 2 without phase 1, shoal.paxos.proposer `fast`)."""
         key = pin_key(chunk_id, epoch)
         mine = Pin(list(members), config_epoch, proposer, time.time())
         if await self.kv.create_if_not_exists(key, _enc.encode(mine)):
-            return mine
+            return mine, True
         entry = await self.kv.get(key)
         assert entry is not None  # pins are never deleted
-        return _pin.decode(entry.value)
+        return _pin.decode(entry.value), False
 
     async def pinned(self, chunk_id: str, epoch: int) -> Pin | None:
         entry = await self.kv.get(pin_key(chunk_id, epoch))

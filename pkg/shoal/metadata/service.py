@@ -15,6 +15,7 @@ deletes and listings sent to storage nodes are signed with the cluster secret.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import logging
@@ -31,7 +32,7 @@ from shoal.kv import KvStore, add_store_arguments, open_store
 from shoal.paxos import ERASURE, REPLICATION, Fragment, Placement, PlacementError
 from shoal.paxos.placement import CHUNK_ID, MODES, NODE_URL, fragment_id
 from shoal.paxos.proposer import Proposer
-from shoal.paxos.transport import HttpTransport, Unreachable
+from shoal.paxos.transport import BatchingTransport, HttpTransport, Unreachable
 from shoal.storage.nodeauth import NodeCredentials
 from shoal.web import DETAIL_ENVELOPE, Api, ApiError, JSONResponse
 from shoal.web import create_app as build_app
@@ -125,6 +126,18 @@ def add_arguments(parser) -> None:
     parser.add_argument("--migrate-settle", type=float, default=60.0, help="seconds a mode must hold")
     parser.add_argument("--paxos-timeout", type=float, default=2.0, help="acceptor request timeout (s)")
     parser.add_argument(
+        "--paxos-batch",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="carry concurrent commits' accepts to one acceptor in one message (one fsync there)",
+    )
+    parser.add_argument(
+        "--paxos-fast",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="the pin's creator skips phase 1 (round 0: 2n messages); --no-paxos-fast: classic 4n",
+    )
+    parser.add_argument(
         "--store-health-timeout",
         type=float,
         default=1.0,
@@ -164,6 +177,7 @@ class Metadata:
         self.chunks: ChunkService
         self.maintenance: Maintenance
         self.transport: HttpTransport
+        self.batcher: BatchingTransport | None = None
         self.follower: asyncio.Task | None = None
         self.policy = Policy(
             popularity_threshold=int(options.get("popularity_threshold") or 1000),
@@ -196,7 +210,15 @@ class Metadata:
         creds = NodeCredentials.from_options(o, o.get("node_id") or f"metadata-{o.get('port') or 8080}")
         verify = options_verify(o)
         self.transport = HttpTransport(timeout=timeout, signer=creds.headers if creds else None, ssl=verify)
-        self.chunks = ChunkService(self.store, self.registry, Proposer(self.proposer_id, self.transport))
+        wire: Any = self.transport
+        if o.get("paxos_batch", True) is not False:
+            wire = self.batcher = BatchingTransport(self.transport)
+        self.chunks = ChunkService(
+            self.store,
+            self.registry,
+            Proposer(self.proposer_id, wire),
+            fast=o.get("paxos_fast", True) is not False,
+        )
         self.http = httpx.AsyncClient(
             timeout=httpx.Timeout(10.0, connect=2.0),
             auth=creds.httpx_auth() if creds else None,
@@ -393,6 +415,9 @@ def make_api(m: Metadata) -> Api:
             # persisted with the placements (shoal.kv), so a restart does not reset them
             "commits": t.commits,
             "paxos_messages": t.paxos_messages,
+            # this process since its start: accept batches on the wire and the instances they carried
+            "paxos_accept_batches": m.batcher.batches if m.batcher else 0,
+            "paxos_batched_accepts": m.batcher.batched if m.batcher else 0,
             "uploading_videos": await m.store.count_videos("uploading"),
             "failed_videos": await m.store.count_videos("failed"),
         }

@@ -381,6 +381,100 @@ class MetadataStore:
         await self.kv.transaction(ops)
         return old
 
+    async def save_chunks(self, records: list[ChunkRecord]) -> list[ChunkRecord | Exception | None]:
+        """save_chunk() for many records at once (concurrent commits): new chunks of uploading
+        videos share transactions (one fsync for as many as the store's op limit allows, and
+        one update of the running sums) instead of one fsync each behind the lock. Each result
+        is what save_chunk would return for that record, or the exception it would raise;
+        anything else (a later epoch, a slot seen twice in the batch) goes through save_chunk."""
+        out: list[ChunkRecord | Exception | None] = [None] * len(records)
+        simple: list[int] = []
+        seen: set[str] = set()
+        others: list[int] = []
+        async with self._chunk_lock:
+            for i, r in enumerate(records):
+                vkey = f"/vchunk/{r.video_id}/{r.sequence_num:08d}"
+                if r.epoch != 0 or vkey in seen or r.chunk_id in seen:
+                    others.append(i)
+                else:
+                    seen.update((vkey, r.chunk_id))
+                    simple.append(i)
+            limit = max(16, getattr(getattr(self.kv, "limits", None), "max_txn_ops", 128))
+            while simple:
+                group, ops_n, videos = [], 2, set()
+                while simple:
+                    r = records[simple[0]]
+                    cost = 3 + len(r.placement.nodes) + (0 if r.video_id in videos else 3)
+                    if group and ops_n + cost > limit:
+                        break
+                    ops_n += cost
+                    videos.add(r.video_id)
+                    group.append(simple.pop(0))
+                while True:
+                    try:
+                        await self._save_new_chunks(records, group, out)
+                        break
+                    except VersionConflict:
+                        continue  # another metadata process wrote the sums first: read again
+        for i in others:
+            try:
+                out[i] = await self.save_chunk(records[i])
+            except Exception as exc:
+                out[i] = exc
+        return out
+
+    async def _save_new_chunks(
+        self, records: list[ChunkRecord], group: list[int], out: list[ChunkRecord | Exception | None]
+    ) -> None:
+        totals_entry = await self.kv.get("/totals")
+        totals = Totals() if totals_entry is None else _totals.decode(totals_entry.value)
+        ops = [TransactionOp.check_version("/totals", 0 if totals_entry is None else totals_entry.version)]
+        videos: dict[str, tuple[int, int]] = {}  # video id -> (chunk count, /vtotals version)
+        saved: list[int] = []
+        for i in group:
+            r = records[i]
+            vkey = f"/vchunk/{r.video_id}/{r.sequence_num:08d}"
+            old_entry = await self.kv.get(vkey)
+            if old_entry is not None:
+                old = _chunk.decode(old_entry.value)
+                out[i] = SlotTaken(f"sequence {r.sequence_num} already holds chunk {old.chunk_id}")
+                if old.chunk_id == r.chunk_id:
+                    out[i] = old  # stored already (epoch 0 of the same chunk): as save_chunk
+                continue
+            if r.video_id not in videos:
+                video_entry = await self.kv.get(f"/video/{r.video_id}")
+                status = None if video_entry is None else _video.decode(video_entry.value).status
+                if status != UPLOADING:
+                    what = "no such video" if status is None else f"the video is {status}"
+                    out[i] = VideoNotWritable(f"chunk {r.chunk_id} of video {r.video_id}: {what}")
+                    continue
+                assert video_entry is not None
+                count_entry = await self.kv.get(f"/vtotals/{r.video_id}")
+                count = 0 if count_entry is None else int(count_entry.value)
+                videos[r.video_id] = (count, 0 if count_entry is None else count_entry.version)
+                ops.append(TransactionOp.check_version(f"/video/{r.video_id}", video_entry.version))
+            count, version = videos[r.video_id]
+            videos[r.video_id] = (count + 1, version)
+            totals.commits += 1
+            totals.paxos_messages += r.messages
+            totals.add(r.placement, +1)
+            ops += [
+                TransactionOp.check_version(vkey, 0),
+                TransactionOp.set(vkey, _enc.encode(r)),
+                TransactionOp.set(f"/chunk/{r.chunk_id}", vkey.encode()),
+            ]
+            ops += [TransactionOp.set(_placed_key(u, r.chunk_id), b"") for u in r.placement.nodes]
+            saved.append(i)
+        if not saved:
+            return
+        for video_id, (count, version) in videos.items():
+            ops.append(TransactionOp.check_version(f"/vtotals/{video_id}", version))
+            ops.append(TransactionOp.set(f"/vtotals/{video_id}", b"%d" % count))
+        ops.append(TransactionOp.set("/totals", _enc.encode(totals)))
+        await self.kv.transaction(ops)
+        for i in saved:
+            out[i] = None
+
     async def remove_chunk(self, record: ChunkRecord) -> bool:
         """Drop a collected chunk's record (its pieces are deleted): the placement's keys, the
         running sums and the video's chunk count in one transaction. False if it moved on."""

@@ -8,6 +8,7 @@ it holds, intact and with the matching checksum, every piece the value assigns t
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import weakref
 from collections.abc import Awaitable, Callable
 
@@ -15,12 +16,26 @@ import msgspec
 
 from shoal.kv import KvStore, TransactionOp, VersionConflict
 
-from .messages import Accept, Accepted, AcceptorState, InstanceState, Prepare, Promise
-from .placement import Placement, PlacementError, validate
+from .messages import (
+    Accept,
+    AcceptBatch,
+    Accepted,
+    AcceptedBatch,
+    AcceptorState,
+    InstanceState,
+    Prepare,
+    Promise,
+)
+from .placement import CHUNK_ID, Placement, PlacementError, validate
+
+MAX_BATCH_ITEMS = 256  # instances one AcceptBatch may carry
 
 # holds(stored_id, "sha256:<hex>", verify) -> None when held (verify: and its bytes re-checked),
 # else the reason ("missing: <id>", "checksum: <id>", "corrupt: <id>")
 Holds = Callable[[str, str, bool], Awaitable[str | None]]
+# holds_many([(stored_id, checksum)], verify) -> {(stored_id, checksum): reason or None}: the same
+# check for a whole batch in one go (one hop to a thread for every read, not one per piece)
+HoldsMany = Callable[[list[tuple[str, str]], bool], Awaitable[dict[tuple[str, str], str | None]]]
 
 _enc = msgspec.json.Encoder()
 _dec = msgspec.json.Decoder(InstanceState)
@@ -75,9 +90,10 @@ class GroupCommit:
 class Acceptor:
     """Answers Prepare and Accept for every chunk; one lock per instance serializes its updates."""
 
-    def __init__(self, kv: KvStore, holds: Holds) -> None:
+    def __init__(self, kv: KvStore, holds: Holds, holds_many: HoldsMany | None = None) -> None:
         self.kv = kv
         self.holds = holds
+        self.holds_many = holds_many
         self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
         self.writer = GroupCommit(kv)
 
@@ -114,7 +130,14 @@ class Acceptor:
                 ok=True, promised=msg.ballot, accepted=state.accepted, value=state.value, holds=holds
             )
 
-    async def _check_share(self, chunk_id: str, value: Placement, member: str, verify: bool) -> str | None:
+    async def _check_share(
+        self,
+        chunk_id: str,
+        value: Placement,
+        member: str,
+        verify: bool,
+        checked: dict[tuple[str, str], str | None] | None = None,
+    ) -> str | None:
         try:
             validate(value, chunk_id)
         except PlacementError as exc:
@@ -123,19 +146,25 @@ class Acceptor:
         if not share:
             return "not_member"
         for stored_id, checksum in share:
-            problem = await self.holds(stored_id, checksum, verify)
+            if checked is not None and (stored_id, checksum) in checked:
+                problem = checked[(stored_id, checksum)]
+            else:
+                problem = await self.holds(stored_id, checksum, verify)
             if problem is not None:
                 return problem
         return None
 
-    async def accept(self, chunk_id: str, msg: Accept) -> Accepted:
-        """Accept if no higher ballot was promised and this node holds its share of the value."""
+    async def accept(
+        self, chunk_id: str, msg: Accept, checked: dict[tuple[str, str], str | None] | None = None
+    ) -> Accepted:
+        """Accept if no higher ballot was promised and this node holds its share of the value.
+        `checked`: holdings already verified for this message (accept_many)."""
         key = instance_key(chunk_id, msg.epoch)
         async with self._lock(key):
             state, version = await self._load(key, msg.epoch)
             if state.promised is not None and msg.ballot < state.promised:
                 return Accepted(ok=False, promised=state.promised, reason="ballot")
-            problem = await self._check_share(chunk_id, msg.value, msg.member, verify=True)
+            problem = await self._check_share(chunk_id, msg.value, msg.member, True, checked)
             if problem is not None:
                 return Accepted(ok=False, promised=state.promised, reason=problem)
             state.promised = msg.ballot
@@ -143,6 +172,38 @@ class Acceptor:
             state.value = msg.value
             await self._store(key, state, version)
             return Accepted(ok=True, promised=msg.ballot)
+
+    async def accept_many(self, batch: AcceptBatch) -> AcceptedBatch:
+        """Accept (or refuse) every item, each exactly as accept() would: their writes arrive
+        together, so the group commit makes them one transaction and one fsync (up to
+        GroupCommit.MAX_BATCH instances; more take a few), and every answer leaves after its
+        write is durable. A malformed item is refused on its own, never the whole batch."""
+
+        def bad(item) -> str | None:
+            if not CHUNK_ID.match(item.chunk_id):
+                return "invalid: chunk id"
+            if item.epoch < 0 or item.ballot.round < 0 or not item.ballot.proposer:
+                return "invalid: epoch or ballot"
+            return None
+
+        checked: dict[tuple[str, str], str | None] | None = None
+        if self.holds_many is not None:
+            wanted: dict[tuple[str, str], None] = {}
+            for item in batch.items:
+                if bad(item) is None:
+                    with contextlib.suppress(PlacementError):
+                        validate(item.value, item.chunk_id)
+                        wanted.update(dict.fromkeys(item.value.assigned(item.chunk_id, item.member)))
+            checked = await self.holds_many(list(wanted), True) if wanted else {}
+
+        async def one(item) -> Accepted:
+            problem = bad(item)
+            if problem is not None:
+                return Accepted(ok=False, reason=problem)
+            msg = Accept(epoch=item.epoch, ballot=item.ballot, value=item.value, member=item.member)
+            return await self.accept(item.chunk_id, msg, checked)
+
+        return AcceptedBatch(results=list(await asyncio.gather(*(one(i) for i in batch.items))))
 
     async def state(self, chunk_id: str) -> AcceptorState:
         entries = await self.kv.entries(f"/paxos/{chunk_id}/")

@@ -34,7 +34,11 @@ class Promise(msgspec.Struct):
 
 
 class Accept(msgspec.Struct, forbid_unknown_fields=True):
-    """Phase 2a: accept `value` at `ballot`. `member` is the node URL this acceptor has in the value."""
+    """Phase 2a: accept `value` at `ballot`. `member` is the node URL this acceptor has in the value.
+
+    Round 0 is the instance's first proposer's (the one that created its pin): it is sent with
+    no phase 1 (the steady state: 2n messages), see docs/metadata.md "Multi-Paxos steady state".
+    """
 
     epoch: int
     ballot: Ballot
@@ -49,6 +53,29 @@ class Accepted(msgspec.Struct):
     ok: bool
     promised: Ballot | None = None
     reason: str | None = None
+
+
+class AcceptItem(msgspec.Struct, forbid_unknown_fields=True):
+    """One instance's Accept inside a batch."""
+
+    chunk_id: str
+    epoch: int
+    ballot: Ballot
+    value: Placement
+    member: str
+
+
+class AcceptBatch(msgspec.Struct, forbid_unknown_fields=True):
+    """Phase 2a for many instances in one message (concurrent commits to one acceptor): the
+    acceptor persists them in one durable write and answers each one."""
+
+    items: list[AcceptItem]
+
+
+class AcceptedBatch(msgspec.Struct):
+    """Phase 2b for each item of an AcceptBatch, in order."""
+
+    results: list[Accepted]
 
 
 class InstanceState(msgspec.Struct):

@@ -15,6 +15,15 @@ any proposal (shoal.metadata.membership), every value of the instance names exac
 nodes, so both phases need only a majority of them: classic Paxos over the placement. A
 proposer whose own placement differs from the pin passes `value=None` and can only adopt
 (and finish) what the instance accepted already.
+
+`fast=True` (the steady state, 2n messages): the caller is the instance's first proposer, the
+one whose create-if-absent made its pin, so it alone owns round 0 of the instance; it sends
+its value straight to phase 2 at ballot (0, proposer id), once. Safe with no phase 1 because no
+ballot lies below round 0, and every other proposer uses rounds >= 1 with a full phase 1, which
+finds the round-0 value if it may have been chosen (Mencius's "simple consensus", where each
+instance's pre-assigned coordinator skips phase 1; here the pin assigns it). If round 0 does
+not reach a majority (an acceptor down, or a higher ballot promised) the proposal goes on as
+classic Paxos from round 1.
 """
 
 from __future__ import annotations
@@ -79,6 +88,7 @@ class Proposer:
         skip: set[str] | frozenset[str] = frozenset(),
         on_phase: Callable[[str, Ballot], None] | None = None,
         fixed: bool = False,
+        fast: bool = False,
     ) -> Outcome:
         """Run instance (chunk_id, epoch) until a value is chosen or it cannot be.
 
@@ -87,6 +97,8 @@ class Proposer:
         down, not contacted. Raises PlacementError for a placement that breaks the mode's rules
         or names a node outside the cluster (with `fixed`: not exactly the pinned set).
         `value=None` (only with `fixed`) adopts what was accepted, else ends with kind "empty".
+        `fast` (only with `fixed` and a value, and only by the proposer that created the pin, at
+        most once per instance): round 0 without phase 1, see the module docstring.
         """
         cluster = list(dict.fromkeys(cluster))
         if value is None and not fixed:
@@ -104,6 +116,17 @@ class Proposer:
         highest_seen: Ballot | None = None
         votes: dict[str, str] = {}
         reason = ""
+        if fast and fixed and value is not None:
+            zero = Ballot(0, self.proposer_id)
+            if on_phase:
+                on_phase("accepting", zero)
+            ok, msgs, highest, _ = await self._phase2(chunk_id, epoch, zero, value, votes, skip)
+            messages += msgs
+            if ok >= value.quorum:
+                return Outcome(True, value, zero, True, messages, 1, "chosen", highest, votes)
+            highest_seen = highest
+            if highest_seen is not None and highest_seen >= ballot:
+                ballot = highest_seen.next(self.proposer_id)
         for attempt in range(1, self.max_rounds + 1):
             if on_phase:
                 on_phase("preparing", ballot)
@@ -169,27 +192,10 @@ class Proposer:
             if on_phase:
                 on_phase("accepting", ballot)
             members = chosen_value.nodes
-            messages += len(members)
-            acks = await asyncio.gather(
-                *(self._accept(u, chunk_id, epoch, ballot, chosen_value) for u in members)
-            )
-            ok = 0
-            refused: list[str] = []
-            for url, a in zip(members, acks, strict=True):
-                if a is None:
-                    votes[url] = "no answer"
-                    continue
-                messages += 1
-                if a.ok:
-                    ok += 1
-                    votes[url] = "accepted"
-                else:
-                    votes[url] = f"refused ({a.reason})"
-                    if a.reason == "ballot" and a.promised is not None:
-                        if highest_seen is None or a.promised > highest_seen:
-                            highest_seen = a.promised
-                    else:
-                        refused.append(f"{url}: {a.reason}")
+            ok, msgs, highest, refused = await self._phase2(chunk_id, epoch, ballot, chosen_value, votes)
+            messages += msgs
+            if highest is not None and (highest_seen is None or highest > highest_seen):
+                highest_seen = highest
             if ok >= chosen_value.quorum:
                 return Outcome(
                     True, chosen_value, ballot, chosen_value == value, messages, attempt,
@@ -208,6 +214,43 @@ class Proposer:
         return Outcome(
             False, None, ballot, False, messages, self.max_rounds, reason, highest_seen, votes, "contention"
         )
+
+    async def _phase2(
+        self,
+        chunk_id: str,
+        epoch: int,
+        ballot: Ballot,
+        value: Placement,
+        votes: dict[str, str],
+        skip: set[str] | frozenset[str] = frozenset(),
+    ) -> tuple[int, int, Ballot | None, list[str]]:
+        """Send Accept to the value's members: (accepted, messages, highest ballot a refusal
+        named, refusals for other reasons). Members in `skip` (known down) are not sent to."""
+        members = [u for u in value.nodes if u not in skip]
+        messages = len(members)
+        acks = await asyncio.gather(*(self._accept(u, chunk_id, epoch, ballot, value) for u in members))
+        ok = 0
+        highest: Ballot | None = None
+        refused: list[str] = []
+        for url in value.nodes:
+            if url not in members:
+                votes[url] = "down"
+        for url, a in zip(members, acks, strict=True):
+            if a is None:
+                votes[url] = "no answer"
+                continue
+            messages += 1
+            if a.ok:
+                ok += 1
+                votes[url] = "accepted"
+            else:
+                votes[url] = f"refused ({a.reason})"
+                if a.reason == "ballot" and a.promised is not None:
+                    if highest is None or a.promised > highest:
+                        highest = a.promised
+                else:
+                    refused.append(f"{url}: {a.reason}")
+        return ok, messages, highest, refused
 
     async def learn(
         self, chunk_id: str, epoch: int, members: Sequence[str]
