@@ -2,9 +2,10 @@
 
 The node is given its egress budget (`--read-bandwidth BYTES/s`, what its link can carry); a
 token bucket of that rate, holding up to 100 ms of it, is shared by every body being sent.
-Bodies go out in slices (`--read-slice`, 256 KiB), each slice taking its bytes from the bucket.
-While the bucket has tokens and nobody waits, a slice goes out at once (an idle or lightly used
-node never waits: the uncontended path costs a subtraction per slice). Once slices have to
+While the bucket holds a whole body and nobody waits, the body goes out at once, in one send as
+without the share (an idle or lightly used node never waits: the uncontended path costs one
+subtraction). Otherwise the body goes out in slices (`--read-slice`, 256 KiB), each taking its
+bytes from the bucket, waiting its turn when the bucket is dry. Once slices have to
 wait, they are granted in turn *by client* (the credential's id, else the client address; start-
 time fair queuing), not by request: a client with 16 readers in flight and one with 1 alternate, so
 the greedy one gets half the link, not 16/17 of it, and the polite one's chunk takes about twice
@@ -60,6 +61,16 @@ class FairShare:
         now = time.monotonic()
         self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
         self.stamp = now
+
+    def try_take(self, n: int) -> bool:
+        """Take `n` at once if nobody waits and the bucket holds them (the node is not busy)."""
+        if self.waiting:
+            return False
+        self._refill()
+        if self.tokens >= n:
+            self.tokens -= n
+            return True
+        return False
 
     async def take(self, client: str, n: int) -> None:
         """Return when `n` bytes of `client`'s body may be sent."""
@@ -126,7 +137,7 @@ async def respond_shared(
 ) -> None:
     """Send `body` with Content-Length; through `share` in slices when one is given."""
     hdrs = [(b"content-length", str(len(body)).encode()), *headers]
-    if share is None:
+    if share is None or share.try_take(len(body)):  # not busy: the whole body in one send
         await send({"type": "http.response.start", "status": status, "headers": hdrs})
         await send({"type": "http.response.body", "body": body})
         return
