@@ -79,3 +79,49 @@ def test_nodes_equal_and_planted_divergence():
     b = {"cidrs": [{"id": "c1", "name": "y"}, {"id": "c2"}], "dns": a["dns"]}
     found = checkers.nodes_equal({"n0": a, "n1": b})
     assert len(found) == 2 and found[0].startswith("cidrs/c1:")
+
+
+def compute_history() -> History:
+    return History(
+        [
+            Op(0, "create", "c-1", "c-1", 0, 1, OK, {"id": "i1", "node": "A"}),
+            Op(1, "create", "c-1", "c-1", 0, 1, FAIL, None, error="409"),
+            Op(2, "create", "c-2", "c-2", 0, None, UNKNOWN, None),
+            Op(2, "create", "c-2", "c-2", 2, 3, FAIL, None, error="409"),  # the retry elsewhere
+            Op(0, "create", "c-3", "c-3", 4, None, UNKNOWN, None),
+        ]
+    )
+
+
+def listing(*rows: tuple) -> list[dict]:
+    return [{"id": i, "name": n, "node": {"id": node}} for i, n, node in rows]
+
+
+def test_instances_once_holds_with_unknown_creates_landed_or_not():
+    every = listing(("i1", "c-1", "A"), ("i2", "c-2", "B"), ("x9", "other-run", "B"))
+    assert checkers.instances_once(compute_history(), {"n0": every, "n1": list(every)}, "c-") == []
+
+
+def test_planted_bug_instance_created_twice_is_caught():
+    twice = listing(("i1", "c-1", "A"), ("i1d", "c-1", "A"))  # a second record holding the name
+    found = checkers.instances_once(compute_history(), {"n0": twice, "n1": twice}, "c-")
+    assert found == [
+        "c-1: exists 2 times on n0 (ids ['i1', 'i1d'])",
+        "c-1: exists 2 times on n1 (ids ['i1', 'i1d'])",
+    ]
+    h = compute_history()
+    h.ops[1].outcome, h.ops[1].result = OK, {"id": "i7", "node": "B"}  # two 201s for one name
+    found = checkers.instances_once(h, {"n0": listing(("i1", "c-1", "A"))}, "c-")
+    assert found[0] == "c-1: created twice, acknowledged 2 times (ids ['i1', 'i7'])"
+
+
+def test_planted_bug_lost_create_unasked_instance_and_divergent_nodes_are_caught():
+    found = checkers.instances_once(compute_history(), {"n0": listing(("i2", "c-2", "B"))}, "c-")
+    assert found == ["c-1: acknowledged create (id i1, op 0) lost; n0 lists nothing"]
+    found = checkers.instances_once(
+        compute_history(), {"n0": listing(("i1", "c-1", "A"), ("i5", "c-5", "A"))}, "c-"
+    )
+    assert found == ["c-5: listed on n0 but no create of it was ok or unknown"]
+    a, b = listing(("i1", "c-1", "A")), listing(("i1", "c-1", "A"), ("i2", "c-2", "B"))
+    found = checkers.instances_once(compute_history(), {"n0": a, "n1": b}, "c-")
+    assert found == ["n0 and n1 list different instances: [('i2', 'c-2', 'B')]"]

@@ -5,7 +5,8 @@ and returns a list of anomalies, empty when the property holds.
 - lost_documents: every acknowledged State create exists after healing, holding its last
   acknowledged update or an update whose outcome was unknown;
 - plays_exact: every play of an acknowledged upload returned exactly the expected bytes;
-- nodes_equal: the State nodes answer the same listings once healed.
+- nodes_equal: the State nodes answer the same listings once healed;
+- instances_once: no compute instance name exists twice, and no acknowledged create is lost.
 """
 
 from __future__ import annotations
@@ -22,13 +23,19 @@ def lost_kv_writes(history: Iterable[Op], final: Mapping[str, tuple[Any, int]]) 
     if the key's version is now below v, or is v with another value."""
     out = []
     for op in history:
-        if op.f not in ("write", "cas") or op.outcome != OK:
+        if op.f not in ("write", "cas", "txn") or op.outcome != OK:
             continue
-        value = op.value if op.f == "write" else op.value[1]
-        now_value, now_version = final.get(op.key, (None, 0))
-        if now_version < op.result or (now_version == op.result and now_value != value):
-            out.append(f"{op.key}: acked {op.f} of {value!r} at version {op.result} (op {op.index}) lost;"
-                       f" now {now_value!r} at version {now_version}")  # fmt: skip
+        if op.f == "txn":  # each set of an acked txn, at the version its answer gave
+            writes = [
+                (k, v, ver) for (kind, k, v), ver in zip(op.value, op.result, strict=True) if kind == "set"
+            ]
+        else:
+            writes = [(op.key, op.value if op.f == "write" else op.value[1], op.result)]
+        for key, value, version in writes:
+            now_value, now_version = final.get(key, (None, 0))
+            if now_version < version or (now_version == version and now_value != value):
+                out.append(f"{key}: acked {op.f} of {value!r} at version {version} (op {op.index}) lost;"
+                           f" now {now_value!r} at version {now_version}")  # fmt: skip
     return out
 
 
@@ -98,4 +105,49 @@ def nodes_equal(listings: Mapping[str, Mapping[str, list[dict]]]) -> list[str]:
             for doc_id in sorted(set(a) | set(b), key=str):
                 if a.get(doc_id) != b.get(doc_id):
                     out.append(f"{kind}/{doc_id}: {ref} has {a.get(doc_id)}, {other} has {b.get(doc_id)}")
+    return out
+
+
+def instances_once(history: Iterable[Op], listings: Mapping[str, list[dict]], prefix: str) -> list[str]:
+    """Compute creates (`create` ops: key = the name asked for; ok result = {"id", "node"}) against
+    every node's full listing after healing, for the names starting with `prefix`:
+    - no name is held by two instances, in any listing, and no two creates of one name were
+      both acknowledged (created twice);
+    - every node lists the same instances (id, name, owner);
+    - every acknowledged create is listed under its name with the id it was acknowledged with;
+    - every listed instance was asked for by some create that was ok or unknown."""
+    ops = [op for op in history if op.f == "create"]
+    acked: dict[str, list[Op]] = {}
+    asked = {op.key for op in ops if op.outcome in (OK, UNKNOWN)}
+    for op in ops:
+        if op.outcome == OK:
+            acked.setdefault(op.key, []).append(op)
+    out = []
+    for name, done in sorted(acked.items()):
+        if len(done) > 1:
+            out.append(f"{name}: created twice, acknowledged {len(done)} times "
+                       f"(ids {[op.result['id'] for op in done]})")  # fmt: skip
+    views = {}
+    for node, instances in sorted(listings.items()):
+        mine = [i for i in instances if str(i.get("name", "")).startswith(prefix)]
+        by_name: dict[str, list[dict]] = {}
+        for inst in mine:
+            by_name.setdefault(inst["name"], []).append(inst)
+        for name, insts in sorted(by_name.items()):
+            if len(insts) > 1:
+                out.append(f"{name}: exists {len(insts)} times on {node} (ids {[i['id'] for i in insts]})")
+            if name not in asked:
+                out.append(f"{name}: listed on {node} but no create of it was ok or unknown")
+        for name, done in sorted(acked.items()):
+            ids = [i["id"] for i in by_name.get(name, [])]
+            for op in done:
+                if op.result["id"] not in ids:
+                    out.append(f"{name}: acknowledged create (id {op.result['id']}, op {op.index}) lost;"
+                               f" {node} lists {ids or 'nothing'}")  # fmt: skip
+        views[node] = sorted((i["id"], i["name"], (i.get("node") or {}).get("id")) for i in mine)
+    names = list(views)
+    for other in names[1:]:
+        if views[other] != views[names[0]]:
+            diff = set(views[other]) ^ set(views[names[0]])
+            out.append(f"{names[0]} and {other} list different instances: {sorted(diff)[:10]}")
     return out

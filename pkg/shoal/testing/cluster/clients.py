@@ -155,6 +155,107 @@ def rng_keep() -> bool:  # the stale cache is refreshed now and then, so it lags
     return random.random() < 0.05
 
 
+class KvTxns(Workload):
+    """Transactions over 2-3 of a few keys (POST /v1/txn: checks of the versions this client last
+    saw, then a set of each key), check-only txns (an atomic snapshot of versions) and single-key
+    reads, through any of the kv services. Processes are numbered from `base`.
+
+    `torn` plants a bug: the client applies a txn's sets as separate PUTs (each guarded by its
+    key's check), pausing between them, and records them as one acknowledged txn (the checker
+    must see the half-done state some reader observed)."""
+
+    def __init__(self, history: History, urls: Sequence[str], keys: Sequence[str], clients: int = 2,
+                 seed: int = 0, torn: bool = False, base: int = 100, **kw: Any) -> None:  # fmt: skip
+        super().__init__(history, clients, seed, **kw)
+        self.urls = list(urls)
+        self.keys = list(keys)
+        self.torn = torn
+        self.base = base
+        self.counter = 0
+        self.lock = threading.Lock()
+        self.seen: dict[tuple[int, str], int] = {}
+
+    def one(self, process: int, rng: random.Random, http: httpx.Client) -> None:
+        i = rng.randrange(len(self.urls))
+        base, node = self.urls[i], f"kv{i}"
+        p = self.base + process
+        h = self.history
+        f = rng.choice(("read", "txn", "txn", "snapshot"))
+        if f == "read":
+            key = rng.choice(self.keys)
+            op = h.invoke(p, "read", key, node=node)
+            try:
+                r = http.get(f"{base}/v1/kv/{key}")
+            except httpx.HTTPError as exc:
+                classify(op, h, exc)
+                return
+            if r.status_code in (200, 404):
+                state = [r.json()["value"], r.json()["version"]] if r.status_code == 200 else [None, 0]
+                h.complete(op, OK, state)
+                self.seen[(process, key)] = state[1]
+            else:
+                h.complete(op, UNKNOWN if r.status_code >= 500 else FAIL, error=r.text)
+            return
+        keys = sorted(rng.sample(self.keys, rng.choice((2, 3)) if len(self.keys) > 2 else 2))
+        micro: list[list[Any]] = []
+        for k in keys:
+            if f == "snapshot" or rng.random() < 0.7:
+                micro.append(["check", k, self.seen.get((process, k), 0)])
+        if f == "txn":
+            with self.lock:
+                self.counter += 1
+                n = self.counter
+            micro += [["set", k, f"t{p}-{n}-{k.rsplit('/', 1)[-1]}"] for k in keys]
+        if not micro:
+            micro = [["check", keys[0], self.seen.get((process, keys[0]), 0)]]
+        op = h.invoke(p, "txn", ",".join(keys), micro, node=node)
+        if self.torn and f == "txn":
+            self._torn(op, base, micro, http)
+            return
+        body = {"ops": [{"op": kind, "key": "/" + k, ("version" if kind == "check" else "value"): arg}
+                        for kind, k, arg in micro]}  # fmt: skip
+        try:
+            r = http.post(f"{base}/v1/txn", json=body)
+        except httpx.HTTPError as exc:
+            classify(op, h, exc)
+            return
+        if r.status_code == 200:
+            versions = r.json()["versions"]
+            h.complete(op, OK, versions)
+            for (_, k, _), v in zip(micro, versions, strict=True):
+                self.seen[(process, k)] = v
+        elif r.status_code == 409:
+            err = r.json().get("errors") or {}
+            found = [err["key"].lstrip("/"), err["found"]] if "key" in err and "found" in err else None
+            h.complete(op, FAIL, found, error="409")
+            if found is not None:
+                self.seen[(process, found[0])] = found[1]
+        else:
+            h.complete(op, UNKNOWN if r.status_code >= 500 else FAIL, error=f"{r.status_code} {r.text}")
+
+    def _torn(self, op: Op, base: str, micro: list[list[Any]], http: httpx.Client) -> None:
+        """The planted bug: one PUT per set, guarded by that key's check, a pause between."""
+        checks = {k: v for kind, k, v in micro if kind == "check"}
+        got: dict[str, int] = {}
+        for kind, k, arg in micro:
+            if kind != "set":
+                continue
+            body: dict[str, Any] = {"value": arg}
+            if k in checks:
+                body["expected_version"] = checks[k]
+            try:
+                r = http.put(f"{base}/v1/kv/{k}", json=body)
+            except httpx.HTTPError as exc:
+                classify(op, self.history, exc)
+                return
+            if r.status_code != 200:
+                self.history.complete(op, UNKNOWN, error=f"torn: {r.status_code}")
+                return
+            got[k] = r.json()["version"]
+            time.sleep(0.3)
+        self.history.complete(op, OK, [checks[k] if kind == "check" else got[k] for kind, k, _ in micro])
+
+
 def read_final_kv(
     urls: Sequence[str], keys: Sequence[str], timeout: float = 30.0
 ) -> dict[str, tuple[Any, int]]:
@@ -338,6 +439,93 @@ def play(history: History, process: int, video_id: str, metadata_url: str, scrat
     data = out.read_bytes()
     out.unlink()
     return history.complete(op, OK, sha256(data))
+
+
+COMPUTE_API = "/api/v1/compute"
+COMPUTE_TOKEN = "cluster-token"  # the compute nodes' --token
+
+
+class ComputeCreates(Workload):
+    """Creates instances with names the client picks, through either compute node. Some names are
+    new; some are a name just tried (by anyone: a race on one name across nodes); after an
+    `unknown` create the client retries the same name on the other node, as a real client would.
+
+    `double` plants a bug: after an acknowledged create, the client also writes a second record
+    of that name straight into the registry (`double(name)`), as a node that skipped the name
+    claim would; the "no instance created twice" check must catch it."""
+
+    def __init__(self, history: History, urls: Sequence[str], tag: str, clients: int = 3, seed: int = 0,
+                 double: Callable[[str], None] | None = None, **kw: Any) -> None:  # fmt: skip
+        kw.setdefault("timeout", 5.0)
+        kw.setdefault("pace", 0.15)
+        super().__init__(history, clients, seed, **kw)
+        self.urls = list(urls)
+        self.tag = tag
+        self.double = double
+        self.lock = threading.Lock()
+        self.n = 0
+        self.recent: list[str] = []
+        self.retry: dict[int, tuple[str, int]] = {}  # process -> (name, node index) to retry elsewhere
+        self.doubled: list[str] = []
+
+    def one(self, process: int, rng: random.Random, http: httpx.Client) -> None:
+        h = self.history
+        if process in self.retry:
+            name, last = self.retry.pop(process)
+            i = (last + 1) % len(self.urls)
+        else:
+            i = rng.randrange(len(self.urls))
+            with self.lock:
+                if self.recent and rng.random() < 0.3:
+                    name = rng.choice(self.recent[-4:])
+                else:
+                    self.n += 1
+                    name = f"{self.tag}-{self.n}"
+                    self.recent.append(name)
+        op = h.invoke(process, "create", name, name, node=f"compute{i}")
+        body = {"name": name, "backend": "kvm", "config": {"image": "tiny"}, "start": False}
+        try:
+            r = http.post(self.urls[i] + COMPUTE_API + "/instances", json=body,
+                          headers={"Authorization": f"Bearer {COMPUTE_TOKEN}"})  # fmt: skip
+        except httpx.HTTPError as exc:
+            classify(op, h, exc)
+            if op.outcome == UNKNOWN:
+                self.retry[process] = (name, i)
+            return
+        if r.status_code == 201:
+            inst = r.json()
+            h.complete(op, OK, {"id": inst["id"], "node": (inst.get("node") or {}).get("id")})
+            if self.double is not None and len(self.doubled) < 3:
+                self.double(name)  # the planted bug
+                self.doubled.append(name)
+        elif r.status_code == 409:
+            h.complete(op, FAIL, error=f"409 {r.text[:200]}")
+        else:
+            h.complete(op, UNKNOWN if r.status_code >= 500 else FAIL, error=f"{r.status_code} {r.text}")
+            if op.outcome == UNKNOWN:
+                self.retry[process] = (name, i)
+
+
+def compute_listings(urls: Sequence[str], timeout: float = 30.0) -> dict[str, list[dict]]:
+    """Every instance each compute node lists after healing (retried until both answer)."""
+    deadline = time.monotonic() + timeout
+    out: dict[str, list[dict]] = {}
+    for i, u in enumerate(urls):
+        while True:
+            try:
+                r = httpx.get(u + COMPUTE_API + "/instances", params={"pageSize": 1000}, timeout=10,
+                              headers={"Authorization": f"Bearer {COMPUTE_TOKEN}"})  # fmt: skip
+                if r.status_code == 200:
+                    body = r.json()
+                    assert body["total"] <= 1000, "more instances than one page: page through them"
+                    out[f"compute{i}"] = body["instances"]
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"compute{i} did not list instances within {timeout} s after healing")
+            time.sleep(0.3)
+    return out
 
 
 def run_for(seconds: float, workloads: Sequence[Workload], during: Callable[[float], None]) -> None:

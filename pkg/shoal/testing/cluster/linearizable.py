@@ -1,4 +1,5 @@
-"""Linearizability of a versioned register history, checked per key (P-compositionality).
+"""Linearizability of a versioned kv history: per key where it can be, per group of keys where
+transactions tie keys together.
 
 The search is Wing & Gong's with Lowe's memoisation (the design Knossos and porcupine use):
 walk the history's call/return entries in time order; at a call, try to linearize that op
@@ -14,13 +15,28 @@ The model is the kv service's key: state (value, version), version 0 = absent.
 - write / cas `unknown` (timed out, reset, 5xx): returns at infinity and may be linearized
   as applied or as nothing, at any point after its call (both are tried);
 - reads that did not complete, and `fail`s that were never sent, constrain nothing: dropped.
+
+Transactions (`f == "txn"`, POST /v1/txn) break P-compositionality: one op changes several
+keys at once, so a history can be linearizable key by key and still show a torn transaction.
+Keys that some txn touches together are merged into one group (union-find), and each group is
+checked as one multi-register map, state = a (value, version) per key, every op atomic:
+- txn value = [[kind, key, arg], ...], kind "check" (arg = the expected version, 0 = absent)
+  or "set" (arg = the value), at most one set per key; every check looks at the state before
+  the txn (the service evaluates all checks before any write);
+- txn ok: every check holds; each set makes (arg, version + 1); the answer's versions (one per
+  op: the checked version, or the new one) must be those;
+- txn fail (a 409, certain): some check does not hold; if the 409 names [key, found], that
+  key's version is `found` and differs from its check;
+- txn unknown: applied (if its checks hold) or not; a check-only unknown txn is dropped;
+- single-key ops on a group's keys use the register model on their key's slot.
+Keys no txn touches are still checked one by one.
 """
 
 from __future__ import annotations
 
 import math
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,7 +54,7 @@ class KeyResult:
     steps: int
     linearized: list[int] = field(default_factory=list)  # the longest order found (op indexes)
     stuck: list[Op] = field(default_factory=list)  # ops that could not be placed after it
-    state: State = INITIAL
+    state: Any = INITIAL
 
 
 @dataclass
@@ -108,7 +124,14 @@ class _Entry:
 
 
 def check_key(key: str, ops: list[Op], max_steps: int = 2_000_000, initial: State = INITIAL) -> KeyResult:
-    ops = [op for op in ops if _relevant(op)]
+    """One key's register ops (reads, writes, CAS)."""
+    return search(key, [op for op in ops if _relevant(op)], step, initial, max_steps)
+
+
+def search(name: str, ops: list[Op], step: Callable[[Any, Op], list[Any]], initial: Any,
+           max_steps: int = 2_000_000) -> KeyResult:  # fmt: skip
+    """Wing-Gong/Lowe over `ops` (already filtered) with the model `step` from state `initial`."""
+    key = name
     events: list[_Entry] = []
     for i, op in enumerate(ops):
         c = _Entry(op, i, True, op.invoke)
@@ -137,10 +160,10 @@ def check_key(key: str, ops: list[Op], max_steps: int = 2_000_000, initial: Stat
             if x.next is not None:
                 x.next.prev = x
 
-    cache: set[tuple[int, State]] = set()
-    stack: list[tuple[_Entry, State, int]] = []
+    cache: set[tuple[int, Any]] = set()
+    stack: list[tuple[_Entry, Any, int]] = []
     state, linearized, placed_definite = initial, 0, 0
-    best: tuple[int, list[int], State] = (-1, [], initial)
+    best: tuple[int, list[int], Any] = (-1, [], initial)
     entry, alt, steps = head.next, 0, 0
     while True:
         if placed_definite == definite:
@@ -181,11 +204,99 @@ def check_key(key: str, ops: list[Op], max_steps: int = 2_000_000, initial: Stat
             alt += 1
 
 
+TXN_FS = ("read", "write", "cas", "txn")
+
+
+def txn_keys(op: Op) -> list[str]:
+    return sorted({k for _, k, _ in op.value})
+
+
+def _relevant_txn(op: Op) -> bool:
+    if op.outcome == OK:
+        return True
+    if op.outcome == FAIL:
+        return op.result is not None  # a 409 naming the key and the version found
+    return op.outcome == UNKNOWN and any(kind == "set" for kind, _, _ in op.value)
+
+
+def step_txn(slots: dict[str, int], state: tuple[State, ...], op: Op) -> list[tuple[State, ...]]:
+    """The multi-register model: `state[slots[key]]` is that key's (value, version)."""
+    if op.f != "txn":
+        i = slots[op.key]
+        return [(*state[:i], s, *state[i + 1 :]) for s in step(state[i], op)]
+    holds = all(state[slots[k]][1] == arg for kind, k, arg in op.value if kind == "check")
+    if op.outcome == FAIL:
+        if holds:
+            return []
+        key, found = op.result
+        if key not in slots:
+            return []
+        checked = [arg for kind, k, arg in op.value if kind == "check" and k == key]
+        now = state[slots[key]][1]
+        return [state] if now == found and all(now != c for c in checked) else []
+    if not holds:
+        return [] if op.outcome == OK else [state]
+    new = list(state)
+    versions = []
+    for kind, k, arg in op.value:
+        i = slots[k]
+        if kind == "set":
+            new[i] = (arg, new[i][1] + 1)
+            versions.append(new[i][1])
+        else:
+            versions.append(arg)
+    after = tuple(new)
+    if op.outcome == OK:
+        return [after] if op.result is None or list(op.result) == versions else []
+    return [after, state]
+
+
+def key_groups(ops: Iterable[Op]) -> dict[str, list[str]]:
+    """Union-find of keys over the txns that touch several: root key -> the group's keys."""
+    parent: dict[str, str] = {}
+
+    def find(k: str) -> str:
+        while parent.setdefault(k, k) != k:
+            parent[k] = parent[parent[k]]
+            k = parent[k]
+        return k
+
+    for op in ops:
+        keys = txn_keys(op) if op.f == "txn" else [op.key]
+        for k in keys[1:]:
+            a, b = find(keys[0]), find(k)
+            if a != b:
+                parent[max(a, b)] = min(a, b)
+        find(keys[0])
+    groups: dict[str, list[str]] = defaultdict(list)
+    for k in sorted(parent):
+        groups[find(k)].append(k)
+    return groups
+
+
+def check_group(keys: list[str], ops: list[Op], max_steps: int = 2_000_000) -> KeyResult:
+    """Several keys as one map (some txn ties them): every op atomic on the whole state."""
+    slots = {k: i for i, k in enumerate(keys)}
+    ops = [op for op in ops if (_relevant_txn(op) if op.f == "txn" else _relevant(op))]
+    initial = tuple(INITIAL for _ in keys)
+    return search("+".join(keys), ops, lambda st, op: step_txn(slots, st, op), initial, max_steps)
+
+
 def check(history: Iterable[Op], max_steps: int = 2_000_000) -> Result:
-    """Check each key's register ops on its own (P-compositionality: linearizable per key
-    iff linearizable as a whole)."""
-    by_key: dict[str, list[Op]] = defaultdict(list)
-    for op in history:
-        if op.f in ("read", "write", "cas"):
-            by_key[op.key].append(op)
-    return Result({k: check_key(k, ops, max_steps) for k, ops in sorted(by_key.items())})
+    """Each key's register ops on their own (P-compositionality: linearizable per key iff
+    linearizable as a whole), except keys tied by transactions: each such group as one map."""
+    ops = [op for op in history if op.f in TXN_FS]
+    groups = key_groups(ops)
+    group_of = {k: root for root, keys in groups.items() for k in keys}
+    by_group: dict[str, list[Op]] = defaultdict(list)
+    for op in ops:
+        by_group[group_of[txn_keys(op)[0] if op.f == "txn" else op.key]].append(op)
+    out = {}
+    for root, group_ops in sorted(by_group.items()):
+        keys = groups[root]
+        if len(keys) == 1 and not any(op.f == "txn" for op in group_ops):
+            out[root] = check_key(root, group_ops, max_steps)
+        else:
+            r = check_group(keys, group_ops, max_steps)
+            out[r.key] = r
+    return Result(out)

@@ -65,6 +65,7 @@ class Nemesis:
         self.events = events
         self.log = log
         self.errors: list[str] = []
+        self.t0 = 0.0  # monotonic time of the run's start (events' times are relative to it)
 
     def apply(self, e: Event) -> Any:
         h = self.cluster.hosts[e.host]
@@ -96,6 +97,7 @@ class Nemesis:
 
     def run(self, t0: float, should_stop: Callable[[], bool] = lambda: False) -> None:
         """Play the schedule relative to monotonic time t0 (blocking, in the owner thread)."""
+        self.t0 = t0
         for e in self.events:
             if should_stop():
                 break

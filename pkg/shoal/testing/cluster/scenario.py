@@ -15,21 +15,30 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import httpx
+import orjson
+
 from shoal.testing.cluster import checkers, linearizable
 from shoal.testing.cluster.clients import (
+    COMPUTE_TOKEN,
+    ComputeCreates,
     KvRegisters,
+    KvTxns,
     StateDocs,
     Video,
+    compute_listings,
     play,
     read_final_kv,
     run_for,
     wait_equal,
 )
-from shoal.testing.cluster.history import History
+from shoal.testing.cluster.history import OK, History
+from shoal.testing.cluster.inhost import InHostKv
 from shoal.testing.cluster.nemesis import Event, Nemesis, schedule
 from shoal.testing.cluster.services import Cluster, Service
 
@@ -105,18 +114,20 @@ class Stack:
         return out
 
     def run(self, faults: Sequence[str], seconds: float, seed: int, out_dir: str | Path,
-            **workload_kw: object) -> Report:  # fmt: skip
+            targets: Sequence[int] | None = None, **workload_kw: object) -> Report:  # fmt: skip
+        """`targets`: the hosts faults may hit (default: the stack's)."""
         self.runs += 1
         tag = f"{self.name}{self.runs}s{seed}"
         out = Path(out_dir) / f"{tag}-{'+'.join(faults)}"
         out.mkdir(parents=True, exist_ok=True)
-        events = schedule(seed, faults, seconds, self.targets)
+        self.out = out
+        events = schedule(seed, faults, seconds, self.targets if targets is None else targets)
         self.log(f"== {self.name} under {'+'.join(faults)}: seed {seed}, {seconds} s; schedule:")
         for e in events:
             self.log(f"   {e.describe()}")
         history = History()
         workloads = self.workloads(history, tag, seed, **workload_kw)
-        nemesis = Nemesis(self.cluster, events, log=self.log)
+        nemesis = self.nemesis = Nemesis(self.cluster, events, log=self.log)
         started = time.monotonic()
         try:
             run_for(seconds, workloads, nemesis.run)
@@ -146,18 +157,53 @@ class KvStack(Stack):
         self.cluster.etcd(h[:3])
         self.kv: list[Service] = self.cluster.kv(h[:3])
 
-    def workloads(self, history: History, tag: str, seed: int, stale: bool = False) -> list:
+    def workloads(self, history: History, tag: str, seed: int, stale: bool = False, torn: bool = False,
+                  inside: int | None = None, registers: bool = True) -> list:  # fmt: skip
+        """Register clients on r0-r2, txn clients on t0-t2 (`torn`: the planted torn txns), and
+        with `inside` = a host index, clients inside that host using its kv service only."""
         keys = [f"{tag}/r{i}" for i in range(3)]
-        return [KvRegisters(history, [s.url for s in self.kv], keys, clients=4, seed=seed, stale=stale)]
+        txn_keys = [f"{tag}/t{i}" for i in range(3)]
+        urls = [s.url for s in self.kv]
+        out: list = []
+        if registers:
+            out.append(KvRegisters(history, urls, keys, clients=4, seed=seed, stale=stale))
+        out.append(KvTxns(history, urls, txn_keys, clients=3 if torn else 2, seed=seed, torn=torn))
+        if inside is not None:
+            out.append(InHostKv(history, self.cluster.hosts[inside], self.kv[inside].url, keys, txn_keys,
+                                seed, self.out / "inside.jsonl"))  # fmt: skip
+        return out
 
     def check(self, history: History, tag: str, workloads: list, report: Report) -> list[str]:
-        keys = workloads[0].keys
+        keys = [k for w in workloads if isinstance(w, KvRegisters | KvTxns) for k in w.keys]
         result = linearizable.check(history)
         out = [f"linearizability: {line}" for k in result.keys.values() if k.ok is not True
                for line in linearizable.Result({k.key: k}).describe().splitlines()]  # fmt: skip
         final = read_final_kv([s.url for s in self.kv], keys)
         out += [f"lost write: {x}" for x in checkers.lost_kv_writes(history, final)]
+        txns = [op for op in history if op.f == "txn"]
+        report.notes.append(f"txns: {sum(op.outcome == 'ok' for op in txns)} ok of {len(txns)}")
+        for w in workloads:
+            if isinstance(w, InHostKv):
+                out += self._check_inside(w, report)
         report.notes.append(f"final: {final}")
+        return out
+
+    def _check_inside(self, w: InHostKv, report: Report, settle: float = 1.0) -> list[str]:
+        """The client inside a partitioned host: an op it invoked while cut off (`settle` s
+        after the cut, past requests already in flight) may not be acknowledged before the
+        heal (after it, it may: the request can wait out the partition). Linearizability
+        already rules out ok-and-wrong for every op of it."""
+        t0 = self.nemesis.t0
+        windows = [(t0 + e.applied_at + settle, t0 + e.at + e.seconds) for e in self.nemesis.events
+                   if e.fault == "partition" and e.host == w.host.index and e.applied_at is not None]  # fmt: skip
+        ops = w.ops()
+        cut = [(op, b) for op in ops for a, b in windows if a <= op.invoke <= b]
+        out = [f"{w.node}: {op.f} {op.key} {op.value} acknowledged inside a minority partition ({op.result})"
+               for op, b in cut if op.outcome == OK and op.complete is not None and op.complete <= b]  # fmt: skip
+        counts = {o: sum(op.outcome == o for op, _ in cut) for o in ("ok", "fail", "unknown")}
+        report.notes.append(f"{w.node}: {len(ops)} ops, {len(cut)} invoked while cut off: {counts}")
+        if not ops:
+            out.append(f"{w.node}: the in-host client recorded no operations")
         return out
 
 
@@ -218,4 +264,67 @@ class VideoStack(Stack):
         return out
 
 
-STACKS: dict[str, type[Stack]] = {"kv": KvStack, "state": StateStack, "video": VideoStack}
+class ComputeStack(Stack):
+    """etcd on h0-h2, a compute node on h0 and on h1 sharing the registry on etcd."""
+
+    name = "compute"
+    namespace = "compute"
+
+    def place(self) -> None:
+        h = self.cluster.hosts
+        self.cluster.etcd(h[:3])
+        self.nodes: list[Service] = self.cluster.compute(h[:2], COMPUTE_TOKEN, self.namespace)
+        self.killed = False  # the test driver forgets its domains on kill -9
+
+    def workloads(self, history: History, tag: str, seed: int, double: bool = False) -> list:
+        return [ComputeCreates(history, [s.url for s in self.nodes], tag, clients=3, seed=seed,
+                               double=self.double_create if double else None)]  # fmt: skip
+
+    def double_create(self, name: str) -> None:
+        """The planted bug: a second registry record holding `name`, without the name claim."""
+        from shoal.kv.etcd import EtcdStore
+
+        async def go() -> None:
+            store = await EtcdStore.open(self.cluster.etcd_urls, namespace=self.namespace, timeout=10)
+            try:
+                holder = orjson.loads((await store.get(f"/compute/names/{name}")).value)["id"]
+                record = orjson.loads((await store.get(f"/compute/instances/{holder}")).value)
+                twin = f"{holder}d"
+                record.update(id=twin, uuid=str(uuid.uuid4()))
+                await store.set(f"/compute/instances/{twin}", orjson.dumps(record))
+            finally:
+                await store.close()
+
+        asyncio.run(go())
+
+    def check(self, history: History, tag: str, workloads: list, report: Report) -> list[str]:
+        if any(e.fault == "kill" for e in report.events):
+            self.killed = True
+        listings = compute_listings([s.url for s in self.nodes])
+        out = [f"instances: {x}" for x in checkers.instances_once(history, listings, f"{tag}-")]
+        creates = [op for op in history if op.f == "create"]
+        mine = [i for i in next(iter(listings.values())) if i["name"].startswith(f"{tag}-")]
+        report.notes.append(f"creates: {sum(op.outcome == OK for op in creates)} ok of {len(creates)}, "
+                            f"{len(mine)} instances listed")  # fmt: skip
+        if not self.killed:  # every registry record of a node is one domain of its backend, and back
+            out += self._domains_match(listings)
+        return out
+
+    def _domains_match(self, listings: dict[str, list[dict]]) -> list[str]:
+        out = []
+        every = next(iter(listings.values()))
+        for s in self.nodes:
+            r = httpx.get(s.url + "/api/v1/compute/cluster/status", timeout=10,
+                          headers={"Authorization": f"Bearer {COMPUTE_TOKEN}"})  # fmt: skip
+            local = r.json()["backends"]["kvm"]["instances"]
+            node_id = (self.cluster.root / "data" / s.host.name / "compute" / "node-id").read_text().strip()
+            records = sum(1 for i in every if (i.get("node") or {}).get("id") == node_id)
+            if local != records:
+                out.append(
+                    f"{s}: {local} domains on its backend, {records} registry records (orphan or lost)"
+                )
+        return out
+
+
+STACKS: dict[str, type[Stack]] = {"kv": KvStack, "state": StateStack, "video": VideoStack,
+                                  "compute": ComputeStack}  # fmt: skip

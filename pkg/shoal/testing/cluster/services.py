@@ -21,7 +21,8 @@ from shoal.testing.cluster.net import Host, Net, Proc
 from shoal.testing.etcd import SERVER_ARGS, etcd_binary
 
 PORTS = {"etcd": 2379, "etcd-peer": 2380, "kv": 8090, "state": 3004, "metadata": 8080, "storage": 8081,
-         "uploader": 8084}  # fmt: skip
+         "uploader": 8084, "compute": 8070}  # fmt: skip
+NO_DOCKER = "unix:///nonexistent/docker.sock"  # compute on the kvm backend only: no dockerd needed
 ENV = {"SHOAL_ACCESS_LOG": "0", "PYTHONUNBUFFERED": "1"}
 
 
@@ -196,6 +197,22 @@ class Cluster:
                     args += ["--peer", f"http://{o.ip}:{PORTS['state']}", "--trust-node", keys[o.name][1]]
             argv = serve_argv("state", h, self.data_dir(h, "state"), *args)
             out.append(self.add(Service("state", h, argv, f"http://{h.ip}:{PORTS['state']}")))
+        return out
+
+    def compute(self, hosts: Sequence[Host], token: str, namespace: str = "compute") -> list[Service]:
+        """`shoal serve compute --store etcd` per host, kvm backend on libvirt's in-process
+        `test:///default` driver (no daemon: each node's "hypervisor" is its own, as on separate
+        machines) and no dockerd. The test driver boots nothing, so the 'tiny' template is a stub."""
+        templates = self.root / "templates"
+        (templates / "tiny").mkdir(parents=True, exist_ok=True)
+        (templates / "tiny" / "kernel").write_bytes(b"not a kernel")
+        out = []
+        for h in hosts:
+            argv = serve_argv("compute", h, self.data_dir(h, "compute"), "--docker-host", NO_DOCKER,
+                              "--libvirt-uri", "test:///default", "--kvm-templates", str(templates),
+                              "--token", token, "--store", "etcd", "--etcd", self._etcd_flag(h),
+                              "--etcd-namespace", namespace)  # fmt: skip
+            out.append(self.add(Service("compute", h, argv, f"http://{h.ip}:{PORTS['compute']}")))
         return out
 
     def video(self, meta_host: Host, storage_hosts: Sequence[Host], uploader_host: Host,
