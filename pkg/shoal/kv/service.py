@@ -21,6 +21,7 @@ import asyncio
 import base64
 import binascii
 import contextlib
+import copy
 import re
 import urllib.parse
 from collections.abc import AsyncIterator
@@ -60,6 +61,25 @@ POLICY = by_method(read=Requirement("viewer", nodes=True), write=Requirement("op
 
 Encoding = Literal["utf8", "base64"]
 Version = Annotated[int, msgspec.Meta(ge=0, le=2**62)]
+# the key rules of shoal.kv.keys, as the schema and msgspec state them: a leading "/", no NUL
+# (at most 1024 bytes of UTF-8 is checked by the store: a schema counts characters)
+KEY_PATTERN = "^/[^\\x00]*$"
+# declared, and checked by shoal.kv.keys (which says what is wrong with a key)
+Key = Annotated[str, msgspec.Meta(extra_json_schema={"pattern": KEY_PATTERN, "maxLength": 1024})]
+Prefix = Annotated[
+    str, msgspec.Meta(extra_json_schema={"pattern": "^(?:/[^\\x00]*)?$", "maxLength": 1024})
+]
+Pattern = Annotated[
+    str,
+    msgspec.Meta(
+        extra_json_schema={"pattern": KEY_PATTERN, "maxLength": 1025},
+        description='a key ("/a/b") or every key under a prefix ("/a/*", "/*")',
+    ),
+]
+# a key in the URL path: the part after /v1/kv/ (the service adds the "/"); a newline cannot
+# be routed, NUL is not a key character
+PATH_KEY = {"pattern": "^[^\\x00\\n]*$", "maxLength": 1023}
+BASE64 = "^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$"
 
 
 class PutBody(msgspec.Struct, forbid_unknown_fields=True):
@@ -73,15 +93,15 @@ class DeleteQuery(msgspec.Struct, forbid_unknown_fields=True):
 
 
 class ListQuery(msgspec.Struct, forbid_unknown_fields=True):
-    prefix: str = ""
+    prefix: Prefix = ""
     limit: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 100
-    cursor: str | None = None
+    cursor: Key | None = None
     values: bool = False
 
 
 class TxnOpIn(msgspec.Struct, forbid_unknown_fields=True):
     op: Literal["check", "set", "delete"]
-    key: str
+    key: Key
     value: str | None = None
     encoding: Encoding = "utf8"
     version: Version | None = None
@@ -92,7 +112,7 @@ class TxnBody(msgspec.Struct, forbid_unknown_fields=True):
 
 
 class WatchQuery(msgspec.Struct, forbid_unknown_fields=True):
-    pattern: str
+    pattern: Pattern
     from_revision: Annotated[int, msgspec.Meta(ge=1, le=2**62)] | None = None
     max_events: Annotated[int, msgspec.Meta(ge=1)] | None = None
     timeout: Annotated[float, msgspec.Meta(gt=0, le=86400)] | None = None
@@ -219,13 +239,24 @@ def path_key(key: str, request: Request | None = None) -> str:
 def make_api(get_store) -> Api:
     api = Api(tags=["kv"])
 
-    @api.get("/v1/kv/{key:path}", response=EntryOut, extra_responses={404: "no such key"})
+    @api.get(
+        "/v1/kv/{key:path}",
+        path_schema={"key": PATH_KEY},
+        response=EntryOut,
+        extra_responses={404: "no such key"},
+    )
     async def get_key(request: Request, key: str) -> EntryOut:
         """Read one key."""
         with store_errors():
             return entry_out(await get_store().require(path_key(key, request)))
 
-    @api.put("/v1/kv/{key:path}", body=PutBody, response=PutOut, extra_responses={409: "version conflict"})
+    @api.put(
+        "/v1/kv/{key:path}",
+        path_schema={"key": PATH_KEY},
+        body=PutBody,
+        response=PutOut,
+        extra_responses={409: "version conflict"},
+    )
     async def put_key(request: Request, key: str, body: PutBody) -> PutOut:
         """Create or replace one key; with expected_version, only if the key is at that version (0: absent)."""
         value = decode_value(body.value, body.encoding)
@@ -237,7 +268,7 @@ def make_api(get_store) -> Api:
             result = await get_store().transaction(ops)
         return PutOut(k, result.versions[-1], result.revision)
 
-    @api.delete("/v1/kv/{key:path}", query=DeleteQuery, response=DeleteOut)
+    @api.delete("/v1/kv/{key:path}", path_schema={"key": PATH_KEY}, query=DeleteQuery, response=DeleteOut)
     async def delete_key(request: Request, key: str, query: DeleteQuery) -> DeleteOut:
         """Delete one key (deleted=false if it was absent); with expected_version, only at that version."""
         store = get_store()
@@ -432,4 +463,40 @@ def create_app(options: dict[str, Any]):
         max_body=max_value * 4 // 3 + (1 << 16),  # one base64 value plus the JSON around it
         lifespan=lifespan,
     )
+    document_bodies(app.openapi)
     return layer.wrap(app)
+
+
+def _value_variants(schema: dict, required: list[str]) -> list[dict]:
+    """A body whose value is text (utf8) or base64, as two variants of `schema`."""
+    out = []
+    for encoding, value in (("utf8", {"type": "string"}), ("base64", {"type": "string", "pattern": BASE64})):
+        v = copy.deepcopy(schema)
+        v["properties"]["encoding"] = {"enum": [encoding]} if encoding == "base64" else {"enum": ["utf8"]}
+        v["properties"]["value"] = value
+        v["required"] = sorted({*v.get("required", []), *required})
+        if encoding == "base64":
+            v["required"] = sorted({*v["required"], "encoding"})
+        out.append(v)
+    return out
+
+
+def document_bodies(doc: dict) -> None:
+    """What the schema cannot say from the Structs alone: base64 values are base64, a
+    transaction's `set` needs a value and its `check` a version."""
+    schemas = doc["components"]["schemas"]
+    put = schemas["PutBody"]
+    schemas["PutBody"] = {"title": "PutBody", "oneOf": _value_variants(put, ["value"])}
+    op = schemas["TxnOpIn"]
+    variants = []
+    for name, required in (("check", ["version"]), ("delete", [])):
+        v = copy.deepcopy(op)
+        v["properties"]["op"] = {"enum": [name]}
+        v["required"] = sorted({*v.get("required", []), *required})
+        if name == "check":
+            v["properties"]["version"] = copy.deepcopy(op["properties"]["version"]["anyOf"][0])
+        variants.append(v)
+    for v in _value_variants(op, ["value"]):
+        v["properties"]["op"] = {"enum": ["set"]}
+        variants.append(v)
+    schemas["TxnOpIn"] = {"title": "TxnOpIn", "oneOf": variants}

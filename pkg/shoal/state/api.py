@@ -23,7 +23,7 @@ from shoal.state.auth.eth import same_address
 from shoal.state.auth.policy import check_read, may_read_account, require_auth, write_guard
 from shoal.state.auth.principal import Principal
 from shoal.state.entities import SPECS, EntitySpec
-from shoal.state.errors import StateError, bad_request, forbidden, not_found
+from shoal.state.errors import StateError, bad_request, forbidden, not_found, unauthorized
 from shoal.state.models import set_fields
 from shoal.state.service import StateContext
 from shoal.state.store import IdempotentReplay, Write
@@ -33,6 +33,10 @@ JSON = [(b"content-type", b"application/json")]
 IDEMPOTENCY_TTL = 86_400
 Limit = Annotated[int, Meta(ge=0, le=1000)]
 Offset = Annotated[int, Meta(ge=0, le=1 << 31)]
+
+# an id is any path segment except the words of the POST routes beside it (/peers/create is
+# the create route, never a peer called "create")
+ID_SCHEMA = {"pattern": "^(?!create$|update$)[^/]+$", "minLength": 1}
 
 IDEMPOTENCY_PARAM = {
     "name": "Idempotency-Key",
@@ -146,13 +150,29 @@ def entity_routes(api: Api, ctx: StateContext, spec: EntitySpec) -> None:
             return JSONResponse(record["response"], headers={"Idempotent-Replayed": "true"})
         return answer(op)
 
-    @api.raw("GET", f"{spec.path}/{{{spec.key_field}}}", response=spec.entity, summary=f"Get a {name}")
+    get_doc = (
+        "An instance is found by its id or, as in the spec's example (GET /instances/build-123456789), "
+        "by its build_id (the oldest instance of that build)."
+        if kind == "instance"
+        else ""
+    )
+
+    @api.raw(
+        "GET",
+        f"{spec.path}/{{{spec.key_field}}}",
+        response=spec.entity,
+        summary=f"Get a {name}",
+        description=get_doc,
+        path_schema={spec.key_field: ID_SCHEMA},
+    )
     async def get(scope: dict, receive: Any, send: Any, **params: str) -> None:
         principal = require_auth(scope.get("shoal.principal"))
         if principal.kind == "node":
             check_read(await ctx.auth.resolve(principal), kind, params[spec.key_field])
         entity_id = params[spec.key_field] if by_id else await locate(params[spec.key_field])
         raw = await ctx.store.get_raw(kind, entity_id)
+        if raw is None and kind == "instance":
+            raw = await ctx.store.find_raw(kind, "build_id", entity_id)
         if raw is None:
             raise not_found(name, params[spec.key_field])
         if kind == "account":
@@ -176,7 +196,12 @@ def entity_routes(api: Api, ctx: StateContext, spec: EntitySpec) -> None:
         op = await ctx.store.apply(write)
         return {"success": True, id_field: op.id, "updated_at": op.value["updated_at"]}
 
-    @api.delete(f"{spec.path}/{{{spec.key_field}}}", response=deleted_t, summary=f"Delete a {name}")
+    @api.delete(
+        f"{spec.path}/{{{spec.key_field}}}",
+        response=deleted_t,
+        summary=f"Delete a {name}",
+        path_schema={spec.key_field: ID_SCHEMA},
+    )
     async def delete(request: Request, **params: str) -> Any:
         principal = await principal_of(ctx, request.scope)
         ctx.require_ready("writes")
@@ -230,7 +255,7 @@ def auth_routes(api: Api, ctx: StateContext) -> None:
         header = request.headers.get("authorization", "")
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
-            raise StateError(400, "logout needs the Bearer token to revoke", "NO_TOKEN")
+            raise unauthorized("logout needs the Bearer token to revoke", "NO_TOKEN")
         return {"success": await ctx.auth.logout(token.strip())}
 
     @api.get("/auth/whoami", response=m.WhoAmI, summary="Who this request is authenticated as")

@@ -17,7 +17,7 @@ import msgspec
 from shoal.state import models as m
 from shoal.state import validate as v
 from shoal.state.auth.eth import canonical_address
-from shoal.state.errors import bad_request
+from shoal.state.errors import StateError, bad_request
 
 
 @dataclass(frozen=True)
@@ -46,6 +46,17 @@ class EntitySpec:
         if field in self.addresses:
             value = canonical_address(value)
         return value
+
+    def lookup_form(self, field: str, value: str) -> str:
+        """A filter value in the form documents store it (domains and CIDRs canonical); a value
+        that is not a valid one is kept as given (and matches nothing)."""
+        form = _LOOKUP_FORMS.get((self.kind, field))
+        if form is None:
+            return value
+        try:
+            return form(value)
+        except StateError:
+            return value
 
     @property
     def name(self) -> str:
@@ -123,6 +134,12 @@ def _lower_hex(key: str) -> str:
 def _same(value: str) -> str:
     return value
 
+
+_LOOKUP_FORMS: dict[tuple[str, str], Callable[[str], str]] = {
+    ("dns", "domain"): v.domain,
+    ("cidr", "cidr"): v.cidr,
+    ("account", "email"): v.email,
+}
 
 SPECS: dict[str, EntitySpec] = {
     s.kind: s

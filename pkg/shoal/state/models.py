@@ -13,15 +13,50 @@ from typing import Annotated, Literal
 import msgspec
 from msgspec import UNSET, Meta, UnsetType
 
-Name = Annotated[str, Meta(min_length=1, max_length=256)]
-Ref = Annotated[str, Meta(min_length=1, max_length=128)]
-Key = Annotated[str, Meta(min_length=1, max_length=256)]
-Domain = Annotated[str, Meta(min_length=1, max_length=253)]
+from shoal.web import patterns as P
+
+
+def _shape(pattern: str, description: str) -> Meta:
+    """A pattern the schema declares and shoal.state.validate checks (with its own error codes)."""
+    return Meta(extra_json_schema={"pattern": pattern, "description": description})
+
+
+# NUL and bidirectional controls are refused in names (they would mislead whoever reads them)
+Name = Annotated[str, Meta(min_length=1, max_length=256, pattern=P.SAFE_TEXT)]
+Ref = Annotated[str, Meta(min_length=1, max_length=128, pattern=P.SAFE_TEXT)]
+PEER_KEY = rf"^(?:0[xX](?:[0-9a-fA-F]{{40}}|[0-9a-fA-F]{{66}}|[0-9a-fA-F]{{130}})|{P.BASE64_32[1:-1]})$"
+Key = Annotated[
+    str,
+    Meta(min_length=1, max_length=256),
+    _shape(PEER_KEY, "an Ethereum address, a 0x-hex secp256k1 key or a base64 Ed25519 key"),
+]
+NodeKey = Annotated[
+    str,
+    Meta(min_length=1, max_length=256),
+    _shape(P.BASE64_32, "an Ed25519 key: 32 bytes in base64 (44 characters)"),
+]
+Domain = Annotated[
+    str, Meta(min_length=1, max_length=253), _shape(P.DOMAIN, "a DNS name; '*.' for a wildcard")
+]
 DnsValue = Annotated[str, Meta(min_length=1, max_length=2048)]
-Email = Annotated[str, Meta(min_length=3, max_length=254)]
-Address = Annotated[str, Meta(min_length=42, max_length=42, pattern=r"^0x[0-9a-fA-F]{40}$")]
-CidrText = Annotated[str, Meta(min_length=1, max_length=64)]
-Endpoint = Annotated[str, Meta(min_length=3, max_length=300)]
+Email = Annotated[str, Meta(min_length=3, max_length=254), _shape(P.EMAIL, "an email address")]
+Address = Annotated[
+    str,
+    Meta(
+        min_length=42,
+        max_length=42,
+        pattern=P.ETH_ADDRESS,
+        description="0x and 40 hex digits; mixed case must carry the EIP-55 checksum",
+    ),
+]
+CidrText = Annotated[
+    str,
+    Meta(min_length=1, max_length=64),
+    _shape(P.CIDR, "a network in CIDR notation with its host bits clear, e.g. 10.0.0.0/24"),
+]
+Endpoint = Annotated[
+    str, Meta(min_length=3, max_length=300), _shape(P.ENDPOINT, "host:port (IPv6 in brackets)")
+]
 Ttl = Annotated[int, Meta(ge=0, le=2_147_483_647)]
 Vcpus = Annotated[int, Meta(ge=1, le=65_536)]
 Size = Annotated[int, Meta(ge=0, le=1 << 40)]
@@ -152,12 +187,12 @@ class InstanceCreate(msgspec.Struct, **_BODY):
     vcpu_count: Vcpus
     mem_size_mib: Annotated[int, Meta(ge=1, le=1 << 40)]
     disk_size_gb: Size
-    state: InstanceState = "pending"
+    state: InstanceState = "running"  # the spec's example: a new instance reads back as running
 
 
 class NodeCreate(msgspec.Struct, **_BODY):
     name: Name
-    public_key: Key
+    public_key: NodeKey
     endpoint: Endpoint
     total_vcpus: Size
     total_memory_mib: Size
@@ -222,7 +257,7 @@ class InstanceUpdate(msgspec.Struct, **_BODY):
 class NodeUpdate(msgspec.Struct, **_BODY):
     id: Ref
     name: Name | UnsetType = UNSET
-    public_key: Key | UnsetType = UNSET
+    public_key: NodeKey | UnsetType = UNSET
     endpoint: Endpoint | UnsetType = UNSET
     total_vcpus: Size | UnsetType = UNSET
     total_memory_mib: Size | UnsetType = UNSET

@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import copy
 import hashlib
 import logging
 import sys
@@ -33,12 +34,13 @@ from shoal.state.auth.eth import is_address
 from shoal.state.auth.middleware import AuthMiddleware
 from shoal.state.auth.node_identity import NodeIdentity
 from shoal.state.auth.sessions import Authenticator
-from shoal.state.auth.signing import CLUSTER_ID
+from shoal.state.auth.signing import CLUSTER_ID, NODE_SIGNATURE, SIGNATURE
 from shoal.state.errors import StateError, unavailable
 from shoal.state.models import AccountCreate
 from shoal.state.store import StateStore, Write
 from shoal.web import STATE_ENVELOPE
 from shoal.web import create_app as build_app
+from shoal.web import patterns as P
 from shoal.web.auth.ratelimit import Rate, RateLimiter, client_bucket, retry_after
 
 TITLE = "State Service"
@@ -241,7 +243,7 @@ def create_app(options: dict[str, Any]) -> AuthMiddleware:
 
     inner = build_app(
         title=TITLE,
-        apis=[build_api(ctx), ctx.replication.api()],
+        apis=[build_api(ctx), trimmed_replication_status(ctx.replication.api())],
         envelope=STATE_ENVELOPE,
         max_body=MAX_BODY,
         lifespan=lifespan,
@@ -250,7 +252,90 @@ def create_app(options: dict[str, Any]) -> AuthMiddleware:
         "Authenticate with POST /auth/challenge + /auth/login (Sign-In with Ethereum), then "
         "`Authorization: Bearer <token>`; or sign each request (see docs/state.md).",
     )
-    doc = inner.openapi
-    doc.setdefault("components", {})["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
-    doc["security"] = [{"bearer": []}]
+    document_security(inner.openapi)
+    document_dns_values(inner.openapi)
     return AuthMiddleware(inner, ctx)
+
+
+DNS_VALUES = [
+    (["A"], P.IPV4, "an IPv4 address"),
+    (["AAAA"], P.IPV6, "an IPv6 address"),
+    (["CNAME", "NS", "PTR"], P.HOSTNAME, "a DNS name"),
+    (["MX"], P.MX, "'PRIORITY HOST' or 'HOST'"),
+    (["SRV"], P.SRV, "'PRIORITY WEIGHT PORT TARGET'"),
+    (["TXT", "CAA"], None, "free text"),
+]
+
+
+def document_dns_values(doc: dict) -> None:
+    """A DNS record's value depends on its type: the create schema is one variant per type."""
+    schemas = doc["components"]["schemas"]
+    base = schemas.get("DnsCreate")
+    if base is None or "oneOf" in base:
+        return
+    variants = []
+    for types, pattern, what in DNS_VALUES:
+        v = copy.deepcopy(base)
+        v["properties"]["record_type"] = {"enum": types}
+        v["properties"]["value"] = {**v["properties"]["value"], "description": what}
+        if pattern:
+            v["properties"]["value"]["pattern"] = pattern
+        v.pop("title", None)
+        variants.append(v)
+    schemas["DnsCreate"] = {"title": base.get("title", "DnsCreate"), "oneOf": variants}
+
+
+OPEN_ROUTES = {
+    ("get", "/health"),
+    ("get", "/status"),
+    ("get", "/replication/status"),
+    ("post", "/auth/challenge"),
+    ("post", "/auth/login"),
+}
+ANONYMOUS_STATUS = "Open: anonymous callers see counters only (no node keys, peer URLs or peer errors)."
+
+
+def document_security(doc: dict) -> None:
+    """`security` on exactly the operations that need it: sign-in, health and status are open;
+    the replication routes take node signatures; everything else a token or a signed request."""
+    doc.setdefault("components", {})["securitySchemes"] = {
+        "bearer": {"type": "http", "scheme": "bearer"},
+        "signedRequest": {"type": "apiKey", "in": "header", "name": SIGNATURE},
+        "nodeSignature": {"type": "apiKey", "in": "header", "name": NODE_SIGNATURE},
+    }
+    doc.pop("security", None)
+    for path, ops in doc["paths"].items():
+        for method, op in ops.items():
+            if (method, path) in OPEN_ROUTES:
+                op["security"] = []
+            elif path.startswith("/replication/"):
+                op["security"] = [{"nodeSignature": []}]
+            else:
+                op["security"] = [{"bearer": []}, {"signedRequest": []}, {"nodeSignature": []}]
+                op["responses"].setdefault("401", {"description": "no or bad credentials"})
+
+
+_PRIVATE_STATUS = ("node_key", "trusted_nodes", "heads", "base", "snapshot_refused")
+
+
+def trimmed_replication_status(api: Any) -> Any:
+    """GET /replication/status stays open (monitoring polls it), but an anonymous caller gets
+    no node keys, peer URLs or peer errors: what a cluster is made of is for its members."""
+    for ep in api.endpoints:
+        if ep.method == "GET" and ep.path == "/replication/status":
+            full = ep.handler
+
+            async def status(request: Any, _full: Any = full) -> dict:
+                out = await _full(request)
+                if request.scope.get("shoal.principal") is not None:
+                    return out
+                trimmed = {k: v for k, v in out.items() if k not in _PRIVATE_STATUS}
+                trimmed["peers"] = [
+                    {k: p[k] for k in ("lag", "caught_up", "last_sync_age") if k in p}
+                    for p in out.get("peers", [])
+                ]
+                return trimmed
+
+            ep.handler = status
+            ep.description = ANONYMOUS_STATUS
+    return api

@@ -174,6 +174,14 @@ class StateStore:
         entry = await self.kv.get(index_key(kind, field, norm(value)))
         return None if entry is None else entry.value.decode()
 
+    async def find_raw(self, kind: str, field: str, value: str) -> bytes | None:
+        """The oldest stored document whose `field` equals `value` (a lookup by a non-unique field)."""
+        cached = await self._snapshot(kind)
+        for raw, doc in zip(cached.raws, cached.docs(), strict=True):
+            if doc.get(field) == value:
+                return raw
+        return None
+
     async def list(
         self, kind: str, filters: dict[str, Any] | None = None, limit: int = 100, offset: int = 0
     ) -> tuple[int, list[bytes]]:
@@ -188,6 +196,7 @@ class StateStore:
                 return v
             if f in spec.addresses and looks_like_address(v):
                 v = v.lower()  # EIP-55 on write; one case for either side is the same comparison
+            v = spec.lookup_form(f, v)  # ?domain=MyApp.Example. finds myapp.example, as GET does
             return spec.unique[f](v) if f in spec.unique else v
 
         wanted = {f: norm(f, v) for f, v in filters.items()}
@@ -302,6 +311,8 @@ class StateStore:
 
         if write.guard is not None:
             await write.guard(current, new)
+        if spec.kind == "association" and new is not None:
+            await self._refuse_duplicate_association(entity_id, current, new)
         await self._plan_indexes(spec, entity_id, current, new, checks, writes)
         await self._plan_refs(spec, entity_id, current, new, checks, writes)
         if self.journal is not None:  # replicated: a signed op, committed with what it changes
@@ -318,6 +329,23 @@ class StateStore:
             writes.append(TransactionOp.set(IDEM + write.idempotency_key, write.idempotency_record(op)))
         await kv.transaction(checks + writes)
         return op
+
+    async def _refuse_duplicate_association(self, entity_id: str, current: dict | None, new: dict) -> None:
+        """409 if another association joins the same CIDRs in the same direction (either
+        direction when one of the two is bidirectional)."""
+        pair = (new["source_cidr"], new["target_cidr"])
+        if current is not None and (current["source_cidr"], current["target_cidr"]) == pair:
+            if current["allow_bidirectional"] == new["allow_bidirectional"]:
+                return
+        for doc in (await self._snapshot("association")).docs():
+            if doc["id"] == entity_id:
+                continue
+            other = (doc["source_cidr"], doc["target_cidr"])
+            both_ways = doc["allow_bidirectional"] or new["allow_bidirectional"]
+            if other == pair or (both_ways and other == pair[::-1]):
+                raise conflict(
+                    f"association {doc['id']!r} already joins {pair[0]!r} and {pair[1]!r}", "DUPLICATE"
+                )
 
     async def _plan_indexes(
         self,

@@ -13,6 +13,7 @@ from shoal.state.errors import bad_request
 
 _LABEL = re.compile(r"^(?!-)[a-z0-9_-]{1,63}(?<!-)$")
 _HOSTNAME_MAX = 253
+_DIGITS = re.compile(r"[0-9]{1,5}")  # str.isdigit() also takes '²', which int() refuses
 
 
 def cidr(value: str) -> str:
@@ -85,14 +86,14 @@ def dns_value(record_type: str, value: str) -> str:
         parts = value.split()
         if len(parts) == 1:
             return hostname(parts[0], field="MX value")
-        if len(parts) == 2 and parts[0].isdigit() and int(parts[0]) <= 65535:
+        if len(parts) == 2 and _DIGITS.fullmatch(parts[0]) and int(parts[0]) <= 65535:
             return f"{int(parts[0])} {hostname(parts[1], field='MX value')}"
         raise bad_request(
             f"invalid MX value {value!r}: expected 'PRIORITY HOST' or 'HOST'", "INVALID_DNS_VALUE"
         )
     if record_type == "SRV":
         parts = value.split()
-        if len(parts) != 4 or not all(p.isdigit() and int(p) <= 65535 for p in parts[:3]):
+        if len(parts) != 4 or not all(_DIGITS.fullmatch(p) and int(p) <= 65535 for p in parts[:3]):
             raise bad_request(
                 f"invalid SRV value {value!r}: expected 'PRIORITY WEIGHT PORT TARGET'", "INVALID_DNS_VALUE"
             )
@@ -141,7 +142,7 @@ def peer_public_key(value: str) -> str:
 def endpoint(value: str) -> str:
     """host:port, where host is an IPv4 address, [IPv6] or a DNS name and port 1..65535."""
     host, sep, port = value.rpartition(":")
-    if not sep or not port.isdigit() or not 0 < int(port) <= 65535:
+    if not sep or not _DIGITS.fullmatch(port) or not 0 < int(port) <= 65535:
         raise bad_request(
             f"invalid endpoint {value!r}: expected host:port with port 1-65535", "INVALID_ENDPOINT"
         )

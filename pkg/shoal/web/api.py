@@ -64,6 +64,7 @@ class Endpoint:
     extra_responses: dict[int, str] = field(default_factory=dict)
     raw: bool = False
     openapi_extra: dict = field(default_factory=dict)
+    path_schema: dict[str, dict] = field(default_factory=dict)  # path parameter -> JSON Schema
 
     @property
     def doc(self) -> str:

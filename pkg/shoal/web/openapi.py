@@ -12,10 +12,27 @@ from shoal.web.errors import Envelope
 REF = "#/components/schemas/{name}"
 
 
+INT64 = (-(2**63), 2**63 - 1)  # what the servers' JSON (orjson, msgspec) holds in an integer
+
+
+def _bounded(node: Any) -> Any:
+    """Every integer schema gets the 64-bit bounds the servers decode (unless it states its own)."""
+    if isinstance(node, dict):
+        if node.get("type") == "integer":
+            node.setdefault("minimum", INT64[0])
+            node.setdefault("maximum", INT64[1])
+        for value in node.values():
+            _bounded(value)
+    elif isinstance(node, list):
+        for value in node:
+            _bounded(value)
+    return node
+
+
 def _schema_for(typ: Any, components: dict) -> dict:
     (schema,), comps = msgspec.json.schema_components([typ], ref_template=REF)
-    components.update(comps)
-    return schema
+    components.update(_bounded(comps))
+    return _bounded(schema)
 
 
 def _query_parameters(typ: Any, components: dict) -> list[dict]:
@@ -45,7 +62,12 @@ def build_openapi(
         if ep.tags:
             op["tags"] = ep.tags
         params = [
-            {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+            {
+                "name": name,
+                "in": "path",
+                "required": True,
+                "schema": {"type": "string", **ep.path_schema.get(name, {})},
+            }
             for name in path_params(ep.path)
         ]
         if ep.query is not None:

@@ -57,6 +57,10 @@ class AuthMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        refused = unsupported_media_type(scope)
+        if refused is not None:
+            await respond_error(send, STATE_ENVELOPE, refused)
+            return
         if self.ctx.insecure:
             scope["shoal.principal"] = DEV
 
@@ -119,6 +123,32 @@ class AuthMiddleware:
         if scheme.lower() != "bearer" or not token.strip():
             raise unauthorized("Authorization must be 'Bearer <token>'", "INVALID_TOKEN")
         return await auth.from_token(token.strip()), receive
+
+
+def _is_json(media_type: bytes) -> bool:
+    essence = media_type.split(b";", 1)[0].strip().lower()
+    return essence == b"application/json" or (
+        essence.startswith(b"application/") and essence.endswith(b"+json")
+    )
+
+
+def unsupported_media_type(scope: dict) -> ApiError | None:
+    """415 for a body sent as something other than JSON: every State route with a body takes
+    JSON (the replication routes, signed by nodes, carry their own encoding). No Content-Type
+    at all is read as JSON."""
+    if scope["method"] not in ("POST", "PUT", "PATCH") or scope["path"].startswith("/replication/"):
+        return None
+    for name, value in scope["headers"]:
+        if name == b"content-type":
+            if _is_json(value):
+                return None
+            shown = value.decode("latin-1")[:100]
+            return ApiError(
+                415,
+                f"Content-Type {shown!r} is not supported: send application/json",
+                "UNSUPPORTED_MEDIA_TYPE",
+            )
+    return None
 
 
 _WANTED = {
