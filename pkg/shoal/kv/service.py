@@ -66,9 +66,7 @@ Version = Annotated[int, msgspec.Meta(ge=0, le=2**62)]
 KEY_PATTERN = "^/[^\\x00]*$"
 # declared, and checked by shoal.kv.keys (which says what is wrong with a key)
 Key = Annotated[str, msgspec.Meta(extra_json_schema={"pattern": KEY_PATTERN, "maxLength": 1024})]
-Prefix = Annotated[
-    str, msgspec.Meta(extra_json_schema={"pattern": "^(?:/[^\\x00]*)?$", "maxLength": 1024})
-]
+Prefix = Annotated[str, msgspec.Meta(extra_json_schema={"pattern": "^(?:/[^\\x00]*)?$", "maxLength": 1024})]
 Pattern = Annotated[
     str,
     msgspec.Meta(
