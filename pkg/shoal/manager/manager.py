@@ -536,9 +536,9 @@ class Manager:
                 self.stacks_state = "standby"
 
     async def release_lease(self) -> dict[str, Any]:
-        cfg = self._require_config()
+        cfg = self._require_config()  # unconfigured: 400, as the spec says
         if "leaser" not in cfg.stacks or self.lease is None:
-            raise ManagerError(400, "the leaser stack is not configured")
+            return {"released": False, "lease": None}  # configured, no lease held: nothing to give up
         lease = self.lease
 
         async def body() -> dict[str, Any]:
