@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import msgspec
+
+ROUND_MAX = 2**62  # rounds are stored as 64-bit integers; a larger one is refused as bad input
 
 
 class Ballot(msgspec.Struct, frozen=True, order=True):
@@ -12,8 +16,8 @@ class Ballot(msgspec.Struct, frozen=True, order=True):
     a ballot it may have used before the restart.
     """
 
-    round: int
-    proposer: str
+    round: Annotated[int, msgspec.Meta(ge=0, le=ROUND_MAX)]
+    proposer: Annotated[str, msgspec.Meta(max_length=256)]
 
     def next(self, proposer: str) -> Ballot:
         """The smallest ballot of `proposer` above this one."""
