@@ -51,3 +51,17 @@ def test_a_burst_over_the_ip_rate_is_429_in_the_service_envelope(tmp_path, servi
         assert int(r.headers["retry-after"]) >= 1
         assert envelope_ok(service, r.json()), r.text
     assert all(r.status_code < 500 for r in answers), [r.status_code for r in answers]
+
+
+def test_compute_legacy_token_passes_the_same_limits(tmp_path):
+    """Compute's --token is a credential of the shared layer: limited like an API key."""
+    args, route = SERVICES["compute"]
+    AuthDir(tmp_path / "auth").init()
+    args = [*args, "--auth-dir", str(tmp_path / "auth"), "--token", "legacy-t0ken", "--rate-limit-key", "1/3"]
+    with ServiceProcess("compute", tmp_path / "compute", args) as svc:
+        with httpx.Client(timeout=10, headers=bearer("legacy-t0ken")) as c:
+            answers = [c.get(svc.url + route) for _ in range(12)]
+            assert c.get(svc.url + route, headers=bearer("not-the-token")).status_code == 401
+    assert answers[0].status_code == 200, answers[0].text  # the token still works as an operator
+    refused = [r for r in answers if r.status_code == 429]
+    assert len(refused) >= 12 - 3 - 2 and all(envelope_ok("compute", r.json()) for r in refused)

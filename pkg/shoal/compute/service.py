@@ -626,6 +626,7 @@ class ComputeAuth:
         self.layer = layer
         self.guarded = layer.wrap(app)
         self.tokens = [t.encode() for t in tokens]
+        layer.static_bearers = [(t, LEGACY) for t in tokens]  # under --auth-dir: same limits as keys
         self.before_metrics = before_metrics  # refreshes the per-instance sample (compute/metrics.py)
 
     def __getattr__(self, name: str) -> Any:  # .state, .openapi, ... of the wrapped app
@@ -653,7 +654,7 @@ class ComputeAuth:
                 await self.before_metrics()  # bounded by the backend timeout
             await self.guarded(scope, receive, send)
             return
-        if self.tokens and self.legacy(scope):
+        if self.tokens and not self.layer.enabled and self.legacy(scope):
             scope[PRINCIPAL] = LEGACY
             await self.app(scope, receive, send)
             return

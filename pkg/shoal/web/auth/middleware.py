@@ -24,6 +24,7 @@ given explicitly.
 
 from __future__ import annotations
 
+import hmac
 import logging
 import re
 import time
@@ -146,6 +147,9 @@ class AuthLayer:
         self.key_limiter = RateLimiter(settings.key_rate)
         self.conn_limiter = ConnectionLimiter(settings.max_conns_per_ip)
         self.rules: list[tuple[str, re.Pattern[str], Requirement | None]] = []
+        # bearer credentials a service accepts besides API keys and tokens (compute's --token),
+        # checked here so that they pass the same limits as every other credential
+        self.static_bearers: list[tuple[str, Principal]] = []
 
     @classmethod
     def from_options(cls, options: dict[str, Any], envelope: Envelope) -> AuthLayer:
@@ -243,6 +247,9 @@ class AuthLayer:
             raise AuthError(
                 "the Authorization header must be `Bearer <API key or token>`", headers=WWW_AUTHENTICATE
             )
+        for secret, static in self.static_bearers:
+            if hmac.compare_digest(credential.encode(), secret.encode()):
+                return static, receive
         if credential.startswith(PREFIX):
             return self.table.authenticate(credential), receive
         p = tokens.principal_from_claims(tokens.decode_token(credential, self.table.secrets))
