@@ -13,7 +13,8 @@ POST /chunk/{id}/commit run with `--inflight` in flight. Configurations:
 
 Prints commits/s, median and p99 latency, messages per commit (per instance, from the commit
 answers) and accept messages on the wire per commit (from /stats). --gate: exit 1 when the
-default configuration is below 1,000 commits/s or above 2n messages per commit.
+default configuration is below 1,000 commits/s or above 2n messages per commit. Then runs
+bench/metadata/scale.py (manifest and memory at 1M chunks; --no-scale skips it).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import argparse
 import asyncio
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -143,6 +145,7 @@ def main() -> int:
     ap.add_argument("--inflight", type=int, default=32)
     ap.add_argument("--nodes", type=int, default=5)
     ap.add_argument("--only", nargs="*", default=list(CONFIGS), choices=list(CONFIGS))
+    ap.add_argument("--no-scale", action="store_true", help="skip bench/metadata/scale.py (1M chunks)")
     a = ap.parse_args()
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench-commits-") as tmp:
@@ -164,12 +167,16 @@ def main() -> int:
     for r in rows:
         m, s, cl = r["cpu"]
         print(f"  {r['name']:<9} {m:.2f} / {s:.2f} / {cl:.2f}")
+    code = 0
     if a.gate:
         best = next((r for r in rows if r["name"] == "batched"), None)
         if best is None or best["rate"] < 1000 or best["messages"] > 2 * n:
             print("GATE FAILED: need >= 1,000 commits/s and <= 2n messages per commit (batched)")
-            return 1
-    return 0
+            code = 1
+    if not a.no_scale:  # scripts/bench runs load.py scripts only: the scale figures come with it
+        scale = Path(__file__).with_name("scale.py")
+        code |= subprocess.call([sys.executable, str(scale), *(["--gate"] if a.gate else [])])
+    return code
 
 
 if __name__ == "__main__":
