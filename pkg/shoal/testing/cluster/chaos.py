@@ -1,6 +1,6 @@
 """The tests/cluster scenarios for longer: each stack under mixed faults, then a summary table.
 
-    scripts/chaos [--minutes N] [--seed S] [--stacks kv,state,video] [--faults partition,delay,...]
+    scripts/chaos [--minutes N] [--seed S] [--stacks kv,state,video,compute] [--faults partition,delay,...]
                   [--scenario-seconds 40] [--out DIR]       (or python -m shoal.testing.cluster.chaos)
 
 Runs on hosts made of network namespaces (root needed). Every scenario prints its seeded
@@ -25,7 +25,7 @@ def main() -> int:
     p = argparse.ArgumentParser(description="chaos runs of the shoal cluster")
     p.add_argument("--minutes", type=float, default=5.0, help="total time for the scenarios (default 5)")
     p.add_argument("--seed", type=int, default=None, help="seed of the whole run (default: random, printed)")
-    p.add_argument("--stacks", default="kv,state,video")
+    p.add_argument("--stacks", default="kv,state,video,compute")
     p.add_argument(
         "--faults", default=",".join(FAULTS), help=f"fault kinds to mix (default {','.join(FAULTS)})"
     )
@@ -58,12 +58,12 @@ def main() -> int:
             stack.destroy()
     print()
     print(
-        f"{'stack':6} {'seed':>7} {'ops':>6} {'ok':>6} {'fail':>5} {'unknown':>7} {'faults':>6} {'anomalies':>9}"
+        f"{'stack':7} {'seed':>7} {'ops':>6} {'ok':>6} {'fail':>5} {'unknown':>7} {'faults':>6} {'anomalies':>9}"
     )
     for r in reports:
         c = r.counts
         print(
-            f"{r.stack:6} {r.seed:>7} {r.ops:>6} {c['ok']:>6} {c['fail']:>5} {c['unknown']:>7} "
+            f"{r.stack:7} {r.seed:>7} {r.ops:>6} {c['ok']:>6} {c['fail']:>5} {c['unknown']:>7} "
             f"{len(r.events):>6} {len(r.anomalies):>9}"
         )
     total = sum(len(r.anomalies) for r in reports)

@@ -507,19 +507,26 @@ class ComputeCreates(Workload):
 
 
 def compute_listings(urls: Sequence[str], timeout: float = 30.0) -> dict[str, list[dict]]:
-    """Every instance each compute node lists after healing (retried until both answer)."""
+    """Every instance each compute node lists after healing, all pages (retried until it answers)."""
     deadline = time.monotonic() + timeout
     out: dict[str, list[dict]] = {}
+    auth = {"Authorization": f"Bearer {COMPUTE_TOKEN}"}
     for i, u in enumerate(urls):
         while True:
             try:
-                r = httpx.get(u + COMPUTE_API + "/instances", params={"pageSize": 1000}, timeout=10,
-                              headers={"Authorization": f"Bearer {COMPUTE_TOKEN}"})  # fmt: skip
-                if r.status_code == 200:
+                got: list[dict] = []
+                page = 1
+                while True:
+                    r = httpx.get(u + COMPUTE_API + "/instances", params={"pageSize": 1000, "page": page},
+                                  timeout=10, headers=auth)  # fmt: skip
+                    r.raise_for_status()
                     body = r.json()
-                    assert body["total"] <= 1000, "more instances than one page: page through them"
-                    out[f"compute{i}"] = body["instances"]
-                    break
+                    got += body["instances"]
+                    if len(got) >= body["total"] or not body["instances"]:
+                        break
+                    page += 1
+                out[f"compute{i}"] = got
+                break
             except httpx.HTTPError:
                 pass
             if time.monotonic() > deadline:
