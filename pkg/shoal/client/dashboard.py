@@ -42,7 +42,8 @@ TITLE = "Smart client dashboard"
 MAX_WORKERS = 1  # the session lives in the worker's memory
 
 log = logging.getLogger("shoal.client")
-VIDEO_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
+# "." and ".." are path segments, never ids: a URL with them names another resource
+VIDEO_ID = re.compile(r"^(?!\.{1,2}$)[A-Za-z0-9_.:-]{1,128}$")
 
 
 def add_arguments(parser: Any) -> None:
@@ -177,7 +178,7 @@ def make_api(d: Dashboard) -> Api:
     )
     async def play(request: Request, body: PlayRequest) -> dict:
         if not VIDEO_ID.match(body.video_id):
-            raise ApiError(400, "video_id must be 1-128 characters of [A-Za-z0-9_.:-]")
+            raise ApiError(400, "video_id must be 1-128 characters of [A-Za-z0-9_.:-], not . or ..")
         if body.strategy not in STRATEGIES:
             raise ApiError(400, f"strategy must be one of {', '.join(STRATEGIES)}")
         if not 0.1 <= body.speed <= 100:

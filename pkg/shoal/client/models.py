@@ -7,6 +7,8 @@ spec's (state, strategy, stall time, failovers, ...) are additions, never rename
 
 from __future__ import annotations
 
+from typing import Annotated, Any
+
 import msgspec
 
 
@@ -163,7 +165,12 @@ class Stream(msgspec.Struct):
     finished: bool
 
 
+def _declared(**schema: Any) -> msgspec.Meta:
+    """What the dashboard's play route checks itself (its own messages), stated in the schema."""
+    return msgspec.Meta(extra_json_schema=schema)
+
+
 class PlayRequest(msgspec.Struct, forbid_unknown_fields=True):
-    video_id: str
-    strategy: str = "smart"
-    speed: float = 1.0
+    video_id: Annotated[str, _declared(pattern=r"^(?!\.{1,2}$)[A-Za-z0-9_.:-]{1,128}$")]
+    strategy: Annotated[str, _declared(enum=["smart", "round-robin"])] = "smart"
+    speed: Annotated[float, _declared(minimum=0.1, maximum=100)] = 1.0

@@ -75,7 +75,8 @@ class Heartbeat(msgspec.Struct):
 
 
 class OverrideQuery(msgspec.Struct):
-    mode: str
+    # the service answers its own message for another value; the schema names the two modes
+    mode: Annotated[str, msgspec.Meta(extra_json_schema={"enum": ["replication", "erasure_coding"]})]
 
 
 # -- video life cycle (beyond the spec) --------------------------------------------------------

@@ -73,6 +73,10 @@ READ = Requirement("viewer", nodes=True)
 MANAGE = Requirement("operator", nodes=True)
 
 
+# what the chunk routes accept as an id (checked with its own message where a chunk id is read)
+CHUNK_ID_SCHEMA = {"pattern": "^[A-Za-z0-9_-]{1,128}$"}
+
+
 def policy(ep: Endpoint) -> Requirement | None:
     """Who may call each route (docs/security.md); a write not named here is for operators."""
     if ep.path in ("/health", "/"):
@@ -481,6 +485,7 @@ def make_api(m: Metadata) -> Api:
     # -- chunks -----------------------------------------------------------------------------------
     @api.post(
         "/chunk/{chunk_id}/commit",
+        path_schema={"chunk_id": CHUNK_ID_SCHEMA},
         body=CommitBody,
         response=CommitResult,
         summary="Commit a chunk's placement through ChunkPaxos (majority of the placement must hold it)",
@@ -524,6 +529,7 @@ def make_api(m: Metadata) -> Api:
 
     @api.get(
         "/chunk/{chunk_id}/fragments",
+        path_schema={"chunk_id": CHUNK_ID_SCHEMA},
         summary="Fragments of an erasure-coded chunk",
         extra_responses={404: "no such chunk"},
     )
@@ -551,6 +557,7 @@ def make_api(m: Metadata) -> Api:
 
     @api.get(
         "/consensus/{chunk_id}",
+        path_schema={"chunk_id": CHUNK_ID_SCHEMA},
         summary="ChunkPaxos state of a chunk: the decision and each acceptor's durable ballots",
         extra_responses={404: "no consensus ever ran for this chunk here"},
     )
@@ -656,6 +663,8 @@ def make_api(m: Metadata) -> Api:
 
     @api.delete(
         "/nodes/{node_id}",
+        # /nodes/healthy, /nodes/all, /nodes/health-summary are read routes, not node ids
+        path_schema={"node_id": {"pattern": "^(?!healthy$|all$|health-summary$|register$)[^/]+$"}},
         summary="Decommission a node: no new pieces, its pieces moved off, then removed from membership",
         extra_responses={404: "no such node", 202: "leaving: pieces are being moved off"},
     )

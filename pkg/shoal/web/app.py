@@ -36,15 +36,23 @@ class MethodTable:
     on 405 (Starlette's own lists only the first route that matched the path)."""
 
     def __init__(self, endpoints: list[Endpoint], extra: dict[str, list[str]]) -> None:
-        rows = [(ep.path, ep.method) for ep in endpoints]
-        rows += [(ep.path, "HEAD") for ep in endpoints if ep.method == "GET" and not ep.raw]  # Starlette's
-        rows += [(path, m) for path, methods in extra.items() for m in [*methods, "HEAD"]]
-        self.rows = [(self._regex(path), method) for path, method in rows]
+        rows = [(ep.path, ep.method, ep.path_schema) for ep in endpoints]
+        rows += [(ep.path, "HEAD", ep.path_schema) for ep in endpoints if ep.method == "GET" and not ep.raw]
+        rows += [(path, m, {}) for path, methods in extra.items() for m in [*methods, "HEAD"]]
+        # a parameter's declared pattern narrows the path: /nodes/all is no /nodes/{node_id}
+        self.rows = [
+            (
+                self._regex(path),
+                method,
+                {n: re.compile(s["pattern"]) for n, s in schema.items() if "pattern" in s},
+            )
+            for path, method, schema in rows
+        ]
 
     @staticmethod
     def _regex(path: str) -> re.Pattern[str]:
         def param(m: re.Match[str]) -> str:
-            return ".*" if m.group(2) == "path" else "[^/]+"
+            return f"(?P<{m.group(1)}>{'.*' if m.group(2) == 'path' else '[^/]+'})"
 
         parts = re.split(r"({[a-zA-Z_]\w*(?::([a-z]+))?})", path)
         out, i = [], 0
@@ -56,7 +64,12 @@ class MethodTable:
         return re.compile("^" + "".join(out) + "$")
 
     def allowed(self, path: str) -> list[str]:
-        return sorted({method for regex, method in self.rows if regex.match(path)})
+        found = set()
+        for regex, method, patterns in self.rows:
+            m = regex.match(path)
+            if m and all(p.search(m.group(name)) for name, p in patterns.items()):
+                found.add(method)
+        return sorted(found)
 
 
 class ShoalApp:

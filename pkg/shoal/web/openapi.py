@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import msgspec
 
-from shoal.web.api import Endpoint, openapi_path, path_params
+from shoal.web.api import Endpoint, openapi_path
 from shoal.web.errors import Envelope
 
 REF = "#/components/schemas/{name}"
 
+
+# Starlette's path convertors, as the schema of what they match ({seq:int} is digits only)
+_PATH_PARAM = re.compile(r"{([a-zA-Z_][a-zA-Z0-9_]*)(?::([a-z]+))?}")
+_CONVERTOR = {
+    "int": {"type": "integer", "minimum": 0, "maximum": 2**63 - 1},
+    "float": {"type": "number", "minimum": 0},
+}
 
 INT64 = (-(2**63), 2**63 - 1)  # what the servers' JSON (orjson, msgspec) holds in an integer
 
@@ -66,9 +74,9 @@ def build_openapi(
                 "name": name,
                 "in": "path",
                 "required": True,
-                "schema": {"type": "string", **ep.path_schema.get(name, {})},
+                "schema": {**_CONVERTOR.get(convertor, {"type": "string"}), **ep.path_schema.get(name, {})},
             }
-            for name in path_params(ep.path)
+            for name, convertor in _PATH_PARAM.findall(ep.path)
         ]
         if ep.query is not None:
             params += _query_parameters(ep.query, components)
