@@ -33,6 +33,7 @@ JSON = [(b"content-type", b"application/json")]
 IDEMPOTENCY_TTL = 86_400
 Limit = Annotated[int, Meta(ge=0, le=1000)]
 Offset = Annotated[int, Meta(ge=0, le=1 << 31)]
+Int64 = Annotated[int, Meta(ge=-(2**63), le=2**63 - 1)]
 
 # an id is any path segment except the words of the POST routes beside it (/peers/create is
 # the create route, never a peer called "create")
@@ -71,7 +72,8 @@ def answer_types(spec: EntitySpec) -> tuple[type, type, type, type, type]:
     )
     filters: list[Any] = [("limit", Limit, 100), ("offset", Offset, 0)]
     for f in msgspec.structs.fields(spec.entity):
-        filters.append((f.name, f.type | None, None))
+        typ = Int64 if f.type is int else f.type  # what the schema declares for an integer
+        filters.append((f.name, typ | None, None))
     query = msgspec.defstruct(f"{title}Query", filters, forbid_unknown_fields=True)
     return created, updated, deleted, listed, query
 

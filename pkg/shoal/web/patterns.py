@@ -39,8 +39,9 @@ DOMAIN = rf"^(?:\*\.)?{_HOST}\.?$"
 HOSTNAME = rf"^{_HOST}\.?$"
 MX = rf"^(?:{_PORT16} )?{_HOST}\.?$"
 SRV = rf"^{_PORT16} {_PORT16} {_PORT16} {_HOST}\.?$"
-#: host:port, host an IPv4 address, [IPv6] or a DNS name, port 1-65535
-ENDPOINT = rf"^(?:{_V4}|\[{_V6}\]|{_HOST}):(?:6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{{2}}|6[0-4][0-9]{{3}}|[1-5][0-9]{{4}}|[1-9][0-9]{{0,3}})$"
+#: host:port, host an IPv4 address, [IPv6] or a DNS name (not all digits: that is a bad IPv4
+#: address), port 1-65535
+ENDPOINT = rf"^(?:{_V4}|\[{_V6}\]|(?![0-9.]+:){_HOST}):(?:6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{{2}}|6[0-4][0-9]{{3}}|[1-5][0-9]{{4}}|[1-9][0-9]{{0,3}})$"
 EMAIL = rf"^[^@\s]+@{_HOST}\.?$"
 ETH_ADDRESS = r"^0x[0-9a-fA-F]{40}$"
 #: 32 bytes in standard base64 (Ed25519 / WireGuard keys)
