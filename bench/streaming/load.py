@@ -1,16 +1,22 @@
 """Smart vs round-robin streaming on one loopback cluster, as a fixed scenario set.
 
-    python bench/streaming/load.py [--gate] [--rounds 3] [--speed 8] [--scenarios healthy,slow,killed,hung]
+    python bench/streaming/load.py [--gate] [--rounds 3] [--speed 4] [--scenarios healthy,slow,killed,hung]
+                                   [--fault-node first|0-4]
 
 A metadata service and five storage nodes, each behind a FaultProxy (the nodes register with
 the proxy's URL), hold a 4 Mbit/s video uploaded with the real uploader pipeline (3 replicas per
-chunk). Scenarios, each with its fault in place before playback starts (so it meets startup):
-`healthy` (no fault), `slow` (node S +50 ms each way and 8 Mbit/s), `killed` (node K SIGKILLed,
-still in the manifest), `hung` (node H accepts and never answers). Every scenario runs
+chunk). Scenarios, each with its fault in place before playback starts: `healthy` (no fault),
+`slow` (the node +50 ms each way and 8 Mbit/s), `killed` (the node SIGKILLed, still in the
+manifest), `hung` (the node accepts and never answers). The faulty node is, by default, the one
+listed first for chunk 0 (`--fault-node first`): the node a client that trusts the manifest
+order asks first, so the fault meets startup; on a node off the startup path neither client
+meets it before playing (an index 0-4 picks a fixed node instead). Every scenario runs
 --rounds times per strategy, smart and round robin alternating on the same placement (nodes
 restored between runs). Printed: every run as JSON, then per scenario the median and the
 min-max spread of startup latency, the smart/rr ratio of medians against its target (smart
-<= 0.7x round robin with a fault, <= 1.1x when healthy), rebuffers and how many nodes served.
+<= 0.7x round robin with a fault, <= 1.1x when healthy), rebuffers and how many nodes served;
+then per scenario and strategy the median startup timeline (manifest in, first request sent,
+first answer's headers, first chunk verified, playing), to show where startup time goes.
 """
 
 from __future__ import annotations
@@ -34,8 +40,6 @@ from shoal.testing.metadata import metadata_service
 from shoal.testing.storage import storage_node
 from shoal.testing.uploader import make_video
 
-SLOW, KILLED, HUNG = 0, 1, 2
-
 
 class Site:
     """metadata + 5 storage nodes behind proxies."""
@@ -45,6 +49,7 @@ class Site:
         self.meta = metadata_service(root / "meta", "--maintenance-interval", "0")
         self.nodes: list[ServiceProcess] = []
         self.proxies: list[FaultProxy] = []
+        self.fault = 0  # index of the node the scenarios make slow, kill or hang
 
     def node_args(self, proxy: FaultProxy) -> list[str]:
         return ["--metadata-url", self.meta.url, "--node-url", proxy.url, "--heartbeat-interval", "1"]
@@ -68,11 +73,11 @@ class Site:
     def restore(self) -> None:
         for p in self.proxies:
             p.passthrough()
-        k = self.nodes[KILLED]
-        if k.proc is None or k.proc.poll() is not None:
-            node = storage_node(k.data_dir, *self.node_args(self.proxies[KILLED]), port=k.port)
-            node.start()
-            self.nodes[KILLED] = node
+        for i, k in enumerate(self.nodes):
+            if k.proc is None or k.proc.poll() is not None:
+                node = storage_node(k.data_dir, *self.node_args(self.proxies[i]), port=k.port)
+                node.start()
+                self.nodes[i] = node
 
     def stop(self) -> None:
         for n in self.nodes:
@@ -87,15 +92,16 @@ SCENARIOS = ("healthy", "slow", "killed", "hung")
 
 def apply_fault(site: Site, scenario: str) -> str | None:
     """Put the scenario's fault in place before playback starts; the faulty node's URL."""
+    i = site.fault
     if scenario == "slow":
-        site.proxies[SLOW].throttle(delay=0.05, mbps=8)
-        return site.proxies[SLOW].url
+        site.proxies[i].throttle(delay=0.05, mbps=8)
+        return site.proxies[i].url
     if scenario == "killed":
-        site.nodes[KILLED].kill()
-        return site.proxies[KILLED].url
+        site.nodes[i].kill()
+        return site.proxies[i].url
     if scenario == "hung":
-        site.proxies[HUNG].hang()
-        return site.proxies[HUNG].url
+        site.proxies[i].hang()
+        return site.proxies[i].url
     return None
 
 
@@ -121,6 +127,7 @@ async def one_run(site: Site, video_id: str, strategy: str, speed: float, scenar
         "from_faulty": served.get(faulty, 0) if faulty else None,
         "nodes_used": len(served),
         "wall_sec": round(time.monotonic() - t0, 2),
+        "timeline": player.startup_timeline(),
     }
 
 
@@ -166,6 +173,20 @@ def table(runs: list[dict]) -> tuple[str, bool]:
     return "\n".join(lines), ok
 
 
+def timelines(runs: list[dict]) -> str:
+    """Median seconds from play() to each startup event, per scenario and strategy."""
+    keys = ("manifest", "first_request", "first_headers", "first_chunk", "playing")
+    lines = ["| scenario | strategy | " + " | ".join(keys) + " |", "|---|---|" + "---|" * len(keys)]
+    for sc in SCENARIOS:
+        for strategy in ("smart", "round-robin"):
+            tl = [r["timeline"] for r in runs if r["scenario"] == sc and r["strategy"] == strategy]
+            if not tl:
+                continue
+            cells = [f"{median([t[k] for t in tl if k in t]):.3f}" for k in keys]
+            lines.append(f"| {sc} | {strategy} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 async def main_async(args: argparse.Namespace) -> int:
     scenarios = args.scenarios.split(",") if args.scenarios else list(SCENARIOS)
     with tempfile.TemporaryDirectory(prefix="shoal-stream-bench-") as tmp:
@@ -196,10 +217,18 @@ async def main_async(args: argparse.Namespace) -> int:
                 print(up.stderr, file=sys.stderr)
                 return 1
             video_id = up.stdout.strip()
-            chunks = httpx.get(f"{site.meta.url}/manifest/{video_id}", timeout=10).json()["total_chunks"]
+            manifest = httpx.get(f"{site.meta.url}/manifest/{video_id}", timeout=10).json()
+            chunks = manifest["total_chunks"]
+            urls = [p.url for p in site.proxies]
+            if args.fault_node == "first":  # the node listed first for chunk 0: on the startup path
+                first = min(manifest["chunks"], key=lambda c: c["sequence_num"])
+                site.fault = urls.index(first["replicas"][0].rstrip("/"))
+            else:
+                site.fault = int(args.fault_node)
             print(
                 f"video: {args.seconds:.0f} s at 4 Mbit/s, {chunks} chunks x 3 replicas on 5 nodes; "
-                f"playback at {args.speed}x; {args.rounds} rounds per scenario and strategy"
+                f"playback at {args.speed}x; {args.rounds} rounds per scenario and strategy; "
+                f"faulty node: {site.fault} ({urls[site.fault]}, fault node '{args.fault_node}')"
             )
             runs = []
             for scenario in scenarios:
@@ -213,7 +242,8 @@ async def main_async(args: argparse.Namespace) -> int:
     text, ok = table(runs)
     print()
     print(text)
-    print(f"\nall startup targets met: {ok}")
+    print(f"\nall startup targets met: {ok}\n")
+    print(timelines(runs))
     return 1 if args.gate and not ok else 0
 
 
@@ -224,6 +254,11 @@ def main() -> int:
     ap.add_argument("--scenarios", default="", help="comma-separated subset of " + ",".join(SCENARIOS))
     ap.add_argument("--speed", type=float, default=4.0, help="playback clock speed")
     ap.add_argument("--seconds", type=float, default=40.0, help="video length")
+    ap.add_argument(
+        "--fault-node",
+        default="first",
+        help="'first': the node listed first for chunk 0 (the fault meets startup); or a node index 0-4",
+    )
     return asyncio.run(main_async(ap.parse_args()))
 
 

@@ -190,6 +190,14 @@ class Buffer:
         start = self.bounds[seq][0]
         return refilling and start - self.position < self.target_sec
 
+    def needed_to_play(self, seq: int) -> bool:
+        """Is chunk `seq` one of those that (re)start playback? Always true while playing;
+        while starting or stalled, only the chunks that begin before position + start_sec, so
+        (smart) the bandwidth goes to them and not to chunks after the start threshold."""
+        if self.playing:
+            return True
+        return seq < len(self.bounds) and self.bounds[seq][0] < self.position + self.start_sec - 1e-9
+
     def refilling(self, was: bool) -> bool:
         """Hysteresis: start refilling below refill_sec, stop at target_sec."""
         if self.buffered_until >= self.duration:

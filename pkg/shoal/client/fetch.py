@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import aiohttp
@@ -37,6 +38,7 @@ class Fetched:
     data: bytes
     started: float
     seconds: float
+    headers_at: float = 0.0  # time.monotonic() when the status line and headers arrived
 
 
 def sha256_tag(data: bytes) -> str:
@@ -56,8 +58,10 @@ async def fetch(
     stored_id: str,
     checksum: str,
     timeouts: Timeouts,
+    on_headers: Callable[[], None] | None = None,
 ) -> Fetched:
-    """GET /chunk/{stored_id} from `node`, checked against `checksum`."""
+    """GET /chunk/{stored_id} from `node`, checked against `checksum`; `on_headers` is called
+    when the answer's headers arrive (the scheduler's first-byte deadline watches for it)."""
     started = time.monotonic()
     timeout = aiohttp.ClientTimeout(
         total=None, connect=timeouts.connect, sock_connect=timeouts.connect, sock_read=timeouts.read
@@ -67,6 +71,9 @@ async def fetch(
             if r.status != 200:
                 body = (await r.read())[:200]
                 raise FetchError(node, "status", f"HTTP {r.status}: {body.decode(errors='replace')}")
+            headers_at = time.monotonic()
+            if on_headers is not None:
+                on_headers()
             data = await r.read()
     except FetchError:
         raise
@@ -78,4 +85,4 @@ async def fetch(
         raise FetchError(node, "error", f"{type(exc).__name__}: {exc}") from None
     if not await verify(data, checksum):
         raise FetchError(node, "checksum", f"{stored_id}: {len(data)} bytes do not match {checksum[:20]}…")
-    return Fetched(node, data, started, time.monotonic() - started)
+    return Fetched(node, data, started, time.monotonic() - started, headers_at)

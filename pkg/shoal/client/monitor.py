@@ -45,6 +45,9 @@ class NetworkMonitor:
         self.ssl = ssl
         self._task: asyncio.Task | None = None
         self._session: aiohttp.ClientSession | None = None
+        self.outstanding: dict[str, float] = {}  # node -> monotonic time its unanswered ping was sent
+        self.reported_down: set[str] = set()  # down according to the metadata service
+        self._changed: asyncio.Future | None = None  # resolved (and replaced) by every ping result
         for n in self.nodes:
             scores.add(n)
 
@@ -54,33 +57,72 @@ class NetworkMonitor:
             self.scores.add(node)
 
     def down(self, node: str) -> bool:
-        """Did the last ping of `node` fail?"""
+        """Is `node` down: its last ping failed, or the metadata service reports it down?"""
+        if node in self.reported_down:
+            return True
         last = self.last.get(node)
         return bool(last and not last["ok"])
 
-    async def start(self, first_round_wait: float = 0.1) -> None:
-        """Start pinging; wait up to `first_round_wait` s for a first answer from every node.
+    def latency_floor_ms(self, node: str) -> float:
+        """A lower bound on `node`'s latency: how long its outstanding ping has waited (0 when
+        none is outstanding). A node that has not answered for 80 ms is at least 80 ms away,
+        whatever its last estimate says; this is what ranks a hung node low within one ping."""
+        sent = self.outstanding.get(node)
+        return 0.0 if sent is None else (time.monotonic() - sent) * 1000.0
 
-        A node still silent after that gets its wait as a (lower-bound) latency sample, so the
-        first scheduling decisions already rank it below nodes that answered.
-        """
+    def answered(self, node: str) -> bool:
+        last = self.last.get(node)
+        return bool(last and last["ok"])
+
+    async def first_answer(self, nodes: list[str], timeout: float, grace: float = 4.0) -> None:
+        """Return once one of `nodes` has answered a ping and the others have had `grace` x
+        that long to answer too (or all of them answered or failed), or after `timeout` s:
+        the smart client's first requests go to nodes known to be alive, spread over those
+        about as fast as the first, without waiting for the slowest node's ping (a hung or
+        slow node answers late or never, and its wait would be everyone's startup)."""
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        end = t0 + timeout
+        first: float | None = None
+        while True:
+            settled = [n for n in nodes if n in self.last or n in self.reported_down]
+            if len(settled) == len(nodes):
+                return  # every one answered or failed: nothing to wait for
+            if first is None and any(self.answered(n) for n in nodes):
+                first = loop.time()
+                end = min(end, first + (first - t0) * (grace - 1.0))
+            remaining = end - loop.time()
+            if remaining <= 0 or self._changed is None:
+                return
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self._changed), remaining)
+
+    def report_down(self, nodes: set[str]) -> None:
+        """The nodes the metadata service reports down (replaces the previous report)."""
+        self.reported_down = set(nodes)
+        self._wake()
+
+    def _wake(self) -> None:
+        if self._changed is None:
+            return
+        if not self._changed.done():
+            self._changed.set_result(None)
+        self._changed = asyncio.get_running_loop().create_future()
+
+    async def start(self) -> None:
+        """Start pinging every node; returns at once (the first round runs in the background:
+        the smart scheduler waits per chunk for one of its nodes to answer, `first_answer`)."""
         self._session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=0, force_close=False, ssl=self.ssl), headers=self.headers
         )
-        first = asyncio.ensure_future(self.ping_all())
-        done, _ = await asyncio.wait({first}, timeout=first_round_wait)
-        if not done:
-            for n in self.nodes:
-                if n not in self.last:
-                    self.scores.record_ping(n, first_round_wait, True)
-        self._task = asyncio.create_task(self._loop(first))
+        self._changed = asyncio.get_running_loop().create_future()
+        self._task = asyncio.create_task(self._loop())
 
-    async def _loop(self, first: asyncio.Future) -> None:
-        with contextlib.suppress(Exception):
-            await first
+    async def _loop(self) -> None:
         while True:
+            with contextlib.suppress(Exception):
+                await self.ping_all()
             await asyncio.sleep(self.interval)
-            await self.ping_all()
 
     async def ping_all(self) -> None:
         await asyncio.gather(*(self.ping(n) for n in list(self.nodes)))
@@ -88,6 +130,7 @@ class NetworkMonitor:
     async def ping(self, node: str) -> None:
         assert self._session is not None
         t0 = time.monotonic()
+        self.outstanding.setdefault(node, t0)
         timeout = aiohttp.ClientTimeout(total=self.timeouts.ping, connect=self.timeouts.connect)
         ok, error = False, None
         try:
@@ -101,6 +144,8 @@ class NetworkMonitor:
         self.pings += 1
         self.scores.record_ping(node, seconds, ok)
         self.last[node] = {"ok": ok, "ms": round(seconds * 1000, 3), "at": time.time(), "error": error}
+        self.outstanding.pop(node, None)
+        self._wake()
 
     async def stop(self) -> None:
         if self._task is not None:

@@ -3,12 +3,16 @@
 `smart`: every attempt goes to the best-scored node (native scoring: latency, throughput and
 success rate as EWMAs, divided by a penalty for downloads already in flight there). A node no
 download has measured yet is scored optimistically, with the best throughput measured on any
-node, so its share follows its ping latency and success rate: a healthy unmeasured node is
-tried (and measured) as soon as the measured ones are busy, a slow-pinging one is not (before,
-the 10 Mbit/s prior kept unmeasured nodes below every measured one for good). An attempt
-that runs well past its expected time gets a hedged second request on the next best node
-(first verified answer wins, the other is cancelled); a failure fails over at once to the next
-best; erasure-coded chunks ask all 5 fragment holders and decode from the first 3 verified.
+node, and, when its ping is within two latency scales, just ahead of the best measured node's
+latency: it gets one probe download (and a measure); a slow-pinging one does not. A node's
+latency is never taken as lower than its unanswered ping has waited, and nodes that are down
+(last ping failed, or the metadata service says so) go last, as a last resort only. Before a
+chunk's first attempt the scheduler waits (at most `first_ping_sec`) for one of its nodes to
+answer a ping, not for every node. An attempt whose answer has not started within
+`first_byte_factor` x the node's latency (at least `first_byte_min_sec`), or that runs well
+past its expected transfer time, gets a hedged second request on the next best node (first
+verified answer wins, the other is cancelled); a failure fails over at once to the next best;
+erasure-coded chunks ask all 5 fragment holders and decode from the first 3 verified.
 
 `round-robin`: the naive client, same code path otherwise: chunk i starts at replica
 i mod n and walks the manifest order on failure; no scores, no hedging; erasure-coded chunks
@@ -53,12 +57,19 @@ class ChunkUnavailable(Exception):
 
 @dataclass
 class Hedging:
-    """Hedge when an attempt runs `factor` x its expected time, within [min_sec, max_sec]."""
+    """Hedge when an attempt runs `factor` x its expected time, within [min_sec, max_sec], or
+    when its answer has not even started (no headers) after `first_byte_factor` x the node's
+    latency, within [first_byte_min_sec, max_sec]: a hung node costs a fraction of a second,
+    not the read timeout. Before a chunk's first attempt the smart client waits up to
+    `first_ping_sec` for one of its nodes to answer a ping (not for every node)."""
 
     factor: float = 3.0
     min_sec: float = 0.3
     max_sec: float = 1.2
     max_parallel: int = 3  # attempts in flight for one chunk
+    first_byte_factor: float = 4.0
+    first_byte_min_sec: float = 0.15
+    first_ping_sec: float = 0.05
 
 
 @dataclass
@@ -123,6 +134,8 @@ class Scheduler:
         refresh: Callable[[ChunkRef], Awaitable[ChunkRef | None]] | None = None,
         is_down: Callable[[str], bool] | None = None,
         give_up_sec: float | None = None,
+        latency_floor: Callable[[str], float] | None = None,
+        first_answer: Callable[[list[str], float], Awaitable[None]] | None = None,
     ) -> None:
         if strategy not in STRATEGIES:
             raise ValueError(f"strategy must be one of {', '.join(STRATEGIES)}")
@@ -133,6 +146,8 @@ class Scheduler:
         self.hedging = hedging or Hedging()
         self.refresh = refresh
         self.is_down = is_down or (lambda node: False)
+        self.latency_floor = latency_floor or (lambda node: 0.0)
+        self.first_answer = first_answer
         self.give_up_sec = give_up_sec  # None: retry until the chunk lands
         self.last_errors: dict[int, list[str]] = {}  # sequence number -> last failures
         self.inflight: dict[str, int] = {}
@@ -145,6 +160,8 @@ class Scheduler:
         self.retry_rounds = 0
         self.bytes = 0
         self.completions: list[tuple[float, int]] = []  # (monotonic, bytes) of each verified piece
+        self.first_request_at: float | None = None  # monotonic: the first attempt sent
+        self.first_headers_at: float | None = None  # monotonic: the first answer's headers
         self.stopped = False
 
     @property
@@ -153,38 +170,57 @@ class Scheduler:
 
     def rank(self, nodes: list[str]) -> list[str]:
         """`nodes` best first: the native scores, with an unmeasured node's throughput taken
-        as the best one measured anywhere (exploration: optimism until a download measures it)."""
+        as the best one measured anywhere (exploration: optimism until a download measures it),
+        a latency no lower than its unanswered ping has waited, and nodes that are down (last
+        ping failed, or reported down by the metadata service) last, as a last resort only."""
         if len(nodes) < 2:
             return list(nodes)
+        for n in nodes:
+            self.scores.add(n)  # idempotent: a node a refreshed manifest brought in
         measured = [st["bandwidth_mbps"] for st in map(self.scores.stats, self.scores.nodes) if st["samples"]]
         best = max(measured, default=0.0)
         stats = [self.scores.stats(n) for n in nodes]
         bandwidth = [
             st["bandwidth_mbps"] if st["samples"] else max(best, st["bandwidth_mbps"]) for st in stats
         ]
+        latency = [max(st["latency_ms"], self.latency_floor(n)) for n, st in zip(nodes, stats, strict=True)]
+        # probe: an unmeasured node whose ping is within 2 latency scales (not a slow pinger) is
+        # taken to be just ahead of the best measured one, so it gets one download and a measure
+        near = 2.0 * self.scores.latency_scale_ms
+        best_lat = min((st["latency_ms"] for st in stats if st["samples"]), default=None)
+        if best_lat is not None:
+            latency = [
+                min(lat, best_lat * 0.99) if not st["samples"] and lat < near and not self.is_down(n) else lat
+                for n, st, lat in zip(nodes, stats, latency, strict=True)
+            ]
         order, _ = _scoring().rank_arrays(
-            [st["latency_ms"] for st in stats],
+            latency,
             bandwidth,
             [st["success_rate"] for st in stats],
             [st["inflight"] for st in stats],
             self.scores.penalty,
             self.scores.latency_scale_ms,
         )
-        return [nodes[i] for i in order]
+        ranked = [nodes[i] for i in order]
+        return [n for n in ranked if not self.is_down(n)] + [n for n in ranked if self.is_down(n)]
 
     # -- one attempt --------------------------------------------------------------------------
     def _counters(self, node: str) -> NodeCounters:
         return self.nodes.setdefault(node, NodeCounters())
 
-    async def _attempt(self, node: str, stored_id: str, checksum: str) -> Fetched:
+    async def _attempt(
+        self, node: str, stored_id: str, checksum: str, on_headers: Callable[[], None] | None = None
+    ) -> Fetched:
         c = self._counters(node)
         c.attempts += 1
         self.attempts += 1
         self.inflight[node] = self.inflight.get(node, 0) + 1
         self.scores.set_inflight(node, self.inflight[node])
         t0 = time.monotonic()
+        if self.first_request_at is None:
+            self.first_request_at = t0
         try:
-            got = await fetch(self.http, node, stored_id, checksum, self.timeouts)
+            got = await fetch(self.http, node, stored_id, checksum, self.timeouts, on_headers)
         except FetchError as exc:
             self.failed += 1
             c.failures += 1
@@ -196,6 +232,8 @@ class Scheduler:
         finally:
             self.inflight[node] -= 1
             self.scores.set_inflight(node, self.inflight[node])
+        if self.first_headers_at is None or got.headers_at < self.first_headers_at:
+            self.first_headers_at = got.headers_at
         self.successful += 1
         c.served += 1
         c.bytes += len(got.data)
@@ -204,10 +242,15 @@ class Scheduler:
         self.scores.record_download(node, got.seconds, len(got.data), True)
         return got
 
-    def _hedge_after(self, node: str, nbytes: int) -> float:
+    def _hedge_after(self, node: str, nbytes: int, answering: bool = True) -> float:
+        """Seconds after its start an attempt on `node` gets a hedge: `factor` x the expected
+        transfer once the answer has started, `first_byte_factor` x the latency before."""
         s = self.scores.stats(node)
-        expected = s["latency_ms"] / 1000.0 + nbytes * 8.0 / max(s["bandwidth_mbps"], 1e-3) / 1e6
         h = self.hedging
+        latency = max(s["latency_ms"], self.latency_floor(node)) / 1000.0
+        if not answering:
+            return min(h.max_sec, max(h.first_byte_min_sec, h.first_byte_factor * latency))
+        expected = latency + nbytes * 8.0 / max(s["bandwidth_mbps"], 1e-3) / 1e6
         return min(h.max_sec, max(h.min_sec, h.factor * expected))
 
     # -- a whole chunk ------------------------------------------------------------------------
@@ -284,8 +327,11 @@ class Scheduler:
         Starts `need` attempts; a failure starts the next candidate at once; (smart) an attempt
         past its hedge deadline starts one more, and the first `need` verified answers win.
         """
+        if self.smart and self.first_answer is not None:
+            await self.first_answer([p.node for p in pieces], self.hedging.first_ping_sec)
         candidates = self._candidates(chunk, pieces)
         pending: dict[asyncio.Task, tuple[Piece, float]] = {}
+        answering: set[Piece] = set()  # attempts whose answer has started (headers in)
         got: dict[Piece, bytes] = {}
         failed: list[tuple[str, str, float, float]] = []  # node, reason, started, detected
         hedged: set[asyncio.Task] = set()  # attempts that already caused a hedge
@@ -296,7 +342,9 @@ class Scheduler:
                 ranked = self.rank(list(dict.fromkeys(p.node for p in candidates)))
                 candidates = sorted(candidates, key=lambda p: ranked.index(p.node))
             piece = candidates.pop(0)
-            task = asyncio.ensure_future(self._attempt(piece.node, piece.stored_id, piece.checksum))
+            task = asyncio.ensure_future(
+                self._attempt(piece.node, piece.stored_id, piece.checksum, lambda: answering.add(piece))
+            )
             pending[task] = (piece, time.monotonic())
 
         size = chunk.size_bytes // need + 1
@@ -314,7 +362,7 @@ class Scheduler:
                 watch: asyncio.Task | None = None
                 if self.smart and candidates and len(pending) < limit:
                     due_at = {
-                        t: started + self._hedge_after(p.node, size)
+                        t: started + self._hedge_after(p.node, size, p in answering)
                         for t, (p, started) in pending.items()
                         if t not in hedged
                     }
@@ -323,8 +371,10 @@ class Scheduler:
                         timeout = max(0.0, due_at[watch] - time.monotonic())
                 done, _ = await asyncio.wait(pending, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
                 if not done and watch is not None:
-                    hedged.add(watch)
-                    self.hedges += 1
+                    p, started = pending[watch]
+                    if time.monotonic() >= started + self._hedge_after(p.node, size, p in answering) - 1e-3:
+                        hedged.add(watch)  # (headers that came in meanwhile moved the deadline)
+                        self.hedges += 1
                 for task in done:
                     piece, started = pending.pop(task)
                     hedged.discard(task)

@@ -33,6 +33,10 @@ from shoal.client.sink import OrderedWriter
 log = logging.getLogger("shoal.client")
 
 HISTORY = 1200  # points kept per chart series
+# A ping 25 ms slower halves a node's score (the scoring default is 10 ms): a loaded host's
+# ping jitter (10-20 ms on loopback) does not decide alone which healthy node gets a chunk,
+# while a node 50+ ms away (the throttled one in the scenarios) still ranks far below.
+LATENCY_SCALE_MS = 25.0
 
 
 async def _detail(r: aiohttp.ClientResponse) -> str:
@@ -74,6 +78,7 @@ class Player:
         record_view: bool = True,
         metadata_timeout: float = 5.0,
         give_up_sec: float | None = 30.0,
+        node_report_wait: float = 0.2,
     ) -> None:
         if parallel < 1:
             raise ValueError("parallel must be at least 1")
@@ -98,7 +103,7 @@ class Player:
         self.headers = {"Authorization": f"Bearer {key}"} if key else {}
         self.ssl = ssl
         self.writer = OrderedWriter(output) if output else None
-        self.scores = new_scores()
+        self.scores = new_scores(latency_scale_ms=LATENCY_SCALE_MS)
         self.monitor: NetworkMonitor | None = None
         self.scheduler: Scheduler | None = None
         self.buffer: Buffer | None = None
@@ -110,11 +115,17 @@ class Player:
         self.error: str | None = None
         self.view_recorded = False
         self.arrivals: list[dict] = []  # per chunk: seq, at (monotonic), nodes, seconds
+        self.requested: list[tuple[int, float]] = []  # (seq, monotonic) as each chunk was asked for
         self.buffer_history: deque = deque(maxlen=HISTORY)
         self.throughput_history: deque = deque(maxlen=HISTORY)
         self.score_history: dict[str, deque] = {}
         self._chunk_rates: list[float] = []
         self._task: asyncio.Task | None = None
+        self.marks: dict[str, float] = {}  # startup timeline: event -> monotonic time
+        # (smart) nodes the metadata service reports down; startup waits this long for the report
+        self.reported_down: set[str] = set()
+        self.node_report_wait = node_report_wait
+        self._down_report: asyncio.Future | None = None
 
     @classmethod
     def idle(cls) -> Player:
@@ -153,14 +164,21 @@ class Player:
         self.started_wall = time.time()
         connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=30, ssl=self.ssl)
         async with aiohttp.ClientSession(connector=connector, headers=self.headers) as http:
+            self._down_report = asyncio.get_running_loop().create_future()
+            down = asyncio.create_task(self._watch_down(http)) if self.strategy == SMART else None
             try:
                 if self.manifest is None:
                     self.manifest = await self._fetch_manifest(http)
+                self.marks["manifest"] = time.monotonic()
                 await self._run(http, self.manifest)
             except Exception as exc:
                 self.error = str(exc)
                 raise
             finally:
+                if down is not None:
+                    down.cancel()
+                    with contextlib.suppress(asyncio.CancelledError, Exception):
+                        await down
                 if self.monitor is not None:
                     await self.monitor.stop()
                 if self.writer is not None:
@@ -238,6 +256,7 @@ class Player:
         self.monitor = NetworkMonitor(
             self.scores, m.nodes, self.ping_interval, self.timeouts, headers=self.headers, ssl=self.ssl
         )
+        self.monitor.reported_down = set(self.reported_down)
         self.scheduler = Scheduler(
             http,
             self.scores,
@@ -247,13 +266,21 @@ class Player:
             refresh=lambda c: self._refresh(http, c),
             is_down=self.monitor.down,
             give_up_sec=self.give_up_sec,
+            latency_floor=self.monitor.latency_floor_ms,
+            first_answer=self.monitor.first_answer,
         )
         self.buffer = Buffer(
             [(c.start_sec, c.end_sec) for c in m.chunks], speed=self.speed, **self.buffer_args
         )
         self.buffer.created = self.started_at  # startup latency counts from play(), manifest included
         await self.monitor.start()
+        self.marks["monitor_ready"] = time.monotonic()
         view = asyncio.create_task(self._record_view(http))
+        if self.strategy == SMART and self._down_report is not None:
+            # the node report was asked for with the manifest: it is usually in already
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self._down_report), self.node_report_wait)
+            self.marks["node_report"] = time.monotonic()
         tasks: dict[asyncio.Task, int] = {}
         next_seq = 0
         refilling = True
@@ -263,8 +290,13 @@ class Player:
             while not self.buffer.finished:
                 self.buffer.tick()
                 refilling = self.buffer.refilling(refilling)
-                while len(tasks) < self.parallel and self.buffer.wants(next_seq, refilling):
+                while (
+                    len(tasks) < self.parallel
+                    and self.buffer.wants(next_seq, refilling)
+                    and (self.strategy != SMART or self.buffer.needed_to_play(next_seq))
+                ):
                     tasks[asyncio.create_task(self.scheduler.get(m.chunks[next_seq]))] = next_seq
+                    self.requested.append((next_seq, time.monotonic()))
                     next_seq += 1
                 if tasks:
                     done, _ = await asyncio.wait(tasks, timeout=0.05, return_when=asyncio.FIRST_COMPLETED)
@@ -293,6 +325,35 @@ class Player:
             with contextlib.suppress(Exception):
                 await view
 
+    async def _watch_down(self, http: aiohttp.ClientSession, every: float = 5.0) -> None:
+        """(smart) Which nodes the metadata service reports down, now and every `every` s, so
+        they drop to the end of every candidate list (a node killed seconds ago is found by
+        its failed ping or connection first; this covers the ones it has known about)."""
+        if self.metadata_url is None:
+            if self._down_report is not None and not self._down_report.done():
+                self._down_report.set_result(None)
+            return
+        while True:
+            try:
+                timeout = aiohttp.ClientTimeout(total=self.metadata_timeout, connect=1.0)
+                async with http.get(f"{self.metadata_url}/nodes/all", timeout=timeout) as r:
+                    if r.status == 200:
+                        body = await r.json()
+                        rows = body.get("nodes", []) if isinstance(body, dict) else []
+                        down = {
+                            str(n.get("node_url", "")).rstrip("/")
+                            for n in rows
+                            if isinstance(n, dict) and n.get("status") == "down"
+                        }
+                        self.reported_down = down
+                        if self.monitor is not None:
+                            self.monitor.report_down(down)
+            except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+                log.debug("node status from the metadata service: %s", exc)
+            if self._down_report is not None and not self._down_report.done():
+                self._down_report.set_result(None)  # answered or not: startup waits no longer
+            await asyncio.sleep(every)
+
     async def _landed(self, chunk: ChunkRef, served: Any) -> None:
         assert self.buffer is not None
         seq = chunk.sequence_num
@@ -302,6 +363,7 @@ class Player:
             self._chunk_rates.append(len(served.data) * 8 / served.seconds / 1e6)
         if seq == 0:
             self.mime = mse_type(served.data)
+        self.marks.setdefault("first_chunk", now)
         self.segments[seq] = served.data
         for old in [s for s in self.segments if s < seq - self.keep_segments]:
             del self.segments[old]
@@ -433,6 +495,28 @@ class Player:
             "duration_sec": round(b.duration, 3) if b else 0.0,
             "finished": bool(b and b.finished),
         }
+
+    def startup_timeline(self) -> dict[str, float]:
+        """Seconds from play() to each startup event (manifest, monitor_ready, node_report, first_request,
+        first_headers, first_chunk, playing): where a slow startup spends its time."""
+        marks = dict(self.marks)
+        sch, b = self.scheduler, self.buffer
+        if sch is not None and sch.first_request_at is not None:
+            marks["first_request"] = sch.first_request_at
+        if sch is not None and sch.first_headers_at is not None:
+            marks["first_headers"] = sch.first_headers_at
+        if b is not None and b.started_at is not None:
+            marks["playing"] = b.started_at
+        order = (
+            "manifest",
+            "monitor_ready",
+            "node_report",
+            "first_request",
+            "first_headers",
+            "first_chunk",
+            "playing",
+        )
+        return {k: round(marks[k] - self.started_at, 4) for k in order if k in marks}
 
     def performance(self) -> dict:
         b, sch = self.buffer, self.scheduler
