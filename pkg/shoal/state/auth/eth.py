@@ -7,6 +7,7 @@ where the tests use it to prove that real wallets' signatures verify here.
 
 from __future__ import annotations
 
+import functools
 import re
 
 from coincurve import PrivateKey, PublicKey
@@ -29,7 +30,12 @@ def keccak256(data: bytes) -> bytes:
 
 def to_checksum_address(address: str) -> str:
     """The EIP-55 mixed-case form of a 0x-prefixed 40-hex-digit address."""
-    lower = address[2:].lower()
+    return _checksum(address[2:].lower())
+
+
+@functools.lru_cache(maxsize=65536)
+def _checksum(lower: str) -> str:
+    """Cached: every authenticated request normalises its caller's address (a keccak each)."""
     digest = keccak256(lower.encode()).hex()
     return "0x" + "".join(c.upper() if int(digest[i], 16) >= 8 else c for i, c in enumerate(lower))
 
