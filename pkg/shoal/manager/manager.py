@@ -31,6 +31,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from shoal import __version__
 from shoal.manager import checkpoints, database
+from shoal.manager.applog import AppLog
 from shoal.manager.config import Config, ConfigError, load_config, redacted, save_config
 from shoal.manager.health import S3Probe
 from shoal.manager.juicefs import JuiceFS
@@ -61,6 +62,8 @@ class ManagerOptions:
     start_retries: int = 3
     operation_timeout: float = OPERATION_TIMEOUT
     allow_paths: list[Path] = field(default_factory=list)
+    app_log_max_bytes: int = 10 * 1024 * 1024  # 0: never rotate
+    app_log_backups: int = 5
 
 
 class Manager:
@@ -92,6 +95,7 @@ class Manager:
         self.last_fence: dict[str, Any] | None = None
         self._fence_epoch = 0
         self.cache_dir: Path | None = None
+        self.app_log: AppLog | None = None
 
     # -- life cycle ----------------------------------------------------------------------
     async def startup(self) -> None:
@@ -106,6 +110,9 @@ class Manager:
             self.config_error = f"{self.config_path}: {exc}"
             log.error("starting unconfigured: saved configuration is unusable: %s", exc)
         if self.options.command:
+            self.app_log = AppLog(
+                self.tmp_dir / "logs", self.options.app_log_max_bytes, self.options.app_log_backups
+            )
             self.process = Supervisor(
                 SupervisorOptions(
                     self.options.command,
@@ -116,6 +123,7 @@ class Manager:
                     env=self._process_env(),
                     name="process",
                     pidfile=self.tmp_dir / "process.pid",
+                    output=self.app_log,
                 )
             )
         self._spawn(self._boot(), "boot")
@@ -153,6 +161,8 @@ class Manager:
                 await asyncio.to_thread(self.lease.release)
             except Exception as exc:
                 log.warning("could not release the lease on shutdown: %s", exc)
+        if self.app_log:
+            self.app_log.close()
         log.info("manager stopped")
 
     def _process_env(self) -> dict[str, str]:
@@ -683,6 +693,14 @@ class Manager:
         await self.process.stop()
         return self.process.status()
 
+    def process_logs(self, tail: int, stream: str | None) -> dict[str, Any]:
+        """The app's last `tail` output lines (both streams interleaved, or one), from memory."""
+        if not self.process or not self.app_log:
+            raise ManagerError(400, "no process to supervise (no COMMAND given)")
+        if stream not in (None, "stdout", "stderr"):
+            raise ManagerError(400, "stream must be stdout or stderr")
+        return {"lines": self.app_log.tail(tail, stream), "logs": self.app_log.status()}
+
     async def start_process(self) -> dict[str, Any]:
         if not self.process:
             raise ManagerError(400, "no process to supervise (no COMMAND given)")
@@ -762,7 +780,9 @@ class Manager:
                 "fences": self.fences,
                 "last_fence": self.last_fence,
             },
-            "process": self.process.status() if self.process else None,
+            "process": {**self.process.status(), "logs": self.app_log.status() if self.app_log else None}
+            if self.process
+            else None,
             "components": components,
             "checkpoints": self.list_checkpoints(),
             "data_dir": str(self.data_dir),

@@ -51,6 +51,11 @@ class CheckpointRequest(msgspec.Struct, forbid_unknown_fields=True):
     id: str
 
 
+class LogsQuery(msgspec.Struct, forbid_unknown_fields=True):
+    tail: int = 100
+    stream: str | None = None
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--tmp-dir", default=None, help="config, checkpoints, mount (default: DATA_DIR/../tmp)"
@@ -81,6 +86,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="a directory (besides DATA_DIR and TMP_DIR) where juicefs.mount_path/cache_dir may point",
     )
     parser.add_argument(
+        "--app-log-max-bytes",
+        type=int,
+        default=10 * 1024 * 1024,
+        help="rotate TMP_DIR/logs/process.{stdout,stderr}.log past this size (default 10 MiB; 0: never)",
+    )
+    parser.add_argument(
+        "--app-log-backups", type=int, default=5, help="rotated app log files kept per stream (default 5)"
+    )
+    parser.add_argument(
         "child_command", nargs=argparse.REMAINDER, metavar="COMMAND", help="-- COMMAND [ARGS...] to supervise"
     )
     add_auth_arguments(parser)
@@ -109,6 +123,8 @@ def manager_options(options: dict[str, Any]) -> ManagerOptions:
         start_retries=int(options.get("start_retries", 3)),
         operation_timeout=float(options.get("operation_timeout") or 300.0),
         allow_paths=[Path(p).absolute() for p in options.get("allow_path") or []],
+        app_log_max_bytes=max(0, int(options.get("app_log_max_bytes", 10 * 1024 * 1024))),
+        app_log_backups=max(0, int(options.get("app_log_backups", 5))),
     )
 
 
@@ -200,6 +216,17 @@ def make_api(manager: Manager) -> Api:
     async def stop_process(request: Any) -> dict:
         try:
             return await manager.stop_process()
+        except ManagerError as exc:
+            raise _api_error(exc) from None
+
+    @api.get(
+        "/process/logs",
+        query=LogsQuery,
+        summary="The app's last output lines (?tail=N, at most 1000; ?stream=stdout|stderr)",
+    )
+    async def process_logs(request: Any, query: LogsQuery) -> dict:
+        try:
+            return manager.process_logs(max(0, min(query.tail, 1000)), query.stream)
         except ManagerError as exc:
             raise _api_error(exc) from None
 

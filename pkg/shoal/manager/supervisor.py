@@ -1,7 +1,8 @@
 """Run one command and keep it running, supervisord-style.
 
-- The child gets its own process group (so a stop reaches everything it spawned) and inherits
-  the manager's stdout and stderr: its output is forwarded with no pipe to drain or lose.
+- The child gets its own process group (so a stop reaches everything it spawned). Its stdout
+  and stderr either go to a given fd, or are inherited, or (with `output`) go through pipes
+  the manager reads into rotated log files and forwards (shoal.manager.applog).
 - It dies with the manager (shoal.runtime.lifetime: PR_SET_PDEATHSIG sends it SIGTERM when
   the manager's event loop thread ends, even by kill -9), so two managers never run two copies.
   It is spawned from the event loop thread for that reason. A child that ignores SIGTERM can
@@ -18,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import time
 from collections.abc import Awaitable, Callable
@@ -44,6 +46,7 @@ class SupervisorOptions:
     pidfile: Path | None = None  # lets a restarted manager stop the child a crashed one left
     stdout: int | None = None  # a file descriptor for stdout and stderr; None inherits the manager's
     prepare: Callable[[], Awaitable[None]] | None = None  # run before every start (stale mounts)
+    output: Any = None  # a shoal.manager.applog.AppLog: stdout/stderr through pipes it reads
 
 
 def describe_exit(returncode: int) -> dict[str, Any]:
@@ -72,6 +75,7 @@ class Supervisor:
         self._proc: asyncio.subprocess.Process | None = None
         self._task: asyncio.Task | None = None
         self._stopping = asyncio.Event()
+        self._eof: asyncio.Future | None = None  # both output pipes closed (with `output`)
 
     @property
     def running(self) -> bool:
@@ -132,23 +136,32 @@ class Supervisor:
 
     async def _spawn(self) -> bool:
         out = self.options.stdout
+        err: int | None = None if out is None else asyncio.subprocess.STDOUT
+        piped: tuple[int, int] = ()  # type: ignore[assignment]
         try:
             if self.options.prepare is not None:
                 await self.options.prepare()
+            if self.options.output is not None:
+                out, err, self._eof = await self.options.output.pipes()
+                piped = (out, err)
             self._proc = await asyncio.create_subprocess_exec(
                 *self.options.command,
                 env=self.options.env,
                 cwd=self.options.cwd,
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=out,
-                stderr=None if out is None else asyncio.subprocess.STDOUT,
+                stderr=err,
                 **lifetime.child_options(),  # own process group; SIGTERM when we die
             )
         except (OSError, RuntimeError) as exc:
+            for fd in piped:
+                os.close(fd)
             self.spawn_error = f"cannot start {self.options.command[0]!r}: {exc}"
             log.error("%s: %s", self.options.name, self.spawn_error)
             self._proc = None
             return False
+        for fd in piped:  # the child has its copies; EOF comes when the last holder exits
+            os.close(fd)
         self.spawn_error = None
         self.pid = self._proc.pid
         if self.options.pidfile:
@@ -166,6 +179,7 @@ class Supervisor:
             if await self._spawn():
                 assert self._proc is not None
                 rc = await self._proc.wait()
+                await self._last_words()
                 if self._stopping.is_set():
                     return  # stop() records the exit
                 self.last_exit = {**describe_exit(rc), "at": time.time(), "expected": False}
@@ -208,6 +222,7 @@ class Supervisor:
                 self._signal(proc.pid, signal.SIGKILL)
                 await proc.wait()
             assert proc.returncode is not None
+            await self._last_words()
             self.last_exit = {**describe_exit(proc.returncode), "at": time.time(), "expected": True}
         if proc is not None:
             # leftovers of the group (a child that forked and kept running)
@@ -217,6 +232,13 @@ class Supervisor:
                 await self._task
         self.state = "stopped"
         return self.last_exit
+
+    async def _last_words(self, timeout: float = 1.0) -> None:
+        """Let the reader take what the exited child wrote last (a crash message) before its
+        exit is reported; a grandchild holding the pipe delays this by `timeout` at most."""
+        if self._eof is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self._eof), timeout)
 
     @staticmethod
     def _signal(pgid: int, sig: signal.Signals) -> None:
