@@ -39,14 +39,16 @@ from typing import Any
 import msgspec
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
+from starlette.routing import WebSocketRoute
+from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from shoal import __version__
 from shoal.compute.access import HostAccess
 from shoal.compute.backends.docker import DockerBackend
 from shoal.compute.backends.kvm import KvmBackend
-from shoal.compute.errors import ComputeError, RegistryUnavailable, ValidationFailed
+from shoal.compute.errors import ComputeError, OperationNotSupported, RegistryUnavailable, ValidationFailed
 from shoal.compute.health import DEFAULT_TIMEOUT
-from shoal.compute.manager import ComputeManager, check_backend
+from shoal.compute.manager import ComputeManager, check_backend, check_strings
 from shoal.compute.metrics import DEFAULT_TTL, InstanceMetrics
 from shoal.compute.models import (
     STOP_BODY_SCHEMA,
@@ -561,6 +563,150 @@ def make_api(get_manager: Callable[[], ComputeManager]) -> Api:
     return api
 
 
+# ---- exec as a WebSocket (docs/compute.md, "Interactive exec") -------------------------------
+# GET /api/v1/compute/instances/{id}/exec/ws?command=ARG&command=ARG[&timeout=S]
+# in: text or binary frames -> stdin (an empty frame closes stdin); out: binary frames, first
+# byte 1 = stdout, 2 = stderr, then the data; last: a text frame {"type": "exit", "exitCode": N}
+# and close 1000. A refusal is a text frame {"type": "error", "error": {code, message, details}}
+# and close 4000 + the HTTP status the POST would answer (4401, 4403, 4404, 4409, 4503, 4504).
+
+EXEC_WS_PATH = f"{PREFIX}/instances/{{instance_id}}/exec/ws"
+EXEC_WS_TIMEOUT = 3600.0
+STDOUT, STDERR = 1, 2
+
+
+async def refuse_ws(ws: WebSocket, status: int, code: str, message: str, details: dict | None = None) -> None:
+    """Accept only to say why: a close before accept is a bare 403 that no client can explain."""
+    if ws.client_state.name == "CONNECTING":
+        await ws.accept()
+    body = {"type": "error", "error": {"code": code, "message": message, "details": details or {}}}
+    try:
+        await ws.send_text(msgspec.json.encode(body).decode())
+        await ws.close(4000 + status, message.encode()[:120].decode(errors="ignore"))
+    except (WebSocketDisconnect, RuntimeError, OSError):  # the client left first
+        pass
+
+
+def exec_ws_request(ws: WebSocket) -> ExecRequest:
+    """The query as the POST's body: `command` repeated (one argv element each), `timeout`."""
+    params = ws.query_params
+    raw: dict[str, Any] = {"command": params.getlist("command")}
+    unknown = sorted(set(params.keys()) - {"command", "timeout"})
+    if unknown:
+        raise ValidationFailed(f"unknown query parameter {unknown[0]!r}", {"field": unknown[0]})
+    if "timeout" in params:
+        raw["timeout"] = params["timeout"]
+    else:
+        raw["timeout"] = EXEC_WS_TIMEOUT
+    try:
+        req = msgspec.convert(raw, ExecRequest, strict=False)
+    except msgspec.ValidationError as exc:
+        raise ValidationFailed(f"invalid query: {exc}") from None
+    if req.timeout != req.timeout:  # NaN
+        raise ValidationFailed("timeout must be a number of seconds", {"field": "timeout"})
+    check_strings(list(req.command), "command")
+    return req
+
+
+def make_exec_ws(get_manager: Callable[[], ComputeManager]) -> Callable[[WebSocket], Any]:
+    async def exec_ws(ws: WebSocket) -> None:
+        """Attach a TTY-less docker exec to this WebSocket (the caller is already an operator)."""
+        instance_id = ws.path_params["instance_id"]
+        manager = get_manager()
+        try:
+            req = exec_ws_request(ws)
+            record = await manager.local_record(instance_id, "exec")
+            name = record["backend"]
+            if name != "docker":
+                raise OperationNotSupported(
+                    "exec is for containers; a VM's console is its serial log (GET .../logs)",
+                    {"backend": name, "operation": "exec"},
+                )
+            seen = await manager._observe_live(record)
+            manager._require_present(seen, "exec in")
+            if seen.state != "running":
+                raise manager._conflict(seen, "exec in")
+            backend = manager.backends[name]
+            session = await manager.call(name, backend.exec_attach(record["backendId"], list(req.command)))  # type: ignore[attr-defined]
+        except ComputeError as exc:
+            await refuse_ws(ws, exc.status, exc.code, exc.message, exc.details)
+            return
+        except StoreBusy as exc:
+            await refuse_ws(
+                ws,
+                503,
+                "REGISTRY_UNAVAILABLE",
+                "the instance registry is not available",
+                {"reason": str(exc)},
+            )
+            return
+        await ws.accept()
+        try:
+            await pump(ws, session, req.timeout)
+        finally:
+            await session.close()
+
+    return exec_ws
+
+
+async def pump(ws: WebSocket, session: Any, timeout: float) -> None:
+    """Frames to stdin and output to frames until the output ends, the client leaves or time is up."""
+
+    async def to_stdin() -> None:
+        while True:
+            message = await ws.receive()
+            if message["type"] == "websocket.disconnect":
+                return
+            data = message.get("bytes")
+            if data is None:
+                data = (message.get("text") or "").encode()
+            if data:
+                await session.write(data)
+            else:
+                session.close_stdin()
+
+    async def to_frames() -> None:
+        while (chunk := await session.read()) is not None:
+            stream, data = chunk
+            await ws.send_bytes(bytes([STDERR if stream == 2 else STDOUT]) + data)
+
+    reader = asyncio.create_task(to_stdin())
+    writer = asyncio.create_task(to_frames())
+    try:
+        done, _ = await asyncio.wait({reader, writer}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        if not done:
+            await refuse_ws(
+                ws,
+                504,
+                "BACKEND_ERROR",
+                f"the command did not finish within {timeout:g} s",
+                {"timeout": timeout},
+            )
+            return
+        if writer in done:
+            exc = writer.exception()
+            if exc is not None:
+                if isinstance(exc, ComputeError):
+                    await refuse_ws(ws, exc.status, exc.code, exc.message, exc.details)
+                    return
+                if isinstance(exc, WebSocketDisconnect | OSError):
+                    return
+                raise exc
+            code = await session.exit_code()
+            await ws.send_text(msgspec.json.encode({"type": "exit", "exitCode": code}).decode())
+            await ws.close(1000)
+            return
+        exc = reader.exception()  # the client left (or stdin broke): nothing more to send
+        if isinstance(exc, ComputeError):
+            await refuse_ws(ws, exc.status, exc.code, exc.message, exc.details)
+    except (WebSocketDisconnect, RuntimeError, OSError):  # the client went away mid-send
+        return
+    finally:
+        for task in (reader, writer):
+            task.cancel()
+        await asyncio.gather(reader, writer, return_exceptions=True)
+
+
 def make_health_api(get_manager: Callable[[], ComputeManager]) -> Api:
     """GET /health: open, and answered within the backend timeout whatever the daemons do."""
     api = Api(tags=["service"])
@@ -644,7 +790,50 @@ class ComputeAuth:
                 return ok
         return None
 
+    async def websocket(self, scope: dict, receive: Callable, send: Callable) -> None:
+        """A WebSocket under /api/ (exec): an operator's bearer credential, checked before accept.
+
+        The shared middleware gates http scopes only, so the same checks are made here: a
+        --token, or (with --auth-dir) the layer's `authenticate`, its per-key limit and the
+        operator role. Refused: close 4401 (no or bad credential), 4403 (role), 4429 (limit),
+        after a text frame with the error (docs/compute.md).
+        """
+        ws = WebSocket(scope, receive, send)
+        if self.tokens and not self.layer.enabled:
+            if self.legacy(scope):
+                scope[PRINCIPAL] = LEGACY
+                await self.app(scope, receive, send)
+                return
+            await refuse_ws(
+                ws, 401, "UNAUTHORIZED", "missing or wrong bearer token (Authorization: Bearer <token>)"
+            )
+            return
+        if not self.layer.enabled:
+            await refuse_ws(ws, 401, "UNAUTHORIZED", "no credentials are configured")
+            return
+        # only the bearer header: node signatures cover an http request's body, not a stream
+        auth = [(k, v) for k, v in scope.get("headers") or [] if k == b"authorization"]
+        try:
+            p, _ = await self.layer.authenticate({**scope, "method": "GET", "headers": auth}, receive)
+        except AuthError as exc:
+            code = {401: "UNAUTHORIZED", 503: "SERVICE_UNAVAILABLE"}.get(exc.status, "UNAUTHORIZED")
+            await refuse_ws(ws, exc.status, code, exc.message)
+            return
+        wait = self.layer.key_limiter.take(p.id) if not p.is_node else 0
+        if wait:
+            await refuse_ws(ws, 429, "TOO_MANY_REQUESTS", f"rate limit exceeded for API key {p.id}")
+            return
+        if not OPERATOR.allows(p):
+            message = f"exec needs {OPERATOR.describe()}; {p.kind} {p.id} has role {p.role}"
+            await refuse_ws(ws, 403, "FORBIDDEN", message)
+            return
+        scope[PRINCIPAL] = p
+        await self.app(scope, receive, send)
+
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] == "websocket" and _route_path(scope).startswith("/api/"):
+            await self.websocket(scope, receive, send)
+            return
         if scope["type"] != "http" or not _route_path(scope).startswith("/api/"):
             if (
                 self.before_metrics is not None
@@ -787,6 +976,9 @@ def create_app(options: dict[str, Any]) -> Any:
         "bearerAuth": SECURITY_SCHEMES["bearerAuth"]
     }
     app.metrics.registry.register(instance_metrics)
+    # the shared factory declares http routes; the exec WebSocket goes on the same router
+    # (ShoalApp hands websocket scopes to Starlette, behind ComputeAuth.websocket)
+    app.starlette.router.routes.append(WebSocketRoute(EXEC_WS_PATH, make_exec_ws(get_manager)))
     return ComputeAuth(app, layer, tokens, instance_metrics.refresh_if_stale)
 
 

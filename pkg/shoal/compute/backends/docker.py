@@ -595,6 +595,18 @@ class DockerBackend:
             "stderr": err.decode(errors="replace"),
         }
 
+    async def exec_attach(self, backend_id: str, command: list[str]) -> ExecSession:
+        """Start `command` with stdin attached and no TTY (stdout and stderr stay apart).
+
+        For the exec WebSocket: the caller pumps frames both ways and asks for the exit code
+        once the output has ended. The attach itself has the usual call deadline.
+        """
+        container = self.container(backend_id)
+        ex = await self._call(container.exec, command, stdout=True, stderr=True, stdin=True)
+        stream = ex.start(detach=False)
+        await self._call(stream.__aenter__)  # POST /exec/{id}/start, upgraded to a raw stream
+        return ExecSession(self, ex, stream)
+
     # ---- metrics -----------------------------------------------------------------------------
 
     async def metrics(self) -> dict[str, Any]:
@@ -664,3 +676,59 @@ class DockerBackend:
 def _camel(snake: str) -> str:
     head, *rest = snake.split("_")
     return head + "".join(p.title() for p in rest)
+
+
+class ExecSession:
+    """One attached docker exec: bytes to its stdin, (stream, bytes) from its stdout/stderr."""
+
+    def __init__(self, backend: DockerBackend, ex: Any, stream: Any) -> None:
+        self.backend = backend
+        self.ex = ex
+        self.stream = stream
+        self.stdin_open = True
+
+    async def read(self) -> tuple[int, bytes] | None:
+        """The next chunk as (1 = stdout or 2 = stderr, data); None once the command's output ended."""
+        try:
+            msg = await self.stream.read_out()
+        except (aiohttp.ClientError, OSError) as exc:
+            raise BackendUnavailable("docker", f"the exec stream broke: {exc}") from None
+        return None if msg is None else (msg.stream, msg.data)
+
+    async def write(self, data: bytes) -> None:
+        """Write to the command's stdin (ignored once stdin is closed)."""
+        if not self.stdin_open or not data:
+            return
+        try:
+            async with asyncio.timeout(CALL_TIMEOUT):  # a stalled reader must not hold us forever
+                await self.stream.write_in(data)
+        except (aiohttp.ClientError, OSError, RuntimeError, TimeoutError) as exc:
+            raise BackendUnavailable("docker", f"cannot write to the command's stdin: {exc}") from None
+
+    def close_stdin(self) -> None:
+        """Half-close the hijacked connection: dockerd closes the command's stdin (EOF for `cat`).
+
+        aiodocker's Stream.close() would also drop the read side, so the write end is shut here.
+        """
+        if not self.stdin_open:
+            return
+        self.stdin_open = False
+        resp = self.stream._resp
+        transport = resp.connection.transport if resp is not None and resp.connection else None
+        if transport is not None and transport.can_write_eof():
+            transport.write_eof()
+
+    async def exit_code(self, wait: float = 5.0) -> int | None:
+        """The exit code, once dockerd reports the command ended (it may lag the stream's end)."""
+        deadline = asyncio.get_running_loop().time() + wait
+        while True:
+            info = await self.backend._call(self.ex.inspect)
+            if not info.get("Running") or asyncio.get_running_loop().time() >= deadline:
+                return info.get("ExitCode") if not info.get("Running") else None
+            await asyncio.sleep(0.05)
+
+    async def close(self) -> None:
+        try:
+            await self.stream.close()
+        except Exception:  # the connection may already be gone; nothing left to release
+            pass
