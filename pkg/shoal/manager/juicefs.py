@@ -59,8 +59,11 @@ def volume_name(storage: Storage) -> str:
 
 
 def mount_type(path: Path | str) -> str | None:
-    """The filesystem type mounted exactly at `path`, from /proc/self/mounts."""
-    target = os.path.realpath(path)
+    """The filesystem type mounted exactly at `path`, from /proc/self/mounts. Only the parent
+    is resolved: an lstat of the mount point itself would hang on a stale FUSE mount (and it
+    is called from the event loop)."""
+    p = os.path.abspath(path)
+    target = os.path.join(os.path.realpath(os.path.dirname(p)), os.path.basename(p))
     found = None
     try:
         with open("/proc/self/mounts") as f:
@@ -125,6 +128,7 @@ class JuiceFS:
         *,
         mount_path: Path | None = None,
         cache_dir: Path | None = None,
+        stray_root: Path | None = None,
     ) -> None:
         self.storage = storage
         self.options = options
@@ -140,6 +144,13 @@ class JuiceFS:
         self.stale_unmounted = 0  # leftover mounts cleared before mounting (for the status)
         self.supervisor: Supervisor | None = None
         self._log_fd: int | None = None
+        # where files written into the bare mount point (while unmounted) are moved on a remount
+        self.stray_root = stray_root or tmp_dir / "stray-files"
+        self.marker = tmp_dir / "juicefs.mounted"  # names the path we have mounted before
+        self.strays_moved: list[dict[str, Any]] = []
+        self.stale_detected = 0
+        self.last_stale: dict[str, Any] | None = None
+        self._probe: asyncio.Future | None = None
 
     @property
     def meta_url(self) -> str:
@@ -230,7 +241,10 @@ class JuiceFS:
             await self.clear_leftover_mount()
             self.mount_path.mkdir(parents=True, exist_ok=True)
             if any(self.mount_path.iterdir()):
-                raise RuntimeError(f"{self.mount_path} is not empty; refusing to mount over it")
+                if not self._mounted_here_before():
+                    # a directory we never mounted: its files are the user's, never hidden
+                    raise RuntimeError(f"{self.mount_path} is not empty; refusing to mount over it")
+                await asyncio.to_thread(self._move_strays)
             if not self.meta_path.exists():
                 await self.format()
             self.cache_dir.mkdir(parents=True, exist_ok=True)
@@ -259,6 +273,7 @@ class JuiceFS:
                     raise RuntimeError(f"{self.mount_path} not mounted within {MOUNT_TIMEOUT:g} s")
                 await asyncio.sleep(0.05)
             self.state = "mounted"
+            self.marker.write_text(str(self.mount_path))
             log.info(
                 "mounted",
                 extra={"path": str(self.mount_path), "volume": volume_name(self.storage), "pid": self.pid},
@@ -268,6 +283,55 @@ class JuiceFS:
             log.error("juicefs: %s", exc)
             await self._stop_process()
             self.state = "error"
+
+    def _mounted_here_before(self) -> bool:
+        try:
+            return self.marker.read_text() == str(self.mount_path)
+        except OSError:
+            return False
+
+    def _move_strays(self) -> None:
+        """Files written into the bare mount point while the filesystem was gone (an app that
+        kept writing, a user): moved whole to `stray_root/<UTC time>/`, never mounted over."""
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        dest = self.stray_root / stamp
+        n = 1
+        while dest.exists():
+            n += 1
+            dest = self.stray_root / f"{stamp}-{n}"
+        dest.mkdir(parents=True)
+        entries = sorted(p.name for p in self.mount_path.iterdir())
+        for name in entries:
+            shutil.move(str(self.mount_path / name), str(dest / name))
+        record = {"at": time.time(), "moved_to": str(dest), "entries": entries[:50], "count": len(entries)}
+        self.strays_moved.append(record)
+        log.warning(
+            "%s was not empty before the remount (written while unmounted); moved %d entries to %s",
+            self.mount_path,
+            len(entries),
+            dest,
+            extra={"path": str(self.mount_path), "moved_to": str(dest)},
+        )
+
+    async def probe(self, timeout: float = PROBE_TIMEOUT) -> str:
+        """Does the mount still serve? "live", "dead" (ENOTCONN…), "hung" (stat took longer than
+        `timeout`: the daemon runs but answers nothing), "error" or "unmounted". One probe
+        thread at a time: a stat stuck in a hung FUSE request stays stuck until the mount is
+        detached, and must not pile up."""
+        if not self.mounted:
+            return "unmounted"
+        if self._probe is not None and not self._probe.done():
+            return "hung"
+        self._probe = asyncio.ensure_future(asyncio.to_thread(_stat_state, self.mount_path))
+        try:
+            return await asyncio.wait_for(asyncio.shield(self._probe), timeout)
+        except TimeoutError:
+            return "hung"
+
+    def note_stale(self, state: str) -> None:
+        self.stale_detected += 1
+        self.last_stale = {"at": time.time(), "probe": state}
+        self.error = f"the mount stopped answering ({state}); remounting"
 
     def _log_tail(self, chars: int = 800) -> str:
         try:
@@ -329,6 +393,9 @@ class JuiceFS:
             "pid": sup["pid"] if sup else None,
             "restarts": sup["restarts"] if sup else 0,
             "stale_mounts_cleared": self.stale_unmounted,
+            "stale_detected": self.stale_detected,
+            "last_stale": self.last_stale,
+            "stray_files_moved": self.strays_moved[-5:],
             "error": self.error,
         }
         if sup and sup["last_exit"] and not sup["last_exit"]["expected"] and state != "mounted":

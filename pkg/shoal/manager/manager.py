@@ -41,6 +41,7 @@ from shoal.manager.supervisor import Supervisor, SupervisorOptions
 
 log = logging.getLogger("shoal.manager")
 
+MOUNT_PROBE_INTERVAL = 1.0  # with the probe's 2 s timeout a stale mount is seen within ~3 s
 OPERATION_TIMEOUT = 300.0  # an API call answers within this; the operation may finish later
 
 
@@ -290,6 +291,7 @@ class Manager:
                 self.tmp_dir / "juicefs.log",
                 mount_path=self.mount_path,
                 cache_dir=self.cache_dir,
+                stray_root=self.data_dir / "stray-files",
             )
         return self.juicefs
 
@@ -304,6 +306,8 @@ class Manager:
         cfg = self.config
         assert cfg is not None
         self.stacks_state = "starting"
+        if "juicefs" in cfg.stacks:
+            self._spawn(self._mount_watch(), "mount supervision")
         if "leaser" in cfg.stacks:
             self.lease = Lease(cfg.storage, self._holder_id(), cfg.lease.ttl_seconds)
             try:
@@ -445,6 +449,55 @@ class Manager:
         self.fenced = None
         self.stacks_state = "running"
         return True
+
+    async def _mount_watch(self) -> None:
+        """Supervise the mount like the app: every MOUNT_PROBE_INTERVAL a stat with a timeout
+        (JuiceFS.probe). A mount that hangs or fails (juicefs stopped, or its FUSE connection
+        broken) while juicefs still runs: stop the app (its files are gone), SIGKILL juicefs,
+        detach the mount and mount again (files written into the bare directory meanwhile are
+        moved aside), retrying until it serves; then the app starts again. A juicefs that
+        exited is restarted by its own supervisor; the app waits for it the same way."""
+        paused = False  # we stopped the app because its filesystem was gone
+        remount = False
+        while True:
+            await asyncio.sleep(MOUNT_PROBE_INTERVAL)
+            jfs = self.juicefs
+            if jfs is None or not self._writers_up or self.fenced:
+                continue
+            if remount and jfs.state != "mounted":
+                if self._lock.locked():
+                    continue
+                async with self._exclusive("remounting the filesystem"):
+                    if self._writers_up and not self.fenced:
+                        log.info("remounting the filesystem", extra={"path": str(jfs.mount_path)})
+                        await jfs.start()
+                        if jfs.state == "mounted":
+                            remount = False
+                            await asyncio.to_thread(checkpoints.recover, jfs.mount_path)
+                continue
+            if jfs.state != "mounted":
+                continue
+            running = jfs.supervisor is not None and jfs.supervisor.running
+            state = await jfs.probe() if running else "daemon exited"
+            if state == "live":
+                if paused and self._writers_up and not self.fenced:
+                    paused = False
+                    log.info("the filesystem serves again; starting the app")
+                    self._start_app()
+                continue
+            if self.process and self.process.running:
+                paused = True
+                log.warning("the filesystem is gone (%s); stopping the app until it is back", state)
+                await self.process.stop(timeout=min(self.options.stop_timeout, 5.0))
+            if state in ("hung", "dead", "error") and running:
+                log.error(
+                    "the JuiceFS mount stopped answering (%s) while juicefs runs; remounting",
+                    state,
+                    extra={"path": str(jfs.mount_path), "pid": jfs.pid},
+                )
+                jfs.note_stale(state)
+                await jfs.kill(state="remounting")
+                remount = True
 
     def _replica_key(self, name: str, token: int | None = None) -> str:
         from shoal.manager import s3
