@@ -332,7 +332,7 @@ class Status(msgspec.Struct):
 
 
 class WhoAmI(msgspec.Struct):
-    kind: Literal["user", "node", "dev"]
+    kind: Literal["user", "node", "key", "dev"]  # key: a platform API key (--auth-dir)
     address: str | None
     node_id: str | None
     role: Role

@@ -2,9 +2,12 @@
 
 shoal serve state --port 3004 --data-dir D [--store lmdb|sqlite|etcd] [--admin-address 0x...]
                   [--etcd URL[,URL...]] [--etcd-namespace NS] [--public-url URL]
-                  [--insecure-dev] [--token-ttl SECONDS] [--no-fsync] [--auth-rate R/B]
+                  [--insecure-dev | --auth-dir D] [--token-ttl SECONDS] [--no-fsync] [--auth-rate R/B]
                   [--peer URL ...] [--trust-node KEY ...] [--node-key-dir DIR] [--cluster-id ID]
                   (docs/crdt.md)
+
+--auth-dir D (the dir `shoal auth init` made; `shoal up` passes DATA_ROOT/auth) also accepts the
+platform's API keys and their JWTs as Bearer credentials (shoal.state.auth.platform).
 
 --public-url is the URL clients use to reach this service: the sign-in message's domain and URI
 come from it (never from a request's Host header).
@@ -33,6 +36,7 @@ from shoal.kv import add_store_arguments
 from shoal.state.auth.eth import is_address
 from shoal.state.auth.middleware import AuthMiddleware
 from shoal.state.auth.node_identity import NodeIdentity
+from shoal.state.auth.platform import PlatformKeys
 from shoal.state.auth.sessions import Authenticator
 from shoal.state.auth.signing import CLUSTER_ID, NODE_SIGNATURE, SIGNATURE
 from shoal.state.errors import StateError, unavailable
@@ -42,6 +46,7 @@ from shoal.web import STATE_ENVELOPE
 from shoal.web import create_app as build_app
 from shoal.web import patterns as P
 from shoal.web.auth.ratelimit import Rate, RateLimiter, client_bucket, retry_after
+from shoal.web.auth.store import AuthDirError
 
 TITLE = "State Service"
 MAX_WORKERS = 1  # the CRDT replica (op log sequence, heads, registers) lives in this process
@@ -56,6 +61,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--admin-address", default=None, help="Ethereum address that is always an admin")
     parser.add_argument(
         "--insecure-dev", action="store_true", help="DISABLE authentication (local development only)"
+    )
+    parser.add_argument(
+        "--auth-dir",
+        default=None,
+        help="auth dir from `shoal auth init`: its API keys (and their JWTs) are accepted as Bearer "
+        "credentials beside Ethereum sign-in (admin keys are admins; see docs/state.md)",
     )
     parser.add_argument("--token-ttl", type=int, default=86_400, help="bearer token lifetime in seconds")
     parser.add_argument(
@@ -90,6 +101,7 @@ class StateContext:
         if self.admin_address and not is_address(self.admin_address):
             raise SystemExit(f"--admin-address {self.admin_address!r} is not an Ethereum address")
         self.insecure: bool = bool(options.get("insecure_dev"))
+        self.platform: PlatformKeys | None = platform_keys(options)
         self.token_ttl = int(options.get("token_ttl") or 86_400)
         self.durable = not options.get("no_fsync")
         self.max_body = MAX_BODY
@@ -197,6 +209,23 @@ def check_options(options: dict[str, Any]) -> None:
     address = options.get("admin_address")
     if address and not is_address(address):
         raise SystemExit(f"--admin-address {address!r} is not an Ethereum address")
+    platform_keys(options)
+
+
+def platform_keys(options: dict[str, Any]) -> PlatformKeys | None:
+    """The --auth-dir key table, or None; SystemExit saying what to run when it cannot be read,
+    and for --insecure-dev beside it (open to all, or keys checked: not both)."""
+    auth_dir = options.get("auth_dir")
+    if not auth_dir:
+        return None
+    if options.get("insecure_dev"):
+        raise SystemExit(
+            "--insecure-dev disables authentication and --auth-dir turns API keys on: give one of them"
+        )
+    try:
+        return PlatformKeys(auth_dir)
+    except AuthDirError as exc:
+        raise SystemExit(f"--auth-dir: {exc}") from None
 
 
 def check_etcd_options(options: dict[str, Any]) -> None:
@@ -250,7 +279,8 @@ def create_app(options: dict[str, Any]) -> AuthMiddleware:
         state={"ctx": ctx},
         description="Peers, CIDRs, associations, DNS records, instances, nodes and accounts. "
         "Authenticate with POST /auth/challenge + /auth/login (Sign-In with Ethereum), then "
-        "`Authorization: Bearer <token>`; or sign each request (see docs/state.md).",
+        "`Authorization: Bearer <token>`; or sign each request; with --auth-dir also "
+        "`Authorization: Bearer <shoal API key or its JWT>` (see docs/state.md).",
     )
     document_security(inner.openapi)
     document_dns_values(inner.openapi)

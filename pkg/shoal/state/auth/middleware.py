@@ -1,6 +1,7 @@
 """Authenticate every HTTP request before routing: the principal goes into scope["shoal.principal"].
 
-Bearer tokens are checked without touching the body; signed requests (users' X-Shoal-Signature,
+Bearer tokens (this service's, or with --auth-dir the platform's API keys and JWTs) are
+checked without touching the body; signed requests (users' X-Shoal-Signature,
 nodes' X-Shoal-Node-Signature) need the body's hash, so their body is read here (within the
 body limit) and handed on to the app unchanged. Bad credentials are a 401 in the State envelope;
 no credentials means anonymous (None), and each route decides whether that is enough.
@@ -13,6 +14,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from shoal.state.auth import signing
+from shoal.state.auth.platform import is_platform_credential
 from shoal.state.auth.principal import DEV
 from shoal.state.errors import unauthorized
 from shoal.web import STATE_ENVELOPE, ApiError, read_raw_body, respond_error
@@ -94,7 +96,7 @@ class AuthMiddleware:
         if len(found) == 1 and b"authorization" in found:  # the common case: a bearer token only
             value = found[b"authorization"]
             if value[:7].lower() == b"bearer " and len(value) > 7:
-                return await auth.from_token(value[7:].decode("latin-1").strip()), receive
+                return await self._bearer(value[7:].decode("latin-1").strip()), receive
 
         def text(name: str) -> str | None:
             raw = found.get(name.encode())
@@ -122,7 +124,15 @@ class AuthMiddleware:
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             raise unauthorized("Authorization must be 'Bearer <token>'", "INVALID_TOKEN")
-        return await auth.from_token(token.strip()), receive
+        return await self._bearer(token.strip()), receive
+
+    async def _bearer(self, token: str) -> Any:
+        """A platform API key or JWT (with --auth-dir, shoal.state.auth.platform), else a token
+        from this service's sign-in."""
+        platform = self.ctx.platform
+        if platform is not None and is_platform_credential(token):
+            return platform.principal(token)
+        return await self.ctx.auth.from_token(token)
 
 
 def _is_json(media_type: bytes) -> bool:

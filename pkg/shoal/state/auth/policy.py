@@ -10,6 +10,9 @@
   and read it. A node whose record an admin registered or approved (`trusted: true`) also reads
   the other non-account entities. No node ever reads accounts, and only an admin sets `trusted`
   (a node registered by a user is untrusted). Replication trust is the --trust-node keys alone.
+- Platform API keys (--auth-dir, shoal.state.auth.platform): admin keys are admins; operator keys
+  are admins for every kind but accounts, which they neither read nor write; viewer and uploader
+  keys read every kind but accounts and write nothing.
 Addresses are compared in one form (EIP-55; shoal.state.auth.eth.same_address), whatever case
 a client sent.
 """
@@ -30,6 +33,8 @@ def require_auth(principal: Principal | None) -> Principal:
 
 
 def may_read_account(principal: Principal, account: dict) -> bool:
+    if principal.kind == "key":
+        return principal.accounts
     if principal.is_admin:
         return True
     if principal.kind != "user":
@@ -52,6 +57,12 @@ NODE_HEARTBEAT = frozenset(
 
 def check_read(principal: Principal, kind: str, entity_id: str | None = None) -> None:
     """403 unless `principal` may read documents of `kind` (a node: see the module docstring)."""
+    if principal.kind == "key":
+        if kind == "account" and not principal.accounts:
+            raise forbidden(
+                f"a {principal.key_role} API key never reads accounts (admin keys only)", "KEY_ROLE"
+            )
+        return
     if principal.kind != "node":
         return
     if kind == "account":
@@ -78,6 +89,11 @@ def write_guard(store: StateStore, principal: Principal, spec: EntitySpec) -> Gu
     """The check StateStore.apply runs against the current and the new document."""
 
     async def guard(current: dict | None, new: dict | None) -> None:
+        if principal.kind == "key":  # platform API keys: shoal.state.auth.platform
+            if not principal.is_admin:
+                raise forbidden(f"a {principal.key_role} API key only reads", "KEY_ROLE")
+            if spec.kind == "account" and not principal.accounts:
+                raise forbidden("only an admin API key writes accounts (they carry State roles)", "KEY_ROLE")
         if principal.is_admin:
             return
         what = spec.name

@@ -235,6 +235,8 @@ class Authenticator:
         self._tokens.pop(token, None)
         if "." not in token:
             return await self.kv.delete(TOKEN + _hash(token))
+        if token.count(".") != 1:  # a platform JWT (--auth-dir): it ends with its API key's revocation
+            return False
         _, expires = self._check_signed(token)
         key = _hash(token)
         if await self.kv.exists(REVOKED + key):

@@ -41,7 +41,7 @@ from shoal.web.auth import signing, tokens
 from shoal.web.auth.limits import ConnectionLimiter, too_many_connections
 from shoal.web.auth.ratelimit import Rate, RateLimiter, client_bucket, retry_after
 from shoal.web.auth.roles import NODE_ROLE, OPERATOR, VIEWER, AuthError, Principal, Requirement
-from shoal.web.auth.store import PREFIX, KeyTable
+from shoal.web.auth.store import KeyTable
 from shoal.web.errors import ApiError, Envelope
 from shoal.web.fastpath import read_raw_body, respond_error
 
@@ -250,14 +250,7 @@ class AuthLayer:
         for secret, static in self.static_bearers:
             if hmac.compare_digest(credential.encode(), secret.encode()):
                 return static, receive
-        if credential.startswith(PREFIX):
-            return self.table.authenticate(credential), receive
-        p = tokens.principal_from_claims(tokens.decode_token(credential, self.table.secrets))
-        if p.kind == "key":
-            record = self.table.require_active(p.id)  # a revoked key's tokens die with it
-            if record.role != p.role:
-                raise AuthError("token role no longer matches its API key")
-        return p, receive
+        return self.table.verify_bearer(credential), receive
 
 
 def document(ep: Endpoint, req: Requirement) -> None:

@@ -32,6 +32,7 @@ from typing import Any
 
 import orjson
 
+from shoal.web.auth import tokens
 from shoal.web.auth.roles import AuthError, Principal, check_role
 
 FILE = "auth.json"
@@ -293,3 +294,16 @@ class KeyTable:
             raise AuthError("unknown API key")  # the same answer: an id alone tells nothing
         record = self.require_active(key_id)
         return Principal("key", record.id, record.role, record.name, via="key")
+
+    def verify_bearer(self, credential: str) -> Principal:
+        """Who a Bearer credential is: an API key, or a JWT from POST /auth/token whose key is still
+        active with the same role; AuthError(401) otherwise. One check for every service (the State
+        Service's --auth-dir too), so revocation means the same everywhere."""
+        if credential.startswith(PREFIX):
+            return self.authenticate(credential)
+        p = tokens.principal_from_claims(tokens.decode_token(credential, self.secrets))
+        if p.kind == "key":
+            record = self.require_active(p.id)  # a revoked key's tokens die with it
+            if record.role != p.role:
+                raise AuthError("token role no longer matches its API key")
+        return p
