@@ -110,16 +110,32 @@ def test_default_layout_ports_and_urls_with_offset(tmp_path):
     assert children["storage-3"].args[:4] == ["--node-id", "storage-3", "--node-url", "http://127.0.0.1:8183"]
     assert children["storage-3"].data_dir == str(tmp_path / "storage-3")
     assert children["storage-3"].prefix == "/storage/3"
-    assert "--insecure-dev" in children["state"].args
+    state = children["state"].args  # authenticated with the platform's keys: no --insecure-dev
+    assert "--insecure-dev" not in state
+    assert state[state.index("--auth-dir") + 1] == str((tmp_path / "auth").absolute())
+    assert "INSECURE" not in " ".join(children["state"].notes)
+    assert "Bearer <API key>" in " ".join(children["state"].notes)
     manager = children["manager"].args
     assert manager[manager.index("--") + 1 :] == IDLE_COMMAND  # the supervised command comes last
     assert children["manager"].data_dir == str(tmp_path / "manager" / "data")
 
 
-def test_admin_address_turns_authentication_on():
+def test_state_authentication_with_and_without_the_auth_dir(tmp_path):
     addr = "0x2c7536E3605D9C16a7a3D7b1898e529396a65c23"
-    state = by_name(layout(settings_from({}, admin_address=addr), check_built=False)[0])["state"]
-    assert state.args == ["--admin-address", addr]
+    auth_dir = str((tmp_path / "auth").absolute())
+
+    def state(**flags) -> object:
+        return by_name(layout(settings_from({}, data_root=str(tmp_path), **flags), check_built=False)[0])[
+            "state"
+        ]
+
+    # the admin address works beside the platform's keys
+    assert state(admin_address=addr).args == ["--admin-address", addr, "--auth-dir", auth_dir]
+    assert f"admin: {addr}" in state(admin_address=addr).notes
+    # --no-auth: the admin address alone turns authentication on; without one, insecure-dev as before
+    assert state(admin_address=addr, auth=False).args == ["--admin-address", addr]
+    insecure = state(auth=False)
+    assert insecure.args == ["--insecure-dev"] and "INSECURE DEV MODE" in insecure.notes[0]
 
 
 def test_only_and_forwarded_ips():

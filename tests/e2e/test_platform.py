@@ -57,7 +57,9 @@ def test_up_demo_through_nginx(tmp_path):
         summary = up.output
         for c in children:
             assert c.url in summary
-        assert "INSECURE DEV MODE" in summary
+        # the State Service takes the platform's keys: authenticated, and the summary says how
+        assert "INSECURE DEV MODE" not in summary
+        assert "authenticated: Bearer <API key> (admin: " in summary
         assert "5 storage node(s) registered and healthy" in summary
         assert (
             f"`shoal demo --data-root {up.data_root} --port-offset {up.offset}`" in summary
@@ -133,22 +135,24 @@ def test_up_demo_through_nginx(tmp_path):
         assert asyncio.run(decode_errors(r["played"])) == ""
 
         # -- the storage nodes are State Service nodes now
-        nodes = http.get(nginx.url + "/state/nodes", params={"limit": 100}).json()["nodes"]
+        assert http.get(nginx.url + "/state/nodes").status_code == 401  # authenticated
+        nodes = http.get(nginx.url + "/state/nodes", params={"limit": 100}, headers=auth).json()["nodes"]
         storage = {c.name: c for c in children if c.service == "storage"}
         assert {n["name"]: n["endpoint"] for n in nodes} == {
             name: f"127.0.0.1:{c.port}" for name, c in storage.items()
         }
+        assert all(n["trusted"] for n in nodes)  # registered with the platform's admin key
         again = shoal("demo", *up.layout_args, "--seconds", "6", "--speed", "20")
         assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-2000:]
         assert again.stdout.count("(updated)") == 5  # a second run updates, never duplicates
-        assert http.get(nginx.url + "/state/nodes").json()["total"] == 5
+        assert http.get(nginx.url + "/state/nodes", headers=auth).json()["total"] == 5
 
         # -- shoal status agrees
         status = shoal("status", *up.layout_args, "--json")
         assert status.returncode == 0, status.stdout + status.stderr
         rows = {row["name"]: row for row in json.loads(status.stdout)}
         assert set(rows) == {c.name for c in children} and all(row["healthy"] for row in rows.values())
-        assert rows["metadata"]["nodes"]["healthy"] == 5 and rows["state"]["auth"] == "disabled"
+        assert rows["metadata"]["nodes"]["healthy"] == 5 and rows["state"]["auth"] == "enabled"
 
         # -- a crashed service is restarted
         victim = next(s for s in up.state()["services"] if s["name"] == "storage-2")

@@ -5,7 +5,8 @@
    compute or its docker backend is not available)
 2. generate a test video with FFmpeg (testsrc + a tone, H.264 at ~4 Mbit/s)
 3. upload it through the uploader, with a progress bar (chunked to fMP4, spread over the nodes)
-4. register the storage nodes in the State Service as `nodes` (insecure-dev, or --admin-key)
+4. register the storage nodes in the State Service as `nodes` (with the platform's API key, or
+   --admin-key, or none in insecure-dev)
 5. play it with the smart client inside the dashboard service, on an accelerated clock
 6. check the played stream: byte-exact against FFmpeg's remux of the source, decodes cleanly
 7. print the dashboard URL and the playback figures (startup latency, rebuffers, throughput)
@@ -57,7 +58,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--admin-key",
         default=os.environ.get("SHOAL_ADMIN_KEY"),
         help="private key of the State Service's --admin-address (default $SHOAL_ADMIN_KEY); "
-        "not needed in insecure-dev mode",
+        "not needed with an admin --api-key (the State Service under `shoal up` takes the "
+        "platform's keys) or in insecure-dev mode",
     )
     p.add_argument(
         "--api-key",
@@ -307,22 +309,50 @@ def upload(http: httpx.Client, uploader: str, path: Path, redundancy: str | None
 
 
 async def register_nodes(
-    state_url: str, storage: list[Child], key_dir: Path, admin_key: str | None
+    state_url: str,
+    storage: list[Child],
+    key_dir: Path,
+    admin_key: str | None,
+    api_key: str | None = None,
 ) -> list[dict]:
     """Each storage node becomes a `nodes` entry (same name, endpoint host:port), operated by a
-    `shoal-demo` service peer. Keys live in key_dir, so a second run updates instead of adding."""
-    from shoal.state.auth.node_identity import NodeIdentity
-    from shoal.state.client import StateClient
+    `shoal-demo` service peer. Keys live in key_dir, so a second run updates instead of adding.
+
+    Credentials when the State Service has authentication: --admin-key (an Ethereum admin,
+    signed in) if given, else the platform API key (`shoal up` passes the State Service its
+    --auth-dir, so the admin key in DATA_ROOT/auth/admin.key is a State admin)."""
+    from shoal.state.client import StateApiError, StateClient
 
     async with StateClient(state_url) as probe:
         auth = (await probe.status()).auth
-    if auth == "enabled" and not admin_key:
+    if auth == "enabled" and not admin_key and not api_key:
         raise DemoError(
-            "the State Service has authentication on: pass --admin-key (the private key of the "
-            "`shoal up --admin-address` account) or set SHOAL_ADMIN_KEY"
+            "the State Service has authentication on: pass --api-key (an admin or operator key of "
+            "the platform's auth dir; `shoal up` leaves one in DATA_ROOT/auth/admin.key) or "
+            "--admin-key (the private key of the `shoal up --admin-address` account, or set "
+            "SHOAL_ADMIN_KEY)"
         )
     account = admin_key if auth == "enabled" else None
-    async with StateClient(state_url, account=account) as state:
+    token = api_key if auth == "enabled" and account is None else None
+    try:
+        return await _register(state_url, storage, key_dir, account, token)
+    except StateApiError as exc:
+        if token is not None and exc.status in (401, 403):
+            raise DemoError(
+                f"the State Service refused the API key ({exc}): it needs an admin or operator key, "
+                "and the State Service must run with --auth-dir (as `shoal up` starts it); or pass "
+                "--admin-key"
+            ) from None
+        raise
+
+
+async def _register(
+    state_url: str, storage: list[Child], key_dir: Path, account: str | None, token: str | None
+) -> list[dict]:
+    from shoal.state.auth.node_identity import NodeIdentity
+    from shoal.state.client import StateClient
+
+    async with StateClient(state_url, account=account, token=token) as state:
         if account is not None:
             await state.login()
         operator = NodeIdentity.load_or_create(key_dir / "operator")
@@ -494,7 +524,7 @@ def demo(args: argparse.Namespace, out: Out) -> dict:
         if urls.state is None:
             out.say("no State Service in this layout: skipped")
         else:
-            nodes = asyncio.run(register_nodes(urls.state, urls.storage, work / "keys", args.admin_key))
+            nodes = asyncio.run(register_nodes(urls.state, urls.storage, work / "keys", args.admin_key, key))
             for n in nodes:
                 out.say(f"{n['name']:<10} {n['endpoint']:<18} {n['id']} ({n['action']})")
 

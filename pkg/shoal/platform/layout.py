@@ -311,14 +311,21 @@ def _service_args(
     s: Settings, name: str, inst: str, meta_url: str, root: Path
 ) -> tuple[list[str], list[str], Path]:
     data_dir = root / inst
-    if name == "state":
+    if name == "state":  # with auth on it also gets --auth-dir (layout(): accepts("--auth-dir"))
+        args, notes = [], []
+        if s.auth_dir is not None:
+            notes.append(
+                f"authenticated: Bearer <API key> (admin: {s.auth_dir / 'admin.key'}) or Sign-In with Ethereum"
+            )
         if s.admin_address:
-            return ["--admin-address", s.admin_address], [f"admin: {s.admin_address}"], data_dir
-        return (
-            ["--insecure-dev"],
-            ["!!! INSECURE DEV MODE: authentication is DISABLED (use --admin-address 0x...)"],
-            data_dir,
-        )
+            args += ["--admin-address", s.admin_address]
+            notes.append(f"admin: {s.admin_address}")
+        if not args and s.auth_dir is None:
+            args.append("--insecure-dev")
+            notes.append(
+                "!!! INSECURE DEV MODE: authentication is DISABLED (--no-auth; use --admin-address 0x...)"
+            )
+        return args, notes, data_dir
     if name == "storage":
         node_url = f"http://{s.reach}:{s.storage_ports()[int(inst.split('-')[1]) - 1]}"
         return ["--node-id", inst, "--node-url", node_url, "--metadata-url", meta_url], [], data_dir
