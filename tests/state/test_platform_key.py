@@ -268,3 +268,27 @@ def test_a_revoked_key_and_its_token_stop_working_within_a_second(tmp_path):
             http.get(state.url + "/nodes", headers={"Authorization": f"Bearer {admin_key}"}).status_code
             == 200
         )
+
+
+@pytest.mark.parametrize("role", ["admin", "viewer"])
+def test_schemathesis_with_platform_keys_finds_no_server_errors(tmp_path, role):
+    """Every route fuzzed with an admin and a viewer API key: no 5xx, answers as documented
+    (GET /auth/whoami says kind "key"). /auth/logout is fuzzed too: it never revokes a key."""
+    from shoal.testing.fuzz import run_schemathesis
+
+    directory = AuthDir(tmp_path / "auth")
+    admin = directory.init()
+    key = admin if role == "admin" else directory.create_key(role, "fuzz")[1]
+    args = ["--auth-dir", str(tmp_path / "auth"), "--no-fsync"]
+    with ServiceProcess("state", tmp_path / "state", args) as state:
+        result = run_schemathesis(
+            state.url,
+            headers=[f"Authorization: Bearer {key}"],
+            max_examples=10,
+            max_time=30,
+            checks="not_a_server_error,response_schema_conformance,status_code_conformance",
+        )
+        assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]
+        assert httpx.get(state.url + "/health").json() == "healthy"
+        who = httpx.get(state.url + "/auth/whoami", headers={"Authorization": f"Bearer {key}"}).json()
+        assert who["kind"] == "key" and who["role"] == ("admin" if role == "admin" else "user")
