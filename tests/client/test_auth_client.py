@@ -36,7 +36,7 @@ def stack(tmp_path_factory):
 
 async def test_player_needs_a_viewer_key(stack, monkeypatch):
     monkeypatch.delenv("SHOAL_API_KEY", raising=False)
-    with pytest.raises(PlayerError, match="401|authentication required"):
+    with pytest.raises(PlayerError, match=r"401|authentication required"):
         await Player(stack["video_id"], stack["meta"].url, speed=50).play()
     summary = await Player(
         stack["video_id"], stack["meta"].url, speed=50, api_key=stack["keys"]["viewer"]

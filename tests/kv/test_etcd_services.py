@@ -203,7 +203,8 @@ def test_a_logout_on_one_state_service_reaches_the_other_at_once(tmp_path):
         token = ca.post("/auth/login", json={"address": admin.address, "signature": "0x" + bytes(sig).hex()})
         headers = {"Authorization": f"Bearer {token.json()['token']}"}
         for _ in range(3):  # B has the token cached now
-            assert cb.get("/auth/whoami", headers=headers).json()["role"] == "admin"
+            r = cb.get("/auth/whoami", headers=headers)
+            assert r.status_code == 200 and r.json()["role"] == "admin", r.text
         assert ca.post("/auth/logout", headers=headers).json() == {"success": True}
         wait_for(lambda: cb.get("/auth/whoami", headers=headers).status_code == 401, timeout=4.0)
         assert cb.get("/auth/whoami", headers=headers).json()["code"] == "INVALID_TOKEN"

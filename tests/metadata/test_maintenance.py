@@ -15,7 +15,9 @@ from .conftest import blob, commit, erasure_or_skip, new_video
 
 
 def manifest(m: str, vid: str) -> dict:
-    return {c["chunk_id"]: c for c in httpx.get(f"{m}/manifest/{vid}?status=any", timeout=10).json()["chunks"]}
+    return {
+        c["chunk_id"]: c for c in httpx.get(f"{m}/manifest/{vid}?status=any", timeout=10).json()["chunks"]
+    }
 
 
 def run_pass(m: str) -> dict:

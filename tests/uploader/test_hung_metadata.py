@@ -102,7 +102,7 @@ def stack(tmp_path: Path) -> Iterator[tuple[Cluster, ServiceProcess]]:
 
 
 def titled(meta_url: str, title: str) -> list[str]:
-    videos = httpx.get(meta_url + "/videos", timeout=10).json()
+    videos = httpx.get(meta_url + "/videos", params={"status": "any"}, timeout=10).json()  # any state
     return [v["video_id"] for v in videos if v["title"] == title]
 
 

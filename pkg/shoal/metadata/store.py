@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 import uuid
 from collections.abc import Callable
@@ -61,13 +62,16 @@ class StatusConflict(Exception):
 class Incomplete(Exception):
     """A completion found chunks missing (or committed beyond the declared count)."""
 
-    def __init__(self, video_id: str, n: int, missing: list[int], extra: list[int]) -> None:
+    def __init__(
+        self, video_id: str, n: int, missing: list[int], extra: list[int], missing_count: int | None = None
+    ) -> None:
         parts = []
+        count = len(missing) if missing_count is None else missing_count
         if n == 0:
             parts.append("no chunk is committed")
         if missing:
-            more = f" (and {len(missing) - 20} more)" if len(missing) > 20 else ""
-            parts.append(f"{len(missing)} of {n} chunks are not committed: {missing[:20]}{more}")
+            more = f" (and {count - 20} more)" if count > 20 else ""
+            parts.append(f"{count} of {n} chunks are not committed: {missing[:20]}{more}")
         if extra:
             parts.append(f"chunks beyond {n - 1} are committed: {extra[:20]}")
         super().__init__(f"video {video_id} cannot be completed: " + "; ".join(parts))
@@ -228,10 +232,11 @@ class MetadataStore:
             if v.status != UPLOADING:
                 raise StatusConflict(v, f"video {video_id} is {v.status}: it cannot be completed")
             n = len(seqs) if total_chunks is None else total_chunks
-            missing = [i for i in range(n) if i not in seqs]
+            missing_count = n - sum(1 for i in seqs if i < n)
+            missing = list(itertools.islice((i for i in range(n) if i not in seqs), 1000))  # named: 1000
             extra = sorted(i for i in seqs if i >= n)
             if n == 0 or missing or extra:
-                raise Incomplete(video_id, n, missing, extra)
+                raise Incomplete(video_id, n, missing, extra, missing_count)
             return msgspec.structs.replace(v, status=ACTIVE, total_chunks=n, status_at=time.time())
 
         while True:

@@ -43,6 +43,7 @@ CHALLENGE = "/state-auth/challenge/"
 TOKEN = "/state-auth/token/"
 NONCE = "/state-auth/nonce/"
 REVOKED = "/state-auth/revoked/"
+TOKEN_KEYS = "/state-auth/token-keys/"  # shared store (etcd): the node keys of every process on it
 IDEM = "/state-idem/"
 TOKEN_CACHE_SECONDS = 5.0
 MAX_PENDING_CHALLENGES = 16
@@ -110,6 +111,8 @@ class Authenticator:
         self._tokens: dict[str, tuple[str, int, float]] = {}  # token -> (address, expires, cached until)
         self._hashes: dict[str, str] = {}  # sha256 of a cached token -> the token
         self._revocations: asyncio.Task | None = None
+        self._shared_keys: set[str] = set()  # other processes' token keys on a shared store
+        self._published = False  # this process's token key is in the shared store
 
     # -- sign-in ----------------------------------------------------------------------------
     async def challenge(self, address: str, domain: str, uri: str) -> dict:
@@ -175,6 +178,7 @@ class Authenticator:
             if signer.lower() != addr:
                 continue
             expires = now + self.token_ttl
+            await self._publish_key()  # on a shared store the other processes must find our key
             token = self.issue_token(addr, expires)
             try:
                 await self.kv.transaction(
@@ -224,7 +228,7 @@ class Authenticator:
         except (ValueError, KeyError, TypeError, binascii.Error, orjson.JSONDecodeError):
             raise unauthorized("malformed bearer token; sign in again", "INVALID_TOKEN") from None
         trusted = getattr(self.cluster, "trusted_b64", None) or {self.identity.public_key}
-        if key not in trusted or claims.get("c") != self.cluster_id:
+        if (key not in trusted and key not in self._shared_keys) or claims.get("c") != self.cluster_id:
             raise unauthorized("this bearer token was not issued by a node of this cluster", "INVALID_TOKEN")
         if not verify(key, TOKEN_CONTEXT + claims_raw, signature):
             raise unauthorized("bearer token signature does not verify; sign in again", "INVALID_TOKEN")
@@ -248,6 +252,28 @@ class Authenticator:
         else:  # a shared store (etcd): every node reads this very key
             await self.kv.set(REVOKED + key, record)
         return True
+
+    async def _learn_shared_keys(self, token: str) -> None:
+        """On a shared store (etcd, no replication journal) every process signs tokens with its
+        own node key and publishes that key under TOKEN_KEYS: a token from another process of the
+        same store is then accepted once its key is read from there (and remembered)."""
+        if self.store.journal is not None or self.identity is None:
+            return
+        await self._publish_key()
+        try:
+            key = orjson.loads(_unb64(token.partition(".")[0])).get("k")
+        except (ValueError, AttributeError, binascii.Error, orjson.JSONDecodeError):
+            return
+        if isinstance(key, str) and key not in self._shared_keys and key != self.identity.public_key:
+            entry = await self.kv.get(TOKEN_KEYS + _hash(key))
+            if entry is not None and entry.value.decode() == key:
+                self._shared_keys.add(key)
+
+    async def _publish_key(self) -> None:
+        if not self._published and self.store.journal is None and self.identity is not None:
+            key = self.identity.public_key
+            await self.kv.set(TOKEN_KEYS + _hash(key), key.encode())
+            self._published = True
 
     def _follow_revocations(self) -> None:
         if self._revocations is None or self._revocations.done():
@@ -294,6 +320,7 @@ class Authenticator:
             self._follow_revocations()
             digest = _hash(token)
             if "." in token and len(token) <= 1024:
+                await self._learn_shared_keys(token)
                 address, expires = self._check_signed(token)
                 record: dict | None = {"address": address, "expires_at": expires}
                 if await self.kv.exists(REVOKED + digest):
