@@ -18,6 +18,8 @@ import time
 from pathlib import Path
 from typing import IO, Any
 
+from shoal.runtime.lifetime import pid_alive
+
 SERVE_LOCK = ".shoal-serve.lock"
 WORKERS_LOCK = ".shoal-workers.lock"
 WAIT = 3.0
@@ -25,16 +27,6 @@ WAIT = 3.0
 
 class DataDirBusy(RuntimeError):
     """Another live process tree serves from this data dir."""
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _holder(f: IO[str]) -> dict[str, Any]:
@@ -75,7 +67,7 @@ def acquire(data_dir: str | os.PathLike, service: str, port: int | None, wait: f
         if not _try_lock(f, fcntl.LOCK_EX, time.monotonic()):
             info = _holder(f)
             pid = info.get("pid")
-            if isinstance(pid, int) and _pid_alive(pid):
+            if isinstance(pid, int) and pid_alive(pid):
                 raise DataDirBusy(f"data dir {root} is in use by {_describe(info)}; stop it first")
             # its main process is gone: orphaned workers still hold the lock for a moment
             if not _try_lock(f, fcntl.LOCK_EX, until):

@@ -100,6 +100,17 @@ def pdeathsig_argv(sig: int = signal.SIGTERM) -> list[str]:
     return [exe, "--pdeathsig", signal.Signals(sig).name.removeprefix("SIG"), "--"] if exe else []
 
 
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this pid exists (ours or not)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def kill_group(pid: int, sig: int = signal.SIGKILL) -> bool:
     """Signal the process group led by `pid` (a child started with child_options); False if gone."""
     try:

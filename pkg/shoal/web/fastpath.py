@@ -92,6 +92,20 @@ async def read_raw_body(scope: dict, receive: Callable, limit: int) -> bytes:
     return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
+def replay_body(body: bytes, receive: Callable) -> Callable:
+    """A `receive` that hands the app a body already read (by an auth check), then the rest."""
+    sent = False
+
+    async def replay() -> dict:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replay
+
+
 def header(scope: dict, name: bytes) -> bytes | None:
     """A request header from a raw scope (`name` lower-case)."""
     for key, value in scope["headers"]:

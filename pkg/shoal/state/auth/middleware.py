@@ -18,6 +18,7 @@ from shoal.state.auth.platform import is_platform_credential
 from shoal.state.auth.principal import DEV
 from shoal.state.errors import unauthorized
 from shoal.web import STATE_ENVELOPE, ApiError, read_raw_body, respond_error
+from shoal.web.fastpath import replay_body
 
 if TYPE_CHECKING:
     from shoal.state.service import StateContext
@@ -25,19 +26,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("shoal.state.auth")
 
 INSECURE_HEADER = (b"x-shoal-insecure-dev", b"authentication is DISABLED (--insecure-dev)")
-
-
-def _replay(body: bytes, receive: Callable) -> Callable:
-    sent = False
-
-    async def replay() -> dict:
-        nonlocal sent
-        if not sent:
-            sent = True
-            return {"type": "http.request", "body": body, "more_body": False}
-        return await receive()
-
-    return replay
 
 
 class AuthMiddleware:
@@ -117,7 +105,7 @@ class AuthMiddleware:
                     scope["method"], request_target, body, text(signing.ADDRESS), text(signing.TIMESTAMP),
                     text(signing.NONCE), user_sig or "", text(signing.AUDIENCE),
                 )  # fmt: skip
-            return principal, _replay(body, receive)
+            return principal, replay_body(body, receive)
         header = text("authorization")
         if header is None:
             return None, receive

@@ -33,6 +33,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from shoal.runtime import lifetime
+from shoal.runtime.lifetime import pid_alive
 
 PREFIX = "shoalt"
 SUBNET_BASE = "10.213"
@@ -62,16 +63,6 @@ def require_tools() -> None:
     for tool in ("ip", "iptables"):
         if shutil.which(tool) is None:
             raise NetError(f"{tool} is not installed (scripts/apt-packages.txt: iproute2, iptables)")
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def ns_pids(ns: str) -> list[int]:

@@ -43,7 +43,7 @@ from shoal.web.auth.ratelimit import Rate, RateLimiter, client_bucket, retry_aft
 from shoal.web.auth.roles import NODE_ROLE, OPERATOR, VIEWER, AuthError, Principal, Requirement
 from shoal.web.auth.store import KeyTable
 from shoal.web.errors import ApiError, Envelope
-from shoal.web.fastpath import read_raw_body, respond_error
+from shoal.web.fastpath import read_raw_body, replay_body, respond_error
 
 log = logging.getLogger("shoal.auth")
 
@@ -234,7 +234,7 @@ class AuthLayer:
             p = self.verifier.verify(
                 scope["method"], scope["path"], scope.get("query_string", b""), headers, body
             )
-            return p, _replay(body, receive)
+            return p, replay_body(body, receive)
         auth = headers.get("authorization")
         if auth is None:
             raise AuthError(
@@ -266,19 +266,6 @@ def document(ep: Endpoint, req: Requirement) -> None:
     ep.extra_responses.setdefault(401, "no or invalid credentials")
     ep.extra_responses.setdefault(403, "the credential's role is not enough for this route")
     ep.extra_responses.setdefault(429, "rate limited (see Retry-After)")
-
-
-def _replay(body: bytes, receive: Callable) -> Callable:
-    sent = False
-
-    async def replay() -> dict:
-        nonlocal sent
-        if not sent:
-            sent = True
-            return {"type": "http.request", "body": body, "more_body": False}
-        return await receive()
-
-    return replay
 
 
 class AuthMiddleware:
