@@ -62,7 +62,8 @@ def add_up_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--admin-address",
         default=None,
-        help="State Service admin (Ethereum address); without it the State Service runs --insecure-dev",
+        help="State Service admin (Ethereum address), beside the platform's admin key; with --no-auth and "
+        "without it the State Service runs --insecure-dev",
     )
     p.add_argument(
         "--forwarded-allow-ips",
@@ -387,7 +388,7 @@ def ports_in_use(settings: Settings, children: list[Child]) -> list[Child]:
 
 INSECURE = (
     "State Service: INSECURE DEV MODE (--insecure-dev): AUTHENTICATION IS DISABLED, every request "
-    "is an admin.\nGive `shoal up --admin-address 0x...` to run it with authentication."
+    "is an admin.\nDrop --no-auth (or give `shoal up --admin-address 0x...`) to run it with authentication."
 )
 
 
