@@ -106,3 +106,20 @@ async def test_missing_executable_is_reported_not_raised():
     await wait_for(lambda: sup.state == "fatal")
     assert "cannot start" in sup.status()["error"]
     await sup.stop()
+
+
+async def test_a_stop_while_the_child_is_being_spawned_ends_that_child_too():
+    """Found by schemathesis: POST /process/stop during a start hung, as stop() saw no child yet
+    and then waited for a supervision task whose fresh child nobody signalled."""
+
+    async def slow_prepare() -> None:
+        await asyncio.sleep(0.3)  # e.g. clearing a stale mount before the start
+
+    sup = Supervisor(opts("import time; time.sleep(60)", prepare=slow_prepare, stop_timeout=2.0))
+    sup.start()
+    await asyncio.sleep(0.05)  # inside prepare: no child yet
+    began = time.monotonic()
+    await asyncio.wait_for(sup.stop(), 10)
+    assert time.monotonic() - began < 5
+    assert sup.state == "stopped" and not sup.running
+    assert sup.pid is None or not alive(sup.pid)

@@ -227,9 +227,20 @@ class Supervisor:
         if proc is not None:
             # leftovers of the group (a child that forked and kept running)
             self._signal(proc.pid, signal.SIGKILL)
-        if self._task:
+        while self._task is not None and not self._task.done():
+            # a stop that came while the task was spawning did not see that child: end it too
+            late = self._proc
+            if late is not None and late is not proc and late.returncode is None:
+                self._signal(late.pid, signal.SIGTERM if grace > 0 else signal.SIGKILL)
+            done, _ = await asyncio.wait({self._task}, timeout=max(grace, 0.1))
+            if not done and late is not None and late.returncode is None:
+                self._signal(late.pid, signal.SIGKILL)
+            proc = late if late is not None else proc
+        if self._task is not None:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        if self._proc is not None and self._proc is not proc and self._proc.returncode is not None:
+            self.last_exit = {**describe_exit(self._proc.returncode), "at": time.time(), "expected": True}
         self.state = "stopped"
         return self.last_exit
 
