@@ -322,7 +322,10 @@ OPEN_ROUTES = {
     ("post", "/auth/challenge"),
     ("post", "/auth/login"),
 }
-ANONYMOUS_STATUS = "Open: anonymous callers see counters only (no node keys, peer URLs or peer errors)."
+ANONYMOUS_STATUS = (
+    "Open: anonymous callers see this node's own public key (peers address it by that key) and "
+    "counters only: no trusted keys, peer keys, peer URLs or peer errors."
+)
 
 
 def document_security(doc: dict) -> None:
@@ -345,7 +348,8 @@ def document_security(doc: dict) -> None:
                 op["responses"].setdefault("401", {"description": "no or bad credentials"})
 
 
-_PRIVATE_STATUS = ("node_key", "trusted_nodes", "heads", "base", "snapshot_refused")
+# this node's own public key stays: peers discover it here to name it as their audience
+_PRIVATE_STATUS = ("trusted_nodes", "heads", "base", "snapshot_refused")
 
 
 def trimmed_replication_status(api: Any) -> Any:
