@@ -66,3 +66,23 @@ async def test_over_long_target_is_414_in_the_envelope() -> None:
         ok = await c.get("/things/" + "x" * 100)
     assert r.status_code == 414 and r.json()["error"]["code"]
     assert ok.status_code == 200
+
+
+async def test_a_query_parameter_given_twice_is_400() -> None:
+    import msgspec
+
+    from shoal.web import Api, create_app
+
+    class Q(msgspec.Struct):
+        cursor: str | None = None
+
+    api = Api()
+
+    @api.get("/list", query=Q)
+    async def listing(request, query: Q) -> dict:
+        return {"cursor": query.cursor}
+
+    async with asgi_client(create_app(title="q", apis=[api], envelope=COMPUTE_ENVELOPE)) as c:
+        assert (await c.get("/list?cursor=a")).json() == {"cursor": "a"}
+        r = await c.get("/list?cursor=a&cursor=b")
+    assert r.status_code == 400 and "cursor" in r.json()["error"]["message"]

@@ -129,6 +129,18 @@ class Api:
         return self.route(method, path, raw=True, **options)
 
 
+def single_values(request: Request) -> dict[str, str]:
+    """The query as one value per name: a name given twice is a 400, not "the last one wins"
+    (no query field of a shoal service is a list, and the OpenAPI says so)."""
+    items = request.query_params.multi_items()
+    out = dict(items)
+    if len(out) != len(items):
+        seen: set[str] = set()
+        twice = sorted({k for k, _ in items if k in seen or seen.add(k)})
+        raise ApiError(400, f"query parameter(s) given more than once: {', '.join(twice)}")
+    return out
+
+
 def starlette_route(ep: Endpoint, envelope_render: Callable[[ApiError], Response], max_body: int) -> Route:
     """Wrap a typed handler into a Starlette route that validates, encodes and renders errors."""
     limit = ep.max_body if ep.max_body is not None else max_body
@@ -141,7 +153,7 @@ def starlette_route(ep: Endpoint, envelope_render: Callable[[ApiError], Response
         try:
             kwargs: dict[str, Any] = dict(request.path_params)
             if wants_query:
-                kwargs["query"] = convert(dict(request.query_params), ep.query, where="query")
+                kwargs["query"] = convert(single_values(request), ep.query, where="query")
             if wants_body:
                 kwargs["body"] = convert(parse_json(await read_body(request, limit)), ep.body)
             if ep.timeout is None:
