@@ -4,8 +4,10 @@ real `shoal serve uploader`, all on loopback. Videos are made once per session."
 from __future__ import annotations
 
 import shutil
+import time
 from pathlib import Path
 
+import httpx
 import pytest
 
 from shoal.testing.metadata import Cluster
@@ -55,3 +57,25 @@ def uploader(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory):
     root = tmp_path_factory.mktemp("uploader")
     with uploader_service(root / "data", cluster.meta.url, "--max-upload-bytes", str(MAX_UPLOAD)) as up:
         yield up
+
+
+@pytest.fixture(scope="module")
+def dense(video_dir: Path) -> Path:
+    """360p at 16 Mbit/s for 10 s: ~20 MB, about 10 chunks, quick to encode."""
+    return make_video(video_dir / "dense.mp4", size="640x360", seconds=10, bitrate="16M")
+
+
+def status(base: str, sid: str) -> dict:
+    """An upload session's status, as the uploader reports it."""
+    return httpx.get(f"{base}/upload/status/{sid}", timeout=10).json()
+
+
+def wait_for(predicate, timeout: float = 60.0, every: float = 0.01):
+    """The first truthy value of predicate() within `timeout` s (TimeoutError otherwise)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(every)
+    raise TimeoutError("condition not reached")

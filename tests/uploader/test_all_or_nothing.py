@@ -6,35 +6,15 @@ that never reached chunking leaves a failed video, not an empty active one. Real
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import httpx
-import pytest
 
 from shoal.testing.metadata import Cluster
-from shoal.testing.uploader import make_video, post_upload, uploader_service, wait_upload
+from shoal.testing.uploader import post_upload, uploader_service, wait_upload
 from shoal.uploader.distribute import chunk_id_for
 
-
-@pytest.fixture(scope="module")
-def dense(video_dir: Path) -> Path:
-    """360p at 16 Mbit/s for 10 s: ~20 MB, about 10 chunks."""
-    return make_video(video_dir / "dense-aon.mp4", size="640x360", seconds=10, bitrate="16M")
-
-
-def status(base: str, sid: str) -> dict:
-    return httpx.get(f"{base}/upload/status/{sid}", timeout=10).json()
-
-
-def wait_for(predicate, timeout: float = 60.0, every: float = 0.01):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(every)
-    raise TimeoutError("condition not reached")
+from .conftest import status, wait_for
 
 
 def check_no_partial_active(meta: str) -> None:
