@@ -16,7 +16,6 @@ import contextlib
 import io
 import os
 import shutil
-import signal
 import subprocess
 import tarfile
 import tempfile
@@ -26,6 +25,7 @@ from typing import Any
 
 import httpx
 
+from shoal.platform.daemon import PausableDaemon
 from shoal.runtime.lifetime import child_options, stop_group
 
 BUSYBOX_PATHS = ("/bin/busybox", "/usr/bin/busybox")
@@ -101,7 +101,7 @@ def unmount_under(path: Path) -> None:
         subprocess.run(["umount", "-l", point], capture_output=True)
 
 
-class DockerDaemon:
+class DockerDaemon(PausableDaemon):
     """dockerd on a unix socket under `root`, started and stopped by this object."""
 
     def __init__(self, root: str | Path, storage_driver: str | None = None) -> None:
@@ -218,15 +218,6 @@ class DockerDaemon:
         with contextlib.suppress(httpx.HTTPError), self.client() as c:
             for row in c.get("/containers/json", params={"all": "1"}).json():
                 c.delete(f"/containers/{row['Id']}", params={"force": "1", "v": "1"})
-
-    def pause_daemon(self) -> None:
-        """SIGSTOP: the daemon stops answering (tests of a hung or dead backend)."""
-        if self.proc and self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGSTOP)
-
-    def resume_daemon(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGCONT)
 
     def stop(self, timeout: float = 30.0, remove_containers: bool = True) -> None:
         """SIGTERM (dockerd stops its containers), SIGKILL after `timeout`. With

@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from shoal.platform.daemon import PausableDaemon
 from shoal.runtime.lifetime import child_options, stop_group
 
 STATE_DIRS = {
@@ -71,7 +72,7 @@ def libvirtd_available() -> str | None:
     return None
 
 
-class LibvirtDaemon:
+class LibvirtDaemon(PausableDaemon):
     """libvirtd in a private mount namespace, state under `root`, reachable at `self.uri`."""
 
     def __init__(self, root: str | Path) -> None:
@@ -168,14 +169,6 @@ class LibvirtDaemon:
                 with contextlib.suppress(libvirt.libvirtError):
                     dom.destroy()
             conn.close()
-
-    def pause_daemon(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGSTOP)
-
-    def resume_daemon(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGCONT)
 
     def stop(self, timeout: float = 20.0, keep_domains: bool = False) -> None:
         """Destroy and undefine every domain, then SIGTERM libvirtd (SIGKILL after `timeout`).
